@@ -1,0 +1,53 @@
+/* Common definitions for every bpfscope BPF program. */
+#ifndef BPFSCOPE_BPF_H
+#define BPFSCOPE_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Puts `type` into the object's BTF under a name Python can find (`__btf_export_<name>`). Types
+ * used only through local variables never reach BTF, and libbpf 1.1 rejects a value type on a
+ * ring buffer map; an unused global pointer fixes both for 8 bytes of .bss. */
+#define BTF_EXPORT(type, name) type *__btf_export_##name __attribute__((unused))
+
+/* A ring buffer of `record` events with a per-CPU count of failed reserves beside it, so the
+ * reader can report loss instead of hiding it. The Python side finds the record type and the
+ * loss counter by the ring's name. */
+#define DEFINE_RINGBUF(name, record, bytes)                                   \
+	struct {                                                              \
+		__uint(type, BPF_MAP_TYPE_RINGBUF);                           \
+		__uint(max_entries, bytes);                                   \
+	} name SEC(".maps");                                                  \
+	struct {                                                              \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);                      \
+		__uint(max_entries, 1);                                       \
+		__type(key, __u32);                                           \
+		__type(value, __u64);                                         \
+	} name##_lost SEC(".maps");                                           \
+	BTF_EXPORT(record, name)
+
+static __always_inline void *ringbuf_reserve_counted(void *ring, void *lost, __u64 size)
+{
+	void *record = bpf_ringbuf_reserve(ring, size, 0);
+
+	if (!record) {
+		__u32 zero = 0;
+		__u64 *count = bpf_map_lookup_elem(lost, &zero);
+
+		if (count)
+			*count += 1;   /* per-CPU slot: no atomic needed */
+	}
+	return record;
+}
+
+/* Reserves one record in ring `name`, counting the failure when the ring is full. */
+#define RINGBUF_RESERVE(name)                                                 \
+	((typeof(__btf_export_##name))ringbuf_reserve_counted(                \
+		&name, &name##_lost, sizeof(*__btf_export_##name)))
+
+#endif

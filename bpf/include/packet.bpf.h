@@ -1,0 +1,190 @@
+/* The one packet parser: Ethernet (with up to two VLAN tags), ARP, IPv4, IPv6 (skipping the common
+ * extension headers) and the TCP/UDP/ICMP header after them. Every read is bounds-checked, so
+ * truncated and malformed packets are classified as far as they parse and never read past the end. */
+#ifndef BPFSCOPE_PACKET_BPF_H
+#define BPFSCOPE_PACKET_BPF_H
+
+#include "bpfscope.bpf.h"
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_ARP 0x0806
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+#define IPV6_MAX_EXT_HEADERS 4
+/* IPv6 next-header values are macros in linux/in6.h, so vmlinux.h does not have them. */
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_ICMP 58
+#define NEXTHDR_DEST 60
+
+enum l3_proto {
+	L3_IPV4 = 0,
+	L3_IPV6 = 1,
+	L3_ARP = 2,
+	L3_OTHER = 3,
+	L3_PROTO_COUNT,
+};
+
+enum l4_proto {
+	L4_TCP = 0,
+	L4_UDP = 1,
+	L4_ICMP = 2,
+	L4_OTHER = 3,
+	L4_PROTO_COUNT,
+};
+
+struct packet_info {
+	enum l3_proto l3;
+	enum l4_proto l4;       /* meaningful only when l3 is IPv4 or IPv6 */
+	__u8 ip_proto;          /* IPPROTO_* of the transport header, 0 if none was reached */
+	__u8 fragment;          /* a non-first fragment: no transport header in this packet */
+	__u16 sport;            /* network byte order, 0 when not TCP/UDP or truncated */
+	__u16 dport;
+	__u8 tcp_flags;
+	union {
+		__be32 v4;
+		struct in6_addr v6;
+	} saddr, daddr;
+};
+
+static __always_inline enum l4_proto l4_of(__u8 proto)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+		return L4_TCP;
+	case IPPROTO_UDP:
+		return L4_UDP;
+	case IPPROTO_ICMP:
+	case NEXTHDR_ICMP:
+		return L4_ICMP;
+	default:
+		return L4_OTHER;
+	}
+}
+
+static __always_inline void parse_transport(void *l4, void *end, struct packet_info *info)
+{
+	if (info->ip_proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > end)
+			return;
+		info->sport = tcp->source;
+		info->dport = tcp->dest;
+		info->tcp_flags = ((__u8 *)tcp)[13];
+	} else if (info->ip_proto == IPPROTO_UDP) {
+		struct udphdr *udp = l4;
+
+		if ((void *)(udp + 1) > end)
+			return;
+		info->sport = udp->source;
+		info->dport = udp->dest;
+	}
+}
+
+static __always_inline void parse_ipv4(void *l3, void *end, struct packet_info *info)
+{
+	struct iphdr *ip = l3;
+	__u32 header_len;
+
+	if ((void *)(ip + 1) > end)
+		return;
+	header_len = ip->ihl * 4;
+	if (header_len < sizeof(*ip))
+		return;
+	info->saddr.v4 = ip->saddr;
+	info->daddr.v4 = ip->daddr;
+	info->ip_proto = ip->protocol;
+	info->l4 = l4_of(ip->protocol);
+	if (ip->frag_off & bpf_htons(0x1FFF)) {
+		info->fragment = 1;
+		return;
+	}
+	parse_transport(l3 + header_len, end, info);
+}
+
+static __always_inline void parse_ipv6(void *l3, void *end, struct packet_info *info)
+{
+	struct ipv6hdr *ip6 = l3;
+	void *cursor = ip6 + 1;
+	__u8 next;
+
+	if (cursor > end)
+		return;
+	info->saddr.v6 = ip6->saddr;
+	info->daddr.v6 = ip6->daddr;
+	next = ip6->nexthdr;
+
+	for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+		struct ipv6_opt_hdr *ext = cursor;
+
+		if (next == NEXTHDR_FRAGMENT) {
+			struct frag_hdr *frag = cursor;
+
+			if ((void *)(frag + 1) > end)
+				return;
+			next = frag->nexthdr;
+			cursor = frag + 1;
+			if (frag->frag_off & bpf_htons(0xFFF8)) {
+				info->ip_proto = next;
+				info->l4 = l4_of(next);
+				info->fragment = 1;
+				return;
+			}
+			continue;
+		}
+		if (next != NEXTHDR_HOP && next != NEXTHDR_ROUTING && next != NEXTHDR_DEST)
+			break;
+		if ((void *)(ext + 1) > end)
+			return;
+		next = ext->nexthdr;
+		cursor += (ext->hdrlen + 1) * 8;
+	}
+	info->ip_proto = next;
+	info->l4 = l4_of(next);
+	parse_transport(cursor, end, info);
+}
+
+/* Fills `info` from the frame in [data, end). Always returns; what could not be read stays zero. */
+static __always_inline void parse_packet(void *data, void *end, struct packet_info *info)
+{
+	struct ethhdr *eth = data;
+	void *cursor = eth + 1;
+	__u16 proto;
+
+	__builtin_memset(info, 0, sizeof(*info));
+	info->l3 = L3_OTHER;
+	info->l4 = L4_OTHER;
+	if (cursor > end)
+		return;
+	proto = eth->h_proto;
+
+	for (int i = 0; i < 2; i++) {
+		struct vlan_hdr *vlan = cursor;
+
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		if ((void *)(vlan + 1) > end)
+			return;
+		proto = vlan->h_vlan_encapsulated_proto;
+		cursor = vlan + 1;
+	}
+
+	switch (proto) {
+	case bpf_htons(ETH_P_IP):
+		info->l3 = L3_IPV4;
+		parse_ipv4(cursor, end, info);
+		break;
+	case bpf_htons(ETH_P_IPV6):
+		info->l3 = L3_IPV6;
+		parse_ipv6(cursor, end, info);
+		break;
+	case bpf_htons(ETH_P_ARP):
+		info->l3 = L3_ARP;
+		break;
+	}
+}
+
+#endif

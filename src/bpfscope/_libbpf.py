@@ -1,0 +1,365 @@
+"""The only ctypes module: libbpf's functions, their signatures, and the one conversion of a failed
+call into an exception. libbpf >= 1.0 returns -errno (or NULL and sets errno); `check` and
+`check_ptr` turn both into SyscallError so errno is always set."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import platform
+import threading
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    Structure,
+    Union,
+    c_bool,
+    c_char,
+    c_char_p,
+    c_int,
+    c_long,
+    c_size_t,
+    c_uint,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+from typing import Any, Callable, Iterator
+from contextlib import contextmanager
+
+from .errors import NotSupportedError, PermissionDeniedError, SyscallError
+
+MIN_VERSION = (1, 0)
+
+
+def _load_library() -> ctypes.CDLL:
+    for name in ("libbpf.so.1", ctypes.util.find_library("bpf")):
+        if not name:
+            continue
+        try:
+            return ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            continue
+    raise NotSupportedError("libbpf", "libbpf.so.1 not found; install it (Debian: apt-get install libbpf1)")
+
+
+lib = _load_library()
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _fn(name: str, restype: Any, *argtypes: Any) -> Callable[..., Any]:
+    func = getattr(lib, name)
+    func.restype = restype
+    func.argtypes = argtypes
+    return func  # type: ignore[no-any-return]
+
+
+# --- option structs (layout of libbpf 1.1's headers; `sz` lets newer libbpf accept them) ---
+
+
+class BpfObjectOpenOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("object_name", c_char_p),
+        ("relaxed_maps", c_bool),
+        ("pin_root_path", c_char_p),
+        ("_attach_prog_fd", c_uint32),
+        ("kconfig", c_char_p),
+        ("btf_custom_path", c_char_p),
+        ("kernel_log_buf", c_char_p),
+        ("kernel_log_size", c_size_t),
+        ("kernel_log_level", c_uint32),
+    ]
+
+
+class _LinkCreateUnion(Union):
+    _fields_ = [("bpf_cookie", c_uint64), ("_kprobe_multi", c_uint64 * 4)]
+
+
+class BpfLinkCreateOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("flags", c_uint32),
+        ("iter_info", c_void_p),
+        ("iter_info_len", c_uint32),
+        ("target_btf_id", c_uint32),
+        ("u", _LinkCreateUnion),
+    ]
+
+
+class BpfUprobeOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("ref_ctr_offset", c_size_t),
+        ("bpf_cookie", c_uint64),
+        ("retprobe", c_bool),
+        ("func_name", c_char_p),
+    ]
+
+
+class BpfTestRunOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("data_in", c_void_p),
+        ("data_out", c_void_p),
+        ("data_size_in", c_uint32),
+        ("data_size_out", c_uint32),
+        ("ctx_in", c_void_p),
+        ("ctx_out", c_void_p),
+        ("ctx_size_in", c_uint32),
+        ("ctx_size_out", c_uint32),
+        ("retval", c_uint32),
+        ("repeat", c_int),
+        ("duration", c_uint32),
+        ("flags", c_uint32),
+        ("cpu", c_uint32),
+        ("batch_size", c_uint32),
+    ]
+
+
+class BpfMapBatchOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("elem_flags", c_uint64), ("flags", c_uint64)]
+
+
+class BpfTcHook(Structure):
+    _fields_ = [("sz", c_size_t), ("ifindex", c_int), ("attach_point", c_int), ("parent", c_uint32)]
+
+
+class BpfTcOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("prog_fd", c_int),
+        ("flags", c_uint32),
+        ("prog_id", c_uint32),
+        ("handle", c_uint32),
+        ("priority", c_uint32),
+    ]
+
+
+class BpfMapInfo(Structure):
+    """struct bpf_map_info from linux/bpf.h, as far as bpfscope reads it."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("key_size", c_uint32),
+        ("value_size", c_uint32),
+        ("max_entries", c_uint32),
+        ("map_flags", c_uint32),
+        ("name", c_char * 16),
+        ("ifindex", c_uint32),
+        ("btf_vmlinux_value_type_id", c_uint32),
+        ("netns_dev", c_uint64),
+        ("netns_ino", c_uint64),
+        ("btf_id", c_uint32),
+        ("btf_key_type_id", c_uint32),
+        ("btf_value_type_id", c_uint32),
+        ("_pad", c_uint32),
+        ("map_extra", c_uint64),
+        ("_spare", c_uint64 * 8),  # room for fields newer kernels add
+    ]
+
+
+# --- functions ---
+
+PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+libbpf_set_print = _fn("libbpf_set_print", c_void_p, PRINT_FN)
+libbpf_major_version = _fn("libbpf_major_version", c_uint)
+libbpf_minor_version = _fn("libbpf_minor_version", c_uint)
+libbpf_num_possible_cpus = _fn("libbpf_num_possible_cpus", c_int)
+libbpf_probe_bpf_prog_type = _fn("libbpf_probe_bpf_prog_type", c_int, c_int, c_void_p)
+libbpf_probe_bpf_map_type = _fn("libbpf_probe_bpf_map_type", c_int, c_int, c_void_p)
+
+bpf_object__open_file = _fn("bpf_object__open_file", c_void_p, c_char_p, POINTER(BpfObjectOpenOpts))
+bpf_object__load = _fn("bpf_object__load", c_int, c_void_p)
+bpf_object__close = _fn("bpf_object__close", None, c_void_p)
+bpf_object__name = _fn("bpf_object__name", c_char_p, c_void_p)
+bpf_object__btf = _fn("bpf_object__btf", c_void_p, c_void_p)
+bpf_object__next_program = _fn("bpf_object__next_program", c_void_p, c_void_p, c_void_p)
+bpf_object__next_map = _fn("bpf_object__next_map", c_void_p, c_void_p, c_void_p)
+
+bpf_program__name = _fn("bpf_program__name", c_char_p, c_void_p)
+bpf_program__section_name = _fn("bpf_program__section_name", c_char_p, c_void_p)
+bpf_program__fd = _fn("bpf_program__fd", c_int, c_void_p)
+bpf_program__type = _fn("bpf_program__type", c_int, c_void_p)
+bpf_program__set_autoload = _fn("bpf_program__set_autoload", c_int, c_void_p, c_bool)
+bpf_program__autoload = _fn("bpf_program__autoload", c_bool, c_void_p)
+bpf_program__attach_tracepoint = _fn(
+    "bpf_program__attach_tracepoint", c_void_p, c_void_p, c_char_p, c_char_p
+)
+bpf_program__attach_uprobe_opts = _fn(
+    "bpf_program__attach_uprobe_opts", c_void_p, c_void_p, c_int, c_char_p, c_size_t, POINTER(BpfUprobeOpts)
+)
+bpf_program__attach_perf_event = _fn("bpf_program__attach_perf_event", c_void_p, c_void_p, c_int)
+
+bpf_link__fd = _fn("bpf_link__fd", c_int, c_void_p)
+bpf_link__destroy = _fn("bpf_link__destroy", c_int, c_void_p)
+bpf_link__disconnect = _fn("bpf_link__disconnect", None, c_void_p)
+bpf_link_create = _fn("bpf_link_create", c_int, c_int, c_int, c_int, POINTER(BpfLinkCreateOpts))
+
+bpf_map__name = _fn("bpf_map__name", c_char_p, c_void_p)
+bpf_map__fd = _fn("bpf_map__fd", c_int, c_void_p)
+bpf_map__type = _fn("bpf_map__type", c_int, c_void_p)
+bpf_map__key_size = _fn("bpf_map__key_size", c_uint32, c_void_p)
+bpf_map__value_size = _fn("bpf_map__value_size", c_uint32, c_void_p)
+bpf_map__max_entries = _fn("bpf_map__max_entries", c_uint32, c_void_p)
+bpf_map__set_max_entries = _fn("bpf_map__set_max_entries", c_int, c_void_p, c_uint32)
+bpf_map__btf_key_type_id = _fn("bpf_map__btf_key_type_id", c_uint32, c_void_p)
+bpf_map__btf_value_type_id = _fn("bpf_map__btf_value_type_id", c_uint32, c_void_p)
+bpf_map__initial_value = _fn("bpf_map__initial_value", c_void_p, c_void_p, POINTER(c_size_t))
+
+bpf_map_lookup_elem = _fn("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
+bpf_map_update_elem = _fn("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, c_uint64)
+bpf_map_delete_elem = _fn("bpf_map_delete_elem", c_int, c_int, c_void_p)
+bpf_map_get_next_key = _fn("bpf_map_get_next_key", c_int, c_int, c_void_p, c_void_p)
+bpf_map_lookup_batch = _fn(
+    "bpf_map_lookup_batch",
+    c_int,
+    c_int,
+    c_void_p,
+    c_void_p,
+    c_void_p,
+    c_void_p,
+    POINTER(c_uint32),
+    POINTER(BpfMapBatchOpts),
+)
+bpf_map_update_batch = _fn(
+    "bpf_map_update_batch", c_int, c_int, c_void_p, c_void_p, POINTER(c_uint32), POINTER(BpfMapBatchOpts)
+)
+bpf_map_delete_batch = _fn(
+    "bpf_map_delete_batch", c_int, c_int, c_void_p, POINTER(c_uint32), POINTER(BpfMapBatchOpts)
+)
+bpf_obj_pin = _fn("bpf_obj_pin", c_int, c_int, c_char_p)
+bpf_obj_get = _fn("bpf_obj_get", c_int, c_char_p)
+bpf_obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, POINTER(c_uint32))
+bpf_prog_test_run_opts = _fn("bpf_prog_test_run_opts", c_int, c_int, POINTER(BpfTestRunOpts))
+
+bpf_tc_hook_create = _fn("bpf_tc_hook_create", c_int, POINTER(BpfTcHook))
+bpf_tc_hook_destroy = _fn("bpf_tc_hook_destroy", c_int, POINTER(BpfTcHook))
+bpf_tc_attach = _fn("bpf_tc_attach", c_int, POINTER(BpfTcHook), POINTER(BpfTcOpts))
+bpf_tc_detach = _fn("bpf_tc_detach", c_int, POINTER(BpfTcHook), POINTER(BpfTcOpts))
+
+btf__parse = _fn("btf__parse", c_void_p, c_char_p, c_void_p)
+btf__load_from_kernel_by_id = _fn("btf__load_from_kernel_by_id", c_void_p, c_uint32)
+btf__free = _fn("btf__free", None, c_void_p)
+btf__raw_data = _fn("btf__raw_data", c_void_p, c_void_p, POINTER(c_uint32))
+
+_syscall = libc.syscall
+_syscall.restype = c_long
+_vsnprintf = libc.vsnprintf
+_vsnprintf.restype = c_int
+_vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
+
+
+def version() -> tuple[int, int]:
+    return (libbpf_major_version(), libbpf_minor_version())
+
+
+if version() < MIN_VERSION:
+    raise NotSupportedError("libbpf", f"libbpf {version()} is older than {MIN_VERSION}")
+
+
+# --- errors ---
+
+_PERMISSION_ERRNOS = (errno.EPERM, errno.EACCES)
+
+
+def error(err: int, op: str, capability: str = "CAP_BPF") -> SyscallError:
+    """The one conversion of an errno into an exception."""
+    if err in _PERMISSION_ERRNOS:
+        return PermissionDeniedError(err, op, capability)
+    return SyscallError(err, op)
+
+
+def check(ret: int, op: str, capability: str = "CAP_BPF") -> int:
+    """Raises for a negative libbpf return (-errno, errno also set); returns `ret` otherwise."""
+    if ret < 0:
+        raise error(-ret if ret != -1 else (ctypes.get_errno() or errno.EINVAL), op, capability)
+    return ret
+
+
+def check_ptr(ptr: int | None, op: str, capability: str = "CAP_BPF") -> int:
+    """Raises for a NULL pointer from libbpf (errno says why); returns the pointer otherwise."""
+    if not ptr:
+        raise error(ctypes.get_errno() or errno.EINVAL, op, capability)
+    return ptr
+
+
+def syscall(number: int, *args: Any) -> int:
+    ret = _syscall(number, *args)
+    if ret < 0:
+        raise OSError(ctypes.get_errno(), "syscall failed")
+    return int(ret)
+
+
+# --- libbpf's log: captured, never printed behind the caller's back ---
+
+_log_lock = threading.Lock()
+_log_sink: list[str] | None = None
+
+
+# vsnprintf consumes its va_list; a copy of the va_list's bytes is va_copy by hand, so a message
+# longer than the first buffer (the verifier's log) can be formatted again into one that fits.
+_VA_LIST_SIZE = {"x86_64": 24, "aarch64": 32}[platform.machine()]
+
+
+@PRINT_FN
+def _print(level: int, fmt: bytes, args: int) -> int:
+    sink = _log_sink
+    if sink is None:
+        return 0
+    saved = ctypes.string_at(args, _VA_LIST_SIZE)
+    buf = ctypes.create_string_buffer(1 << 16)
+    n = _vsnprintf(buf, len(buf), fmt, args)
+    if n >= len(buf):
+        ctypes.memmove(args, saved, _VA_LIST_SIZE)
+        buf = ctypes.create_string_buffer(n + 1)
+        _vsnprintf(buf, len(buf), fmt, args)
+    sink.append(buf.value.decode(errors="replace"))
+    return 0
+
+
+libbpf_set_print(_print)
+
+
+@contextmanager
+def captured_log() -> Iterator[list[str]]:
+    """Collects what libbpf says during the block (warnings, the verifier's log on failure)."""
+    global _log_sink
+    with _log_lock:
+        sink: list[str] = []
+        _log_sink = sink
+        try:
+            yield sink
+        finally:
+            _log_sink = None
+
+
+def cstr(value: str | bytes | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return value.encode()
+
+
+def buffer_address(buf: Any) -> int:
+    """Address of a writable buffer (numpy array, bytearray or ctypes object)."""
+    if hasattr(buf, "ctypes"):
+        return int(buf.ctypes.data)
+    return ctypes.addressof((c_char * len(buf)).from_buffer(buf))
+
+
+def raw_btf(btf_ptr: int) -> bytes:
+    """The raw BTF blob behind a libbpf `struct btf *`, for bpfscope.btf to decode."""
+    size = c_uint32()
+    data = check_ptr(btf__raw_data(btf_ptr, ctypes.byref(size)), "read BTF")
+    return ctypes.string_at(data, size.value)
+
+
+def kernel_btf(btf_id: int) -> bytes:
+    """The raw BTF the kernel holds under `btf_id` (a map's or program's types)."""
+    ptr = check_ptr(btf__load_from_kernel_by_id(btf_id), f"load BTF id {btf_id}")
+    try:
+        return raw_btf(ptr)
+    finally:
+        btf__free(ptr)

@@ -1,0 +1,392 @@
+"""BTF, the kernel's type format, decoded into numpy dtypes and frozen dataclasses.
+
+libbpf parses the object and hands over the raw BTF blob; this module reads that blob (no ctypes,
+no root), so a map's key and value, a ring buffer's record and a .rodata section all get their
+Python types from the program itself, never from a hand-copied struct."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from .errors import TypeMismatchError
+
+__all__ = ["Btf", "BtfType", "Kind", "TypeCodec"]
+
+_MAGIC = 0xEB9F
+
+
+class Kind(enum.IntEnum):
+    """BTF_KIND_* from linux/btf.h."""
+
+    UNKN = 0
+    INT = 1
+    PTR = 2
+    ARRAY = 3
+    STRUCT = 4
+    UNION = 5
+    ENUM = 6
+    FWD = 7
+    TYPEDEF = 8
+    VOLATILE = 9
+    CONST = 10
+    RESTRICT = 11
+    FUNC = 12
+    FUNC_PROTO = 13
+    VAR = 14
+    DATASEC = 15
+    FLOAT = 16
+    DECL_TAG = 17
+    TYPE_TAG = 18
+    ENUM64 = 19
+
+
+_INT_SIGNED = 1 << 0
+_INT_CHAR = 1 << 1
+_INT_BOOL = 1 << 2
+_MODIFIERS = (Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG)
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    type_id: int
+    bit_offset: int
+    bitfield_size: int  # 0 for a whole-byte member
+
+
+@dataclass(frozen=True)
+class BtfType:
+    """One decoded BTF type. `size` is in bytes where the kind has one; `ref` the referenced type id."""
+
+    id: int
+    kind: Kind
+    name: str
+    size: int = 0
+    ref: int = 0
+    signed: bool = False
+    is_char: bool = False
+    is_bool: bool = False
+    bits: int = 0
+    members: tuple[Member, ...] = ()
+    enumerators: tuple[tuple[str, int], ...] = ()
+    nelems: int = 0
+    linkage: int = 0
+
+
+class Btf:
+    """A decoded BTF blob. Type ids start at 1; id 0 is void."""
+
+    def __init__(self, raw: bytes) -> None:
+        magic, _version, _flags, hdr_len = struct.unpack_from("=HBBI", raw, 0)
+        if magic != _MAGIC:
+            raise TypeMismatchError(f"not BTF data (magic {magic:#x})")
+        type_off, type_len, str_off, str_len = struct.unpack_from("=IIII", raw, 8)
+        self._strings = raw[hdr_len + str_off : hdr_len + str_off + str_len]
+        self.types: list[Optional[BtfType]] = [None]
+        self._by_name: dict[tuple[str, Kind], int] = {}
+        self._decode(raw[hdr_len + type_off : hdr_len + type_off + type_len])
+
+    def _string(self, offset: int) -> str:
+        end = self._strings.index(b"\0", offset)
+        return self._strings[offset:end].decode()
+
+    def _decode(self, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            name_off, info, size_or_type = struct.unpack_from("=III", data, pos)
+            pos += 12
+            kind = Kind((info >> 24) & 0x1F)
+            vlen = info & 0xFFFF
+            kflag = bool(info >> 31)
+            type_id = len(self.types)
+            name = self._string(name_off)
+            fields: dict[str, Any] = {}
+            if kind == Kind.INT:
+                (bits,) = struct.unpack_from("=I", data, pos)
+                pos += 4
+                encoding = (bits >> 24) & 0xF
+                fields = dict(
+                    size=size_or_type,
+                    bits=bits & 0xFF,
+                    signed=bool(encoding & _INT_SIGNED),
+                    is_char=bool(encoding & _INT_CHAR) or name == "char",
+                    is_bool=bool(encoding & _INT_BOOL),
+                )
+            elif kind == Kind.ARRAY:
+                elem, _index, nelems = struct.unpack_from("=III", data, pos)
+                pos += 12
+                fields = dict(ref=elem, nelems=nelems)
+            elif kind in (Kind.STRUCT, Kind.UNION):
+                members = []
+                for _ in range(vlen):
+                    m_name, m_type, m_off = struct.unpack_from("=III", data, pos)
+                    pos += 12
+                    bit_off, bf_size = (m_off & 0xFFFFFF, m_off >> 24) if kflag else (m_off, 0)
+                    members.append(Member(self._string(m_name), m_type, bit_off, bf_size))
+                fields = dict(size=size_or_type, members=tuple(members))
+            elif kind == Kind.ENUM:
+                values = []
+                for _ in range(vlen):
+                    e_name, e_val = struct.unpack_from("=Ii" if kflag else "=II", data, pos)
+                    pos += 8
+                    values.append((self._string(e_name), e_val))
+                fields = dict(size=size_or_type, enumerators=tuple(values), signed=kflag)
+            elif kind == Kind.ENUM64:
+                values = []
+                for _ in range(vlen):
+                    e_name, lo, hi = struct.unpack_from("=III", data, pos)
+                    pos += 12
+                    value = (hi << 32) | lo
+                    if kflag and value >= 1 << 63:
+                        value -= 1 << 64
+                    values.append((self._string(e_name), value))
+                fields = dict(size=size_or_type, enumerators=tuple(values), signed=kflag)
+            elif kind == Kind.FUNC_PROTO:
+                pos += 8 * vlen
+                fields = dict(ref=size_or_type)
+            elif kind == Kind.VAR:
+                (linkage,) = struct.unpack_from("=I", data, pos)
+                pos += 4
+                fields = dict(ref=size_or_type, linkage=linkage)
+            elif kind == Kind.DATASEC:
+                members = []
+                for _ in range(vlen):
+                    v_type, v_off, _v_size = struct.unpack_from("=III", data, pos)
+                    pos += 12
+                    members.append(Member("", v_type, v_off * 8, 0))
+                fields = dict(size=size_or_type, members=tuple(members))
+            elif kind == Kind.DECL_TAG:
+                pos += 4
+                fields = dict(ref=size_or_type)
+            elif kind == Kind.FLOAT:
+                fields = dict(size=size_or_type)
+            else:  # PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, TYPE_TAG
+                fields = dict(ref=size_or_type)
+            self.types.append(BtfType(type_id, kind, name, **fields))
+            if name:
+                self._by_name.setdefault((name, kind), type_id)
+        # DATASEC members are VARs: name them after the variable.
+        for i, t in enumerate(self.types):
+            if t is not None and t.kind == Kind.DATASEC:
+                named = tuple(
+                    Member(self[m.type_id].name, self[m.type_id].ref, m.bit_offset, 0) for m in t.members
+                )
+                self.types[i] = dataclasses.replace(t, members=named)
+
+    def __getitem__(self, type_id: int) -> BtfType:
+        t = self.types[type_id] if 0 < type_id < len(self.types) else None
+        if t is None:
+            raise TypeMismatchError(f"no BTF type with id {type_id}")
+        return t
+
+    def __iter__(self) -> Iterator[BtfType]:
+        return (t for t in self.types if t is not None)
+
+    def find(self, name: str, kind: Kind) -> Optional[BtfType]:
+        type_id = self._by_name.get((name, kind))
+        return self[type_id] if type_id else None
+
+    def resolve(self, type_id: int) -> BtfType:
+        """Follows typedefs and qualifiers to the type that has a layout."""
+        t = self[type_id]
+        while t.kind in _MODIFIERS:
+            t = self[t.ref]
+        return t
+
+    def size_of(self, type_id: int) -> int:
+        t = self.resolve(type_id)
+        if t.kind == Kind.ARRAY:
+            return t.nelems * self.size_of(t.ref)
+        if t.kind == Kind.PTR:
+            return 8
+        return t.size
+
+    def type_name(self, type_id: int) -> str:
+        """C spelling of a type, for messages: `struct flow_key`, `__u32`, `char[16]`."""
+        if type_id == 0:
+            return "void"
+        t = self[type_id]
+        prefix = {Kind.STRUCT: "struct ", Kind.UNION: "union ", Kind.ENUM: "enum ", Kind.ENUM64: "enum "}
+        if t.kind == Kind.ARRAY:
+            return f"{self.type_name(t.ref)}[{t.nelems}]"
+        if t.kind == Kind.PTR:
+            return f"{self.type_name(t.ref)} *"
+        if t.kind in (Kind.CONST, Kind.VOLATILE, Kind.RESTRICT, Kind.TYPE_TAG):
+            return self.type_name(t.ref)
+        return prefix.get(t.kind, "") + (t.name or "(anon)")
+
+    def codec(self, type_id: int) -> TypeCodec:
+        """The numpy dtype and Python conversions of a type."""
+        return TypeCodec(self, type_id)
+
+
+class TypeCodec:
+    """One BTF type as a numpy dtype (for batches) and as plain Python values (for one lookup):
+    scalars are int, char[N] is bytes, enums are IntEnum, structs are frozen dataclasses."""
+
+    def __init__(self, btf: Btf, type_id: int) -> None:
+        self.btf = btf
+        self.type_id = type_id
+        self.name = btf.type_name(type_id)
+        self.dtype = self._dtype(type_id)
+
+    # --- dtype ---
+
+    def _dtype(self, type_id: int) -> np.dtype[Any]:
+        btf = self.btf
+        t = btf.resolve(type_id)
+        if t.kind == Kind.INT:
+            if t.is_bool and t.size == 1:
+                return np.dtype("?")
+            if t.size not in (1, 2, 4, 8):
+                return np.dtype(f"V{t.size}")
+            return np.dtype(f"{'i' if t.signed else 'u'}{t.size}")
+        if t.kind in (Kind.ENUM, Kind.ENUM64):
+            return np.dtype(f"{'i' if t.signed else 'u'}{t.size}")
+        if t.kind == Kind.PTR:
+            return np.dtype("u8")
+        if t.kind == Kind.FLOAT:
+            return np.dtype(f"f{t.size}")
+        if t.kind == Kind.ARRAY:
+            elem = btf.resolve(t.ref)
+            if elem.kind == Kind.INT and elem.size == 1 and elem.is_char:
+                return np.dtype(f"S{t.nelems}")
+            return np.dtype((self._dtype(t.ref), (t.nelems,)))
+        if t.kind in (Kind.STRUCT, Kind.UNION, Kind.DATASEC):
+            names, formats, offsets = [], [], []
+            for name, member_type, offset in self._fields(t):
+                names.append(name)
+                formats.append(self._dtype(member_type))
+                offsets.append(offset)
+            return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": t.size})
+        raise TypeMismatchError(f"BTF type {btf.type_name(type_id)} ({t.kind.name}) has no fixed layout")
+
+    def _fields(self, t: BtfType, base: int = 0) -> Iterator[tuple[str, int, int]]:
+        """(name, type id, byte offset) of each member; anonymous structs and unions are flattened
+        as C does, bitfields are left out (numpy cannot address bits)."""
+        for m in t.members:
+            if m.bitfield_size or m.bit_offset % 8:
+                continue
+            offset = base + m.bit_offset // 8
+            inner = self.btf.resolve(m.type_id)
+            if not m.name and inner.kind in (Kind.STRUCT, Kind.UNION):
+                yield from self._fields(inner, offset)
+            else:
+                yield m.name, m.type_id, offset
+
+    # --- Python values ---
+
+    @cached_property
+    def python_type(self) -> Any:
+        """The class a single value becomes: a frozen dataclass for a struct, IntEnum for an enum."""
+        return self._python_type(self.type_id)
+
+    def _python_type(self, type_id: int) -> Any:
+        t = self.btf.resolve(type_id)
+        if t.kind in (Kind.ENUM, Kind.ENUM64) and t.name and t.enumerators:
+            return enum.IntEnum(t.name, dict(t.enumerators))  # type: ignore[misc]
+        if t.kind in (Kind.STRUCT, Kind.UNION, Kind.DATASEC):
+            fields = [(name, Any) for name, _, _ in self._fields(t)]
+            cls_name = t.name.lstrip(".") or "anon"
+            return dataclasses.make_dataclass(cls_name, fields, frozen=True)
+        return None
+
+    def to_python(self, raw: Any) -> Any:
+        """A numpy scalar or record of this type as plain Python values."""
+        return self._convert(self.type_id, raw)
+
+    def _convert(self, type_id: int, raw: Any) -> Any:
+        t = self.btf.resolve(type_id)
+        if t.kind in (Kind.STRUCT, Kind.UNION, Kind.DATASEC):
+            cls = self._class_for(type_id)
+            values = {name: self._convert(mt, raw[name]) for name, mt, _ in self._fields(t)}
+            return cls(**values)
+        if t.kind == Kind.ARRAY:
+            if isinstance(raw, bytes):
+                return bytes(raw)  # np.bytes_ → bytes
+            return tuple(self._convert(t.ref, item) for item in raw)
+        if t.kind in (Kind.ENUM, Kind.ENUM64):
+            cls = self._class_for(type_id)
+            try:
+                return cls(int(raw)) if cls else int(raw)
+            except ValueError:
+                return int(raw)  # a value the enum does not name
+        if t.kind == Kind.FLOAT:
+            return float(raw)
+        if isinstance(raw, np.bool_):
+            return bool(raw)
+        if isinstance(raw, np.void):
+            return bytes(raw)
+        return int(raw)
+
+    @cached_property
+    def _classes(self) -> dict[int, Any]:
+        return {}
+
+    def _class_for(self, type_id: int) -> Any:
+        t = self.btf.resolve(type_id)
+        if t.id not in self._classes:
+            self._classes[t.id] = self._python_type(t.id)
+        return self._classes[t.id]
+
+    def to_bytes(self, value: Any) -> bytes:
+        """Encodes an int, bytes, mapping, tuple, dataclass or numpy record of this type."""
+        return self.to_array([value]).tobytes()
+
+    def to_array(self, values: Any) -> np.ndarray[Any, Any]:
+        """Encodes a sequence of values (or an array already of this dtype) as an array of this dtype."""
+        if isinstance(values, np.ndarray) and values.dtype == self.dtype:
+            return values
+        out = np.zeros(len(values), dtype=self.dtype)
+        for i, value in enumerate(values):
+            try:
+                out[i] = self._numpy_value(value)
+            except (TypeError, ValueError, OverflowError, KeyError) as exc:
+                raise TypeMismatchError(f"{value!r} does not fit {self.name}: {exc}") from None
+        return out
+
+    def _numpy_value(self, value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict):
+            if self.dtype.names is None:
+                raise TypeMismatchError(f"{self.name} is not a struct")
+            missing = set(value) - set(self.dtype.names)
+            if missing:
+                raise TypeMismatchError(f"{self.name} has no field {sorted(missing)[0]!r}")
+            return tuple(value.get(name, 0) for name in self.dtype.names)
+        if isinstance(value, bytes) and self.dtype.kind == "V" and len(value) == self.dtype.itemsize:
+            return np.frombuffer(value, dtype=self.dtype)[0]
+        return value
+
+
+class RawCodec:
+    """A key or value the object has no BTF for: an unsigned int of its size, or raw bytes."""
+
+    def __init__(self, size: int) -> None:
+        self.name = f"{size}-byte value without BTF"
+        self.dtype: np.dtype[Any] = np.dtype(f"u{size}") if size in (1, 2, 4, 8) else np.dtype(f"V{size}")
+        self.python_type = None
+
+    def to_python(self, raw: Any) -> Any:
+        return bytes(raw) if isinstance(raw, np.void) else int(raw)
+
+    def to_bytes(self, value: Any) -> bytes:
+        return self.to_array([value]).tobytes()
+
+    def to_array(self, values: Any) -> np.ndarray[Any, Any]:
+        if isinstance(values, np.ndarray) and values.dtype == self.dtype:
+            return values
+        try:
+            if self.dtype.kind == "V":
+                return np.frombuffer(b"".join(bytes(v) for v in values), dtype=self.dtype)
+            return np.array(values, dtype=self.dtype)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeMismatchError(f"{values!r} does not fit a {self.name}: {exc}") from None

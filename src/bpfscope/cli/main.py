@@ -1,0 +1,61 @@
+"""`bpfscope`: one command, one module per subcommand. Every bpfscope error becomes one line on
+stderr and a non-zero exit; nothing is left attached because links close with their process."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from ..__about__ import __version__
+
+# subcommand → module in bpfscope.cli; each module has `add_arguments(parser)` and `run(args) -> int`.
+# Modules are imported only for the subcommand that runs, so start-up stays fast.
+SUBCOMMANDS = {
+    "packets": ("packets", "count packets and bytes by protocol on an interface (XDP)"),
+    "doctor": ("doctor", "check what this kernel and this process can run"),
+    "build": ("build", "compile your own .bpf.c into a CO-RE object with bpfscope's headers"),
+    "bench": ("bench", "measure bpfscope against its peers on this kernel"),
+}
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser(selected: Optional[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bpfscope", description="eBPF observability for Python")
+    parser.add_argument("--version", action="version", version=f"bpfscope {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="on a verifier rejection, show the log's tail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            importlib.import_module(f".{module}", __package__).add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if a in SUBCOMMANDS), None)
+    args = _parser(selected).parse_args(argv)
+    from ..errors import BpfscopeError, VerifierError
+
+    try:
+        module = importlib.import_module(f".{SUBCOMMANDS[args.command][0]}", __package__)
+        return int(module.run(args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except VerifierError as exc:
+        print(f"bpfscope {args.command}: {exc}", file=sys.stderr)
+        if args.verbose:
+            print("\n".join(exc.tail()), file=sys.stderr)
+        return EXIT_ERROR
+    except (BpfscopeError, OSError) as exc:
+        print(f"bpfscope {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The exception tree. Every error is an OSError with an errno, so callers can catch by errno too."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import re
+from typing import Sequence
+
+__all__ = [
+    "BpfscopeError",
+    "SyscallError",
+    "PermissionDeniedError",
+    "VerifierError",
+    "NotSupportedError",
+    "TypeMismatchError",
+    "InterfaceNotFoundError",
+]
+
+
+class BpfscopeError(OSError):
+    """Base of every bpfscope error."""
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(err, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SyscallError(BpfscopeError):
+    """A bpf(), perf_event_open() or libbpf call failed; `errno` is the kernel's."""
+
+    def __init__(self, err: int, op: str, detail: str = "") -> None:
+        text = f"{op}: {os.strerror(err)}"
+        super().__init__(err, f"{text} ({detail})" if detail else text)
+        self.op = op
+
+
+class PermissionDeniedError(SyscallError):
+    """EPERM/EACCES outside the verifier: the process lacks a capability."""
+
+    def __init__(self, err: int, op: str, capability: str = "CAP_BPF") -> None:
+        super().__init__(err, op, f"needs root or {capability}")
+        self.capability = capability
+
+
+class NotSupportedError(BpfscopeError):
+    """The running kernel lacks a feature; the message names it in one line."""
+
+    def __init__(self, feature: str, reason: str = "") -> None:
+        msg = f"this kernel does not support {feature}" + (f": {reason}" if reason else "")
+        super().__init__(_errno.EOPNOTSUPP, msg)
+        self.feature = feature
+
+
+class TypeMismatchError(BpfscopeError, TypeError):
+    """A value does not fit the BTF type of a map key, map value or ring buffer record."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_errno.EINVAL, message)
+
+
+class InterfaceNotFoundError(BpfscopeError):
+    """A network interface name that does not exist here; the message lists those that do."""
+
+    def __init__(self, name: str, existing: Sequence[str]) -> None:
+        super().__init__(
+            _errno.ENODEV, f"no interface {name!r}; interfaces here: {', '.join(existing) or 'none'}"
+        )
+        self.name = name
+
+
+_SOURCE_LINE = re.compile(r"^; (.*?)(?: @ (\S+:\d+))?$")
+_NOISE = re.compile(r"^(processed \d+ insns|verification time|stack depth|-- END|\s*$)")
+
+
+class VerifierError(SyscallError):
+    """The verifier rejected a program. `log` is the whole log; str() is the cause and its source line."""
+
+    def __init__(self, program: str, err: int, log: Sequence[str]) -> None:
+        self.program = program
+        self.log = tuple(log)
+        self.cause = self._cause(self.log)
+        self.source_line = self._source_line(self.log)
+        detail = self.cause + (f" at {self.source_line}" if self.source_line else "")
+        SyscallError.__init__(self, err, f"verifier rejected program {program!r}", detail)
+        self.message = f"verifier rejected program {program!r}: {detail}" if detail else self.message
+
+    @staticmethod
+    def _cause(log: Sequence[str]) -> str:
+        for line in reversed(log):
+            if not _NOISE.match(line) and not line.startswith(";"):
+                return line.strip()
+        return "no verifier log"
+
+    @staticmethod
+    def _source_line(log: Sequence[str]) -> str:
+        for line in reversed(log):
+            match = _SOURCE_LINE.match(line)
+            if match:
+                code, where = match.groups()
+                return f"{where}: {code.strip()}" if where else code.strip()
+        return ""
+
+    def tail(self, lines: int = 20) -> list[str]:
+        """The last `lines` lines of the log, where the rejection is explained."""
+        return list(self.log[-lines:])

@@ -1,0 +1,435 @@
+"""Maps typed from BTF. One value: plain Python (int, bytes, IntEnum, frozen dataclass). A whole
+map: two numpy structured arrays from bpf_map_lookup_batch, the default and fast path; per-key
+iteration only where the kernel has no batch operations for the map type."""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import errno
+import os
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+
+from . import _libbpf
+from .btf import Btf, RawCodec, TypeCodec
+from .errors import BpfscopeError, TypeMismatchError
+from .pin import ensure_pin_dir
+
+__all__ = [
+    "Map",
+    "MapType",
+    "UpdateFlags",
+    "HashMap",
+    "ArrayMap",
+    "PerCpuHashMap",
+    "PerCpuArrayMap",
+    "LpmTrieMap",
+    "sum_cpus",
+]
+
+Codec = Union[TypeCodec, RawCodec]
+_ENOTSUPP = 524  # the kernel-internal "not supported" some map types return for batch ops
+_BATCH_CHUNK = 1 << 16
+
+
+class MapType(enum.IntEnum):
+    """enum bpf_map_type."""
+
+    UNSPEC = 0
+    HASH = 1
+    ARRAY = 2
+    PROG_ARRAY = 3
+    PERF_EVENT_ARRAY = 4
+    PERCPU_HASH = 5
+    PERCPU_ARRAY = 6
+    STACK_TRACE = 7
+    CGROUP_ARRAY = 8
+    LRU_HASH = 9
+    LRU_PERCPU_HASH = 10
+    LPM_TRIE = 11
+    ARRAY_OF_MAPS = 12
+    HASH_OF_MAPS = 13
+    QUEUE = 22
+    STACK = 23
+    RINGBUF = 27
+
+
+class UpdateFlags(enum.IntFlag):
+    ANY = 0  # BPF_ANY
+    NOEXIST = 1  # BPF_NOEXIST
+    EXIST = 2  # BPF_EXIST
+
+
+def possible_cpus() -> int:
+    return int(_libbpf.check(_libbpf.libbpf_num_possible_cpus(), "count possible CPUs"))
+
+
+def sum_cpus(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Adds per-CPU values (shape [..., cpus]) field by field into one value per entry."""
+    if values.dtype.names is None:
+        return values.sum(axis=-1, dtype=values.dtype)
+    out = np.zeros(values.shape[:-1], dtype=values.dtype)
+    for name in values.dtype.names:
+        out[name] = values[name].sum(axis=-1, dtype=values.dtype[name].base)
+    return out
+
+
+class Map:
+    """A BPF map, typed by the BTF of its key and value. Acts as a mutable mapping."""
+
+    per_cpu = False
+
+    def __init__(
+        self,
+        fd: int,
+        *,
+        name: str,
+        type: MapType,
+        key_size: int,
+        value_size: int,
+        max_entries: int,
+        key: Codec,
+        value: Codec,
+        owner: object = None,
+    ) -> None:
+        self._fd = fd
+        self._owner = owner  # an Object owns the fd; a map from a pin owns it itself
+        self.name = name
+        self.type = type
+        self.key_size = key_size
+        self.value_size = value_size
+        self.max_entries = max_entries
+        self.key = key
+        self.value = value
+        for role, codec, size in (("key", key, key_size), ("value", value, value_size)):
+            if size and codec.dtype.itemsize != size:
+                raise TypeMismatchError(
+                    f"map {name!r}: BTF {role} type {codec.name} is {codec.dtype.itemsize} bytes, "
+                    f"the map's {role} is {size}"
+                )
+        self._cpus = possible_cpus() if self.per_cpu else 1
+        # The kernel lays per-CPU values out 8-byte aligned, one slot per possible CPU.
+        slot = (value_size + 7) & ~7 if self.per_cpu else value_size
+        self._slot_dtype = (
+            value.dtype
+            if slot == value.dtype.itemsize
+            else np.dtype({"names": ["v"], "formats": [value.dtype], "offsets": [0], "itemsize": slot})
+        )
+
+    @property
+    def fd(self) -> int:
+        if self._fd < 0:
+            raise BpfscopeError(errno.EBADF, f"map {self.name!r} is closed")
+        return self._fd
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.name} {self.key.name} -> {self.value.name} "
+                f"max_entries={self.max_entries}>")
+
+    # --- buffers ---
+
+    def _value_array(self, count: int) -> np.ndarray[Any, Any]:
+        shape = (count, self._cpus) if self.per_cpu else (count,)
+        return np.zeros(shape, dtype=self._slot_dtype)
+
+    def _unslot(self, values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return values if values.dtype == self.value.dtype else values["v"]
+
+    def _key_bytes(self, key: Any) -> ctypes.Array[ctypes.c_char]:
+        return ctypes.create_string_buffer(self.key.to_bytes(key), self.key_size)
+
+    def _encode_value(self, value: Any) -> np.ndarray[Any, Any]:
+        buf = self._value_array(1)
+        encoded = self.value.to_array(
+            list(value) if self.per_cpu and isinstance(value, (list, tuple)) else [value]
+        )
+        if self.per_cpu and len(encoded) not in (1, self._cpus):
+            raise TypeMismatchError(f"map {self.name!r} takes one value or {self._cpus} (one per CPU)")
+        target = self._unslot(buf)
+        target[...] = encoded if not self.per_cpu else encoded.reshape(1, -1)
+        return buf
+
+    def _decode_value(self, values: np.ndarray[Any, Any]) -> Any:
+        values = self._unslot(values)
+        if self.per_cpu:
+            return tuple(self.value.to_python(v) for v in values[0])
+        return self.value.to_python(values[0])
+
+    # --- one key ---
+
+    def lookup(self, key: Any) -> Any:
+        """The value for `key`, or None if it has none. Per-CPU maps: a tuple, one value per CPU."""
+        values = self._value_array(1)
+        ret = _libbpf.bpf_map_lookup_elem(self.fd, self._key_bytes(key), _libbpf.buffer_address(values))
+        if ret == -errno.ENOENT:
+            return None
+        _libbpf.check(ret, f"lookup in map {self.name!r}")
+        return self._decode_value(values)
+
+    def update(self, key: Any, value: Any, flags: UpdateFlags = UpdateFlags.ANY) -> None:
+        """Sets `key` to `value`. Per-CPU maps take one value for every CPU, or one per CPU."""
+        values = self._encode_value(value)
+        _libbpf.check(
+            _libbpf.bpf_map_update_elem(self.fd, self._key_bytes(key), _libbpf.buffer_address(values), flags),
+            f"update map {self.name!r}",
+        )
+
+    def delete(self, key: Any) -> bool:
+        """Removes `key`; False if it was not there."""
+        ret = _libbpf.bpf_map_delete_elem(self.fd, self._key_bytes(key))
+        if ret == -errno.ENOENT:
+            return False
+        _libbpf.check(ret, f"delete from map {self.name!r}")
+        return True
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.lookup(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        value = self.lookup(key)
+        return default if value is None else value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.update(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key: Any) -> bool:
+        return self.lookup(key) is not None
+
+    # --- whole map ---
+
+    def lookup_batch(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """Every key and value as two structured arrays (per-CPU values: shape [n, cpus]), read
+        with bpf_map_lookup_batch in chunks; by key where the map type has no batch lookup."""
+        chunk = max(1, min(self.max_entries, _BATCH_CHUNK))
+        token_in = ctypes.create_string_buffer(max(self.key_size, 8))
+        token_out = ctypes.create_string_buffer(max(self.key_size, 8))
+        opts = _libbpf.BpfMapBatchOpts(sz=ctypes.sizeof(_libbpf.BpfMapBatchOpts))
+        key_parts, value_parts = [], []
+        first = True
+        while True:
+            keys = np.zeros(chunk, dtype=self.key.dtype)
+            values = self._value_array(chunk)
+            count = ctypes.c_uint32(chunk)
+            ret = _libbpf.bpf_map_lookup_batch(
+                self.fd, None if first else token_in, token_out, _libbpf.buffer_address(keys),
+                _libbpf.buffer_address(values), ctypes.byref(count), opts,
+            )
+            err = -ret if ret < 0 else 0
+            if first and err in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP):
+                return self._lookup_by_key()
+            if err == errno.ENOSPC and count.value == 0:
+                chunk *= 2  # one hash bucket holds more entries than the chunk
+                continue
+            if err not in (0, errno.ENOENT):
+                _libbpf.check(ret, f"batch lookup in map {self.name!r}")
+            key_parts.append(keys[: count.value])
+            value_parts.append(self._unslot(values[: count.value]))
+            if err == errno.ENOENT:
+                break
+            ctypes.memmove(token_in, token_out, len(token_out))
+            first = False
+        return np.concatenate(key_parts), np.concatenate(value_parts)
+
+    def _lookup_by_key(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        keys = np.array(list(self._raw_keys()), dtype=self.key.dtype)
+        values = self._value_array(len(keys))
+        kept = np.ones(len(keys), dtype=bool)
+        for i in range(len(keys)):
+            ret = _libbpf.bpf_map_lookup_elem(
+                self.fd, _libbpf.buffer_address(keys[i : i + 1]), _libbpf.buffer_address(values[i : i + 1])
+            )
+            if ret == -errno.ENOENT:
+                kept[i] = False  # deleted while we walked
+            else:
+                _libbpf.check(ret, f"lookup in map {self.name!r}")
+        return keys[kept], self._unslot(values[kept])
+
+    def _raw_keys(self) -> Iterator[Any]:
+        key = np.zeros(1, dtype=self.key.dtype)
+        next_key = np.zeros(1, dtype=self.key.dtype)
+        current = None
+        while True:
+            ret = _libbpf.bpf_map_get_next_key(self.fd, current, _libbpf.buffer_address(next_key))
+            if ret == -errno.ENOENT:
+                return
+            _libbpf.check(ret, f"iterate map {self.name!r}")
+            key[...] = next_key
+            yield next_key[0].copy()
+            current = _libbpf.buffer_address(key)
+
+    def update_batch(self, keys: Any, values: Any, flags: UpdateFlags = UpdateFlags.ANY) -> None:
+        """Writes many entries in one bpf_map_update_batch call."""
+        key_array = np.ascontiguousarray(self.key.to_array(keys))
+        value_array = self._value_array(len(key_array))
+        encoded = self.value.to_array(values)
+        self._unslot(value_array)[...] = encoded.reshape(value_array.shape[:1] + (-1,)) if self.per_cpu else encoded
+        count = ctypes.c_uint32(len(key_array))
+        opts = _libbpf.BpfMapBatchOpts(sz=ctypes.sizeof(_libbpf.BpfMapBatchOpts), elem_flags=int(flags))
+        _libbpf.check(
+            _libbpf.bpf_map_update_batch(self.fd, _libbpf.buffer_address(key_array),
+                                         _libbpf.buffer_address(value_array), ctypes.byref(count), opts),
+            f"batch update map {self.name!r} ({count.value} of {len(key_array)} written)",
+        )
+
+    def delete_batch(self, keys: Any) -> None:
+        """Deletes many keys in one bpf_map_delete_batch call."""
+        key_array = np.ascontiguousarray(self.key.to_array(keys))
+        count = ctypes.c_uint32(len(key_array))
+        opts = _libbpf.BpfMapBatchOpts(sz=ctypes.sizeof(_libbpf.BpfMapBatchOpts))
+        _libbpf.check(
+            _libbpf.bpf_map_delete_batch(self.fd, _libbpf.buffer_address(key_array), ctypes.byref(count), opts),
+            f"batch delete from map {self.name!r}",
+        )
+
+    def items(self) -> list[tuple[Any, Any]]:
+        """Every entry as Python values (read in one batch)."""
+        keys, values = self.lookup_batch()
+        to_key, to_value = self.key.to_python, self.value.to_python
+        if self.per_cpu:
+            return [(to_key(k), tuple(to_value(v) for v in row)) for k, row in zip(keys, values)]
+        return [(to_key(k), to_value(v)) for k, v in zip(keys, values)]
+
+    def keys(self) -> list[Any]:
+        return [k for k, _ in self.items()]
+
+    def values(self) -> list[Any]:
+        return [v for _, v in self.items()]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.lookup_batch()[0])
+
+    def clear(self) -> None:
+        keys, _ = self.lookup_batch()
+        if len(keys):
+            self.delete_batch(keys)
+
+    # --- pins ---
+
+    def pin(self, path: str) -> None:
+        """Pins the map in bpffs so other processes (and later runs) can open it."""
+        ensure_pin_dir(path)
+        _libbpf.check(_libbpf.bpf_obj_pin(self.fd, path.encode()), f"pin map {self.name!r} at {path}")
+
+    @staticmethod
+    def from_pin(path: str) -> Map:
+        """Opens a pinned map, typed by the BTF the kernel keeps for it."""
+        fd = _libbpf.check(_libbpf.bpf_obj_get(path.encode()), f"open pinned map {path}")
+        try:
+            info = _libbpf.BpfMapInfo()
+            size = ctypes.c_uint32(ctypes.sizeof(info))
+            _libbpf.check(_libbpf.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+                          f"read info of {path}")
+            btf = Btf(_libbpf.kernel_btf(info.btf_id)) if info.btf_id else None
+            m = Map.create(fd, name=info.name.decode(), type=info.type, key_size=info.key_size,
+                           value_size=info.value_size, max_entries=info.max_entries, btf=btf,
+                           key_type_id=info.btf_key_type_id, value_type_id=info.btf_value_type_id)
+        except BaseException:
+            os.close(fd)
+            raise
+        m._owns_fd = True
+        return m
+
+    def close(self) -> None:
+        """Closes a map opened from a pin; maps of an Object close with it."""
+        if getattr(self, "_owns_fd", False) and self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Map:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    @staticmethod
+    def create(
+        fd: int,
+        *,
+        name: str,
+        type: int,
+        key_size: int,
+        value_size: int,
+        max_entries: int,
+        btf: Optional[Btf],
+        key_type_id: int,
+        value_type_id: int,
+        owner: object = None,
+    ) -> Map:
+        """The Map subclass for `type`, with codecs from BTF (raw integers or bytes without it)."""
+        map_type = MapType(type) if type in MapType._value2member_map_ else type
+
+        def codec(type_id: int, size: int) -> Codec:
+            return btf.codec(type_id) if btf is not None and type_id else RawCodec(size)
+
+        cls = _MAP_CLASSES.get(map_type, Map)  # type: ignore[call-overload]
+        return cls(  # type: ignore[no-any-return]
+            fd, name=name, type=map_type, key_size=key_size, value_size=value_size,
+            max_entries=max_entries, key=codec(key_type_id, key_size),
+            value=codec(value_type_id, value_size), owner=owner,
+        )
+
+
+class HashMap(Map):
+    """BPF_MAP_TYPE_HASH and BPF_MAP_TYPE_LRU_HASH."""
+
+
+class ArrayMap(Map):
+    """BPF_MAP_TYPE_ARRAY: every index from 0 to max_entries-1 exists; delete is not allowed."""
+
+    def __len__(self) -> int:
+        return self.max_entries
+
+
+class PerCpuHashMap(Map):
+    """BPF_MAP_TYPE_PERCPU_HASH and LRU_PERCPU_HASH: each value once per possible CPU."""
+
+    per_cpu = True
+
+    def sum(self, key: Any) -> Any:
+        """One value for `key`: the per-CPU values added field by field."""
+        values = self._value_array(1)
+        ret = _libbpf.bpf_map_lookup_elem(self.fd, self._key_bytes(key), _libbpf.buffer_address(values))
+        if ret == -errno.ENOENT:
+            raise KeyError(key)
+        _libbpf.check(ret, f"lookup in map {self.name!r}")
+        return self.value.to_python(sum_cpus(self._unslot(values))[0])
+
+    def lookup_batch_sum(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """lookup_batch with the CPUs added up: one value per key."""
+        keys, values = self.lookup_batch()
+        return keys, sum_cpus(values)
+
+
+class PerCpuArrayMap(PerCpuHashMap, ArrayMap):
+    """BPF_MAP_TYPE_PERCPU_ARRAY."""
+
+
+class LpmTrieMap(Map):
+    """BPF_MAP_TYPE_LPM_TRIE: keys are {prefixlen, data}; no batch lookup in the kernel."""
+
+
+_MAP_CLASSES: dict[Any, type[Map]] = {
+    MapType.HASH: HashMap,
+    MapType.LRU_HASH: HashMap,
+    MapType.ARRAY: ArrayMap,
+    MapType.PERCPU_HASH: PerCpuHashMap,
+    MapType.LRU_PERCPU_HASH: PerCpuHashMap,
+    MapType.PERCPU_ARRAY: PerCpuArrayMap,
+    MapType.LPM_TRIE: LpmTrieMap,
+}
+

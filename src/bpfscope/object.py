@@ -1,0 +1,277 @@
+"""ObjectSpec (a parsed .bpf.o: configurable, nothing in the kernel yet) → Object (loaded: owns
+its programs, maps and their fds). Configuration is written between the two: `const volatile`
+globals through `spec.rodata`, map sizes through `spec.maps[name].max_entries`."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import re
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterator, Mapping, Optional, Union
+
+import numpy as np
+
+from . import _libbpf
+from .btf import Btf, Kind, TypeCodec
+from .errors import BpfscopeError, PermissionDeniedError, SyscallError, VerifierError
+from .maps import Map
+from .program import Program
+
+__all__ = ["ObjectSpec", "Object", "MapSpec", "ProgramSpec", "Config", "tool_object"]
+
+_PACKAGE_OBJECTS = Path(__file__).parent / "_bpf"
+_LOG_SECTION = re.compile(r"prog '([^']+)': -- BEGIN PROG LOAD LOG --\n(.*?)-- END PROG LOAD LOG --", re.S)
+_LOAD_FAILED = re.compile(r"prog '([^']+)': (?:BPF program load failed|failed to load)")
+
+
+def tool_object(name: str) -> Path:
+    """The compiled object a tool ships in the package, for this machine's architecture."""
+    path = _PACKAGE_OBJECTS / platform.machine() / f"{name}.bpf.o"
+    if not path.is_file():
+        raise BpfscopeError(
+            errno.ENOENT,
+            f"no BPF object {name!r} for {platform.machine()} in the package (looked for {path}); "
+            "build it with `make bpf`",
+        )
+    return path
+
+
+class MapSpec:
+    """A map before load: its size can still change."""
+
+    def __init__(self, ptr: int) -> None:
+        self._ptr = ptr
+        self.name: str = _libbpf.bpf_map__name(ptr).decode()
+
+    @property
+    def max_entries(self) -> int:
+        return int(_libbpf.bpf_map__max_entries(self._ptr))
+
+    @max_entries.setter
+    def max_entries(self, value: int) -> None:
+        _libbpf.check(_libbpf.bpf_map__set_max_entries(self._ptr, value), f"resize map {self.name!r}")
+
+
+class ProgramSpec:
+    """A program before load: `autoload = False` leaves it out (a hook this kernel lacks)."""
+
+    def __init__(self, ptr: int) -> None:
+        self._ptr = ptr
+        self.name: str = _libbpf.bpf_program__name(ptr).decode()
+        self.section: str = _libbpf.bpf_program__section_name(ptr).decode()
+
+    @property
+    def autoload(self) -> bool:
+        return bool(_libbpf.bpf_program__autoload(self._ptr))
+
+    @autoload.setter
+    def autoload(self, value: bool) -> None:
+        _libbpf.check(_libbpf.bpf_program__set_autoload(self._ptr, value), f"set autoload of {self.name!r}")
+
+
+class Config(Mapping[str, Any]):
+    """The `const volatile` globals of .rodata, typed by BTF; writable until the object loads."""
+
+    def __init__(self, array: Optional[np.ndarray[Any, Any]], codec: Optional[TypeCodec]) -> None:
+        self._array = array
+        self._codec = codec
+        self.frozen = False
+
+    def _fields(self) -> tuple[str, ...]:
+        return () if self._array is None else tuple(self._array.dtype.names or ())
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._fields():
+            raise KeyError(name)
+        assert self._array is not None and self._codec is not None
+        raw = self._array[0][name]
+        field_type = next(m.type_id for m in self._codec.btf.resolve(self._codec.type_id).members if m.name == name)
+        return self._codec.btf.codec(field_type).to_python(raw)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if self.frozen:
+            raise BpfscopeError(errno.EROFS, f"cannot set {name!r}: the object is loaded, .rodata is frozen")
+        if name not in self._fields():
+            known = ", ".join(self._fields()) or "none"
+            raise KeyError(f"no const volatile global {name!r} (the object has: {known})")
+        assert self._array is not None
+        try:
+            self._array[0][name] = value
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise BpfscopeError(errno.EINVAL, f"{name} = {value!r}: {exc}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields())
+
+    def __len__(self) -> int:
+        return len(self._fields())
+
+
+class _Owner:
+    """Owns the libbpf `struct bpf_object *`; closed once, by whichever holder closes last."""
+
+    def __init__(self, ptr: int, path: str) -> None:
+        self.ptr = ptr
+        self.path = path
+
+    def close(self) -> None:
+        ptr, self.ptr = self.ptr, 0
+        if ptr:
+            _libbpf.bpf_object__close(ptr)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _walk(next_fn: Any, obj_ptr: int) -> Iterator[int]:
+    item = next_fn(obj_ptr, None)
+    while item:
+        yield item
+        item = next_fn(obj_ptr, item)
+
+
+class ObjectSpec:
+    """An opened .bpf.o. Configure, then `load()`; or `close()` to drop it."""
+
+    def __init__(self, owner: _Owner) -> None:
+        self._owner = owner
+        self.name: str = _libbpf.bpf_object__name(owner.ptr).decode()
+        self.btf = Btf(_libbpf.raw_btf(_libbpf.check_ptr(_libbpf.bpf_object__btf(owner.ptr), "read BTF")))
+        self.programs = {p.name: p for p in map(ProgramSpec, _walk(_libbpf.bpf_object__next_program, owner.ptr))}
+        self.maps = {m.name: m for m in map(MapSpec, _walk(_libbpf.bpf_object__next_map, owner.ptr))}
+        self.rodata = self._config()
+
+    @classmethod
+    def open(cls, path: Union[str, os.PathLike[str]]) -> ObjectSpec:
+        """Parses an object file (ELF, BTF, relocations); nothing reaches the kernel yet."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise BpfscopeError(errno.ENOENT, f"no BPF object at {path}")
+        opts = _libbpf.BpfObjectOpenOpts(sz=ctypes.sizeof(_libbpf.BpfObjectOpenOpts))
+        with _libbpf.captured_log() as log:
+            ptr = _libbpf.bpf_object__open_file(path.encode(), opts)
+        if not ptr:
+            err = ctypes.get_errno() or errno.EINVAL
+            raise SyscallError(err, f"open BPF object {path}", _last_warning(log))
+        return cls(_Owner(ptr, path))
+
+    def _config(self) -> Config:
+        for name, spec in self.maps.items():
+            if not name.endswith(".rodata"):
+                continue
+            size = ctypes.c_size_t()
+            data = _libbpf.bpf_map__initial_value(spec._ptr, ctypes.byref(size))
+            type_id = _libbpf.bpf_map__btf_value_type_id(spec._ptr)
+            if not data or not type_id:
+                break
+            codec = self.btf.codec(type_id)
+            buffer = (ctypes.c_char * size.value).from_address(data)
+            return Config(np.frombuffer(buffer, dtype=codec.dtype, count=1), codec)
+        return Config(None, None)
+
+    def load(self) -> Object:
+        """Loads every program (autoload on) and creates every map. The spec is used up."""
+        owner = self._owner
+        if not owner.ptr:
+            raise BpfscopeError(errno.EBADF, "this ObjectSpec was already loaded or closed")
+        with _libbpf.captured_log() as log:
+            ret = _libbpf.bpf_object__load(owner.ptr)
+        if ret < 0:
+            err = -ret
+            self.close()
+            raise _load_error(err, "\n".join(log), owner.path)
+        self.rodata.frozen = True
+        return Object(owner, self.btf, self.rodata)
+
+    def close(self) -> None:
+        self._owner.close()
+
+    def __enter__(self) -> ObjectSpec:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass  # a spec handed to load() lives on in its Object; an unused one closes when collected
+
+
+def _last_warning(log: list[str]) -> str:
+    lines = [line.strip() for line in "".join(log).splitlines() if line.strip()]
+    return lines[-1].removeprefix("libbpf: ") if lines else ""
+
+
+def _load_error(err: int, log: str, path: str) -> BpfscopeError:
+    sections = _LOG_SECTION.findall(log)
+    if sections:
+        program, text = sections[-1]
+        return VerifierError(program, err, text.splitlines())
+    failed = _LOAD_FAILED.search(log)
+    if err in (errno.EPERM, errno.EACCES):
+        return PermissionDeniedError(err, f"load {path}", "CAP_BPF (and CAP_PERFMON for tracing)")
+    what = f"load program {failed.group(1)!r} of {path}" if failed else f"load {path}"
+    return SyscallError(err, what, _last_warning(log.splitlines(keepends=True)))
+
+
+class Object:
+    """A loaded object: programs ready to attach, maps ready to read. Close it (or use `with`)
+    to release every fd; links made from its programs stay until they are closed."""
+
+    def __init__(self, owner: _Owner, btf: Btf, rodata: Config) -> None:
+        self._owner = owner
+        self.btf = btf
+        self.rodata = rodata
+        self.programs: dict[str, Program] = {}
+        for ptr in _walk(_libbpf.bpf_object__next_program, owner.ptr):
+            if _libbpf.bpf_program__autoload(ptr):
+                prog = Program(ptr, owner)
+                self.programs[prog.name] = prog
+        self.maps: dict[str, Map] = {}
+        for ptr in _walk(_libbpf.bpf_object__next_map, owner.ptr):
+            fd = _libbpf.bpf_map__fd(ptr)
+            name = _libbpf.bpf_map__name(ptr).decode()
+            self.maps[name] = Map.create(
+                fd, name=name, type=_libbpf.bpf_map__type(ptr), key_size=_libbpf.bpf_map__key_size(ptr),
+                value_size=_libbpf.bpf_map__value_size(ptr), max_entries=_libbpf.bpf_map__max_entries(ptr),
+                btf=btf, key_type_id=_libbpf.bpf_map__btf_key_type_id(ptr),
+                value_type_id=_libbpf.bpf_map__btf_value_type_id(ptr), owner=owner,
+            )
+
+    def exported_type(self, name: str) -> TypeCodec:
+        """The type a program published with BTF_EXPORT(type, name)."""
+        var = self.btf.find(f"__btf_export_{name}", Kind.VAR)
+        if var is None:
+            raise BpfscopeError(errno.ENOENT, f"the object exports no type named {name!r} (BTF_EXPORT)")
+        return self.btf.codec(self.btf.resolve(var.ref).ref)
+
+    def ring_buffer(self, name: str, **kwargs: Any) -> Any:
+        """A reader for ring buffer map `name`, its records typed by DEFINE_RINGBUF's record type."""
+        from .ringbuf import RingBuffer
+
+        return RingBuffer(self, name, **kwargs)
+
+    @property
+    def closed(self) -> bool:
+        return not self._owner.ptr
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m._fd = -1
+        self._owner.close()
+
+    def __enter__(self) -> Object:
+        return self
+
+    def __exit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.close()
+
+
+def load(path: Union[str, os.PathLike[str]], **rodata: Any) -> Object:
+    """Opens, configures (`cfg_x=...` for each const volatile global) and loads in one call."""
+    spec = ObjectSpec.open(path)
+    for key, value in rodata.items():
+        spec.rodata[key] = value
+    return spec.load()

@@ -1,0 +1,283 @@
+"""A loaded program and the ways to attach it: XDP, tc, tracepoints, uprobes, perf events; and
+test_run, which runs an XDP or tc program on given bytes without any interface."""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import errno
+import glob
+import os
+import platform
+import struct
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from . import _libbpf, netdev
+from .errors import BpfscopeError, NotSupportedError, SyscallError
+from .link import FdLink, Link, LibbpfLink, LinkGroup, TcFilterLink
+from .mounts import ensure_tracefs
+
+__all__ = ["Program", "ProgramType", "XdpMode", "XdpAction", "TcDirection", "TcMode", "TestRunResult"]
+
+
+class ProgramType(enum.IntEnum):
+    """enum bpf_prog_type, as far as bpfscope attaches them."""
+
+    UNSPEC = 0
+    SOCKET_FILTER = 1
+    KPROBE = 2  # also uprobes
+    SCHED_CLS = 3
+    SCHED_ACT = 4
+    TRACEPOINT = 5
+    XDP = 6
+    PERF_EVENT = 7
+    RAW_TRACEPOINT = 17
+    TRACING = 26
+
+
+class XdpMode(enum.Enum):
+    """Where XDP runs: AUTO tries the driver and falls back to the generic (skb) path."""
+
+    AUTO = "auto"
+    NATIVE = "native"
+    GENERIC = "generic"
+
+
+class XdpAction(enum.IntEnum):
+    ABORTED = 0
+    DROP = 1
+    PASS = 2
+    TX = 3
+    REDIRECT = 4
+
+
+class TcDirection(enum.Enum):
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
+class TcMode(enum.Enum):
+    """AUTO uses a tcx link where the kernel has one (6.6+) and clsact + cls_bpf otherwise."""
+
+    AUTO = "auto"
+    TCX = "tcx"
+    CLSACT = "clsact"
+
+
+_XDP_FLAGS = {XdpMode.NATIVE: 1 << 2, XdpMode.GENERIC: 1 << 1}  # XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
+_BPF_XDP = 37
+_BPF_TCX = {TcDirection.INGRESS: 46, TcDirection.EGRESS: 47}
+_BPF_TC_HOOK = {TcDirection.INGRESS: 1, TcDirection.EGRESS: 2}  # BPF_TC_INGRESS, BPF_TC_EGRESS
+_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}[platform.machine()]
+_PERF_TYPE_SOFTWARE = 1
+_PERF_COUNT_SW_CPU_CLOCK = 0
+_PERF_ATTR_FREQ = 1 << 10
+_PERF_ATTR_SIZE_VER0 = 64
+_LIBRARY_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
+                 "/usr/lib/aarch64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib", "/usr/local/lib")
+
+
+@dataclass(frozen=True)
+class TestRunResult:
+    """What BPF_PROG_TEST_RUN returned: the program's return code, the packet it left, and the
+    kernel's average run time per repetition."""
+
+    __test__ = False  # not a pytest test class
+
+    retval: int
+    data: bytes
+    duration_ns: int
+
+    @property
+    def action(self) -> Union[XdpAction, int]:
+        try:
+            return XdpAction(self.retval)
+        except ValueError:
+            return self.retval
+
+
+class Program:
+    """One program of a loaded Object. Attach methods return a Link; keep it (or use `with`)."""
+
+    def __init__(self, ptr: int, owner: object) -> None:
+        self._ptr = ptr
+        self._owner = owner  # keeps the bpf_object alive as long as the program is used
+        self.name: str = _libbpf.bpf_program__name(ptr).decode()
+        self.section: str = _libbpf.bpf_program__section_name(ptr).decode()
+        raw_type = _libbpf.bpf_program__type(ptr)
+        self.type: Union[ProgramType, int] = (
+            ProgramType(raw_type) if raw_type in ProgramType._value2member_map_ else raw_type
+        )
+
+    @property
+    def fd(self) -> int:
+        fd = int(_libbpf.bpf_program__fd(self._ptr))
+        if fd < 0:
+            raise BpfscopeError(errno.EBADF, f"program {self.name!r} is not loaded (autoload off?)")
+        return fd
+
+    def __repr__(self) -> str:
+        return f"<Program {self.name} {self.section}>"
+
+    # --- network ---
+
+    def attach_xdp(self, iface: Union[str, int], *, mode: XdpMode = XdpMode.AUTO) -> FdLink:
+        """Attaches as an XDP link (BPF_LINK_CREATE, BPF_XDP). AUTO tries native then generic;
+        `link.mode` says which ran."""
+        index = iface if isinstance(iface, int) else netdev.ifindex(iface)
+        name = netdev.ifname(index)
+        modes = [XdpMode.NATIVE, XdpMode.GENERIC] if mode is XdpMode.AUTO else [mode]
+        for candidate in modes:
+            opts = _libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(_libbpf.BpfLinkCreateOpts))
+            opts.flags = _XDP_FLAGS[candidate]
+            fd = _libbpf.bpf_link_create(self.fd, index, _BPF_XDP, opts)
+            if fd >= 0:
+                link = FdLink(fd, f"xdp {self.name} on {name} ({candidate.value})")
+                link.mode = candidate  # type: ignore[attr-defined]
+                return link
+            err = -fd
+            if err in (errno.EOPNOTSUPP, errno.EINVAL) and candidate is XdpMode.NATIVE and mode is XdpMode.AUTO:
+                continue  # the driver has no native XDP: fall back to generic
+            if err == errno.EBUSY:
+                raise SyscallError(err, f"attach xdp {self.name} to {name}",
+                                   "another XDP program is attached there; detach it first")
+            if err in (errno.EOPNOTSUPP, errno.EINVAL) and candidate is XdpMode.NATIVE:
+                raise NotSupportedError(f"native XDP on {name}", "its driver has none; use --mode generic")
+            _libbpf.check(fd, f"attach xdp {self.name} to {name}", "CAP_NET_ADMIN")
+        raise AssertionError("unreachable")
+
+    def attach_tc(
+        self, iface: Union[str, int], *, direction: TcDirection = TcDirection.INGRESS, mode: TcMode = TcMode.AUTO
+    ) -> Link:
+        """Attaches a tc classifier: a tcx link where the kernel has one, else clsact + cls_bpf."""
+        index = iface if isinstance(iface, int) else netdev.ifindex(iface)
+        name = netdev.ifname(index)
+        what = f"tc {direction.value} {self.name} on {name}"
+        if mode in (TcMode.AUTO, TcMode.TCX):
+            opts = _libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(_libbpf.BpfLinkCreateOpts))
+            fd = _libbpf.bpf_link_create(self.fd, index, _BPF_TCX[direction], opts)
+            if fd >= 0:
+                return FdLink(fd, f"{what} (tcx)")
+            if mode is TcMode.TCX or -fd not in (errno.EINVAL, errno.EOPNOTSUPP):
+                _libbpf.check(fd, f"attach {what} (tcx)", "CAP_NET_ADMIN")
+        hook = _libbpf.BpfTcHook(sz=ctypes.sizeof(_libbpf.BpfTcHook), ifindex=index,
+                                 attach_point=_BPF_TC_HOOK[direction])
+        ret = _libbpf.bpf_tc_hook_create(hook)
+        if ret < 0 and -ret != errno.EEXIST:
+            _libbpf.check(ret, f"create clsact qdisc on {name}", "CAP_NET_ADMIN")
+        opts = _libbpf.BpfTcOpts(sz=ctypes.sizeof(_libbpf.BpfTcOpts), prog_fd=self.fd)
+        _libbpf.check(_libbpf.bpf_tc_attach(hook, opts), f"attach {what} (clsact)", "CAP_NET_ADMIN")
+        return TcFilterLink(hook, opts, f"{what} (clsact)")
+
+    # --- tracing ---
+
+    def attach_tracepoint(self, category: str, name: str) -> LibbpfLink:
+        """Attaches to tracepoint `category:name` (e.g. "syscalls", "sys_enter_openat")."""
+        ensure_tracefs()
+        what = f"tracepoint {category}:{name}"
+        with _libbpf.captured_log():
+            ptr = _libbpf.bpf_program__attach_tracepoint(self._ptr, category.encode(), name.encode())
+        if not ptr and ctypes.get_errno() == errno.ENOENT:
+            raise NotSupportedError(what, "no such tracepoint on this kernel")
+        return LibbpfLink(_libbpf.check_ptr(ptr, f"attach {self.name} to {what}", "CAP_PERFMON"), what)
+
+    def attach_uprobe(
+        self,
+        target: str,
+        symbol: Optional[str] = None,
+        *,
+        offset: int = 0,
+        pid: Optional[int] = None,
+        retprobe: bool = False,
+    ) -> LibbpfLink:
+        """Attaches at `symbol`+`offset` of a binary or library (a path, or a name like "libc"),
+        on entry or (retprobe=True) on return; only in process `pid` when given."""
+        path = resolve_binary(target)
+        opts = _libbpf.BpfUprobeOpts(sz=ctypes.sizeof(_libbpf.BpfUprobeOpts), retprobe=retprobe)
+        if symbol:
+            opts.func_name = symbol.encode()
+        kind = "uretprobe" if retprobe else "uprobe"
+        what = f"{kind} {path}:{symbol or hex(offset)}" + (f" pid {pid}" if pid is not None else "")
+        with _libbpf.captured_log() as log:
+            ptr = _libbpf.bpf_program__attach_uprobe_opts(
+                self._ptr, -1 if pid is None else pid, path.encode(), offset, opts
+            )
+        if not ptr:
+            err = ctypes.get_errno() or errno.EINVAL
+            if err == errno.ENOENT and symbol:
+                raise BpfscopeError(err, f"symbol {symbol!r} not found in {path}")
+            if err == errno.ESRCH:
+                raise BpfscopeError(err, f"no process with pid {pid}")
+            detail = log[-1].strip() if log else ""
+            raise SyscallError(err, f"attach {self.name} as {what}", detail)
+        return LibbpfLink(ptr, what)
+
+    def attach_perf_event(self, *, frequency: int = 99, cpus: Optional[list[int]] = None) -> LinkGroup:
+        """Runs the program `frequency` times a second on each CPU (software cpu-clock event)."""
+        links: list[Link] = []
+        try:
+            for cpu in cpus if cpus is not None else online_cpus():
+                attr = struct.pack("=IIQQQQQII", _PERF_TYPE_SOFTWARE, _PERF_ATTR_SIZE_VER0,
+                                   _PERF_COUNT_SW_CPU_CLOCK, frequency, 0, 0, _PERF_ATTR_FREQ, 0, 0)
+                attr = attr.ljust(128, b"\0")
+                pfd = _libbpf._syscall(_PERF_EVENT_OPEN, attr, -1, cpu, -1, 0x8)  # PERF_FLAG_FD_CLOEXEC
+                if pfd < 0:
+                    raise _libbpf.error(ctypes.get_errno(), f"perf_event_open cpu-clock on cpu {cpu}",
+                                        "CAP_PERFMON")
+                ptr = _libbpf.bpf_program__attach_perf_event(self._ptr, pfd)
+                if not ptr:
+                    err = ctypes.get_errno()
+                    os.close(pfd)
+                    raise _libbpf.error(err, f"attach {self.name} to perf event on cpu {cpu}", "CAP_PERFMON")
+                links.append(LibbpfLink(ptr, f"perf cpu-clock cpu {cpu}"))
+        except BaseException:
+            for link in links:
+                link.close()
+            raise
+        return LinkGroup(links, f"perf event {self.name} at {frequency} Hz")
+
+    # --- testing ---
+
+    def test_run(self, data: bytes, *, repeat: int = 1) -> TestRunResult:
+        """Runs an XDP or tc program on `data` (BPF_PROG_TEST_RUN); `repeat` times for benchmarks."""
+        data_in = ctypes.create_string_buffer(bytes(data), len(data))
+        data_out = ctypes.create_string_buffer(len(data) + 4096)  # room for programs that grow the packet
+        opts = _libbpf.BpfTestRunOpts(sz=ctypes.sizeof(_libbpf.BpfTestRunOpts))
+        opts.data_in = ctypes.addressof(data_in)
+        opts.data_size_in = len(data)
+        opts.data_out = ctypes.addressof(data_out)
+        opts.data_size_out = len(data_out)
+        opts.repeat = repeat
+        _libbpf.check(_libbpf.bpf_prog_test_run_opts(self.fd, opts), f"test_run {self.name}")
+        return TestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
+
+
+def online_cpus() -> list[int]:
+    """CPU numbers from /sys/devices/system/cpu/online ("0-3,6")."""
+    with open("/sys/devices/system/cpu/online") as f:
+        spec = f.read().strip()
+    cpus: list[int] = []
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        cpus.extend(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def resolve_binary(target: str) -> str:
+    """A path as given, or a library name ("libc", "libssl.so.3") looked up where the loader looks."""
+    if os.sep in target:
+        if not os.path.isfile(target):
+            raise BpfscopeError(errno.ENOENT, f"no binary or library at {target}")
+        return os.path.realpath(target)
+    name = target if target.startswith("lib") else f"lib{target}"
+    for directory in _LIBRARY_DIRS:
+        matches = sorted(glob.glob(os.path.join(directory, f"{name}.so*")) + glob.glob(
+            os.path.join(directory, f"{name}-*.so*")))
+        if matches:
+            return os.path.realpath(matches[0])
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(directory, target)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return os.path.realpath(candidate)
+    raise BpfscopeError(errno.ENOENT, f"no binary or library named {target!r} (give a path)")
