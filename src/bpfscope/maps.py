@@ -67,13 +67,30 @@ def possible_cpus() -> int:
 
 
 def sum_cpus(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """Adds per-CPU values (shape [..., cpus]) field by field into one value per entry."""
+    """Adds per-CPU values (shape [..., cpus]) field by field into one value per entry; fields that
+    are not numbers (char arrays) keep the first CPU's value."""
     if values.dtype.names is None:
-        return values.sum(axis=-1, dtype=values.dtype)
+        if values.dtype.kind in "iuf":
+            return values.sum(axis=-1, dtype=values.dtype.type)
+        return values[..., 0]
     out = np.zeros(values.shape[:-1], dtype=values.dtype)
     for name in values.dtype.names:
-        out[name] = values[name].sum(axis=-1, dtype=values.dtype[name].base)
+        out[name] = sum_cpus(values[name]) if values[name].ndim == values.ndim else values[name][..., 0, :]
     return out
+
+
+def _from_bytes(raw: bytes, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """A writable array over exactly these bytes, padding included: numpy's structured copies move
+    fields only and leave padding undefined, and a hash map's key is all of its bytes."""
+    return np.frombuffer(bytearray(raw), dtype=dtype)
+
+
+def _concatenate(parts: list[np.ndarray[Any, Any]], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """np.concatenate drops the padding from a structured dtype; join the raw bytes instead."""
+    if len(parts) == 1:
+        return parts[0]
+    shape = (-1,) + parts[0].shape[1:]
+    return _from_bytes(b"".join(part.tobytes() for part in parts), dtype).reshape(shape)
 
 
 class Map:
@@ -237,10 +254,10 @@ class Map:
                 break
             ctypes.memmove(token_in, token_out, len(token_out))
             first = False
-        return np.concatenate(key_parts), np.concatenate(value_parts)
+        return _concatenate(key_parts, self.key.dtype), _concatenate(value_parts, value_parts[0].dtype)
 
     def _lookup_by_key(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        keys = np.array(list(self._raw_keys()), dtype=self.key.dtype)
+        keys = _from_bytes(b"".join(self._raw_keys()), self.key.dtype)
         values = self._value_array(len(keys))
         kept = np.ones(len(keys), dtype=bool)
         for i in range(len(keys)):
@@ -253,7 +270,7 @@ class Map:
                 _libbpf.check(ret, f"lookup in map {self.name!r}")
         return keys[kept], self._unslot(values[kept])
 
-    def _raw_keys(self) -> Iterator[Any]:
+    def _raw_keys(self) -> Iterator[bytes]:
         key = np.zeros(1, dtype=self.key.dtype)
         next_key = np.zeros(1, dtype=self.key.dtype)
         current = None
@@ -263,7 +280,7 @@ class Map:
                 return
             _libbpf.check(ret, f"iterate map {self.name!r}")
             key[...] = next_key
-            yield next_key[0].copy()
+            yield key.tobytes()
             current = _libbpf.buffer_address(key)
 
     def update_batch(self, keys: Any, values: Any, flags: UpdateFlags = UpdateFlags.ANY) -> None:

@@ -143,7 +143,7 @@ class Program:
                 raise SyscallError(err, f"attach xdp {self.name} to {name}",
                                    "another XDP program is attached there; detach it first")
             if err in (errno.EOPNOTSUPP, errno.EINVAL) and candidate is XdpMode.NATIVE:
-                raise NotSupportedError(f"native XDP on {name}", "its driver has none; use --mode generic")
+                raise BpfscopeError(err, f"{name} has no native XDP (its driver lacks it); use --mode generic or auto")
             _libbpf.check(fd, f"attach xdp {self.name} to {name}", "CAP_NET_ADMIN")
         raise AssertionError("unreachable")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from ..__about__ import __version__
 
@@ -24,8 +24,15 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser(selected: Optional[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bpfscope", description="eBPF observability for Python")
+    parser = _Parser(prog="bpfscope", description="eBPF observability for Python")
     parser.add_argument("--version", action="version", version=f"bpfscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="on a verifier rejection, show the log's tail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -1,0 +1,5 @@
+"""bpfscope's tools: each a `<name>.bpf.c` beside the `<name>.py` that drives it."""
+
+TOOLS = {
+    "packets": "count packets and bytes by protocol on an interface (XDP)",
+}

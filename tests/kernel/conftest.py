@@ -1,0 +1,32 @@
+"""Kernel tests load real objects into the real kernel: they need root, and say so when they can't run."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+TEST_OBJECTS = Path(__file__).resolve().parents[1] / "bpf" / "build" / platform.machine()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/kernel" in str(item.fspath) or "tests/tools" in str(item.fspath):
+            item.add_marker(pytest.mark.kernel)
+            if os.geteuid() != 0:
+                item.add_marker(pytest.mark.skip(reason="needs root: loads BPF programs (CAP_BPF, CAP_NET_ADMIN)"))
+
+
+@pytest.fixture
+def test_object() -> Callable[[str], Path]:
+    """Path of a compiled tests/bpf/<name>.bpf.c (built by `make bpf`)."""
+
+    def path(name: str) -> Path:
+        found = TEST_OBJECTS / f"{name}.bpf.o"
+        assert found.is_file(), f"{found} is missing: run `make bpf`"
+        return found
+
+    return path
