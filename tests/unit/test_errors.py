@@ -1,0 +1,44 @@
+"""Error messages users read: one line, naming the cause."""
+
+from __future__ import annotations
+
+import errno
+
+from bpfscope.errors import InterfaceNotFoundError, PermissionDeniedError, SyscallError, VerifierError
+
+LOG = """func#0 @0
+0: R1=ctx() R10=fp0
+; __u64 *count = bpf_map_lookup_elem(&counters, &zero); @ verifier_reject.bpf.c:15
+4: (85) call bpf_map_lookup_elem#1    ; R0_w=map_value_or_null(id=1,map=counters,ks=4,vs=8)
+; *count += 1; @ verifier_reject.bpf.c:17
+5: (79) r1 = *(u64 *)(r0 +0)
+R0 invalid mem access 'map_value_or_null'
+verification time 25 usec
+stack depth 4
+processed 6 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0
+""".splitlines()
+
+
+def test_verifier_error_summarises_cause_and_source_line():
+    err = VerifierError("unchecked_lookup", errno.EACCES, LOG)
+    assert err.cause == "R0 invalid mem access 'map_value_or_null'"
+    assert err.source_line == "verifier_reject.bpf.c:17: *count += 1;"
+    assert str(err) == ("verifier rejected program 'unchecked_lookup': R0 invalid mem access "
+                        "'map_value_or_null' at verifier_reject.bpf.c:17: *count += 1;")
+    assert err.errno == errno.EACCES and isinstance(err, OSError)
+    assert err.tail(2) == LOG[-2:]
+
+
+def test_permission_error_names_the_capability():
+    err = PermissionDeniedError(errno.EPERM, "load packets.bpf.o", "CAP_BPF")
+    assert "needs root or CAP_BPF" in str(err) and err.errno == errno.EPERM
+
+
+def test_syscall_error_is_an_oserror_with_errno():
+    err = SyscallError(errno.EBUSY, "attach xdp")
+    assert isinstance(err, OSError) and err.errno == errno.EBUSY
+    assert str(err) == "attach xdp: Device or resource busy"
+
+
+def test_unknown_interface_lists_existing_ones():
+    assert str(InterfaceNotFoundError("eth9", ["lo", "eth0"])) == "no interface 'eth9'; interfaces here: lo, eth0"
