@@ -1,48 +1,42 @@
-"""bpfscope: eBPF for Python. The core API only; tools live in bpfscope.tools and never load here."""
+"""bpfscope: eBPF for Python. The core API only; tools live in bpfscope.tools and never load here.
+
+Names are imported on first use (PEP 562), so `bpfscope --version` and `bpfscope doctor` start
+without numpy."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .__about__ import __version__
-from .errors import (
-    BpfscopeError,
-    InterfaceNotFoundError,
-    NotSupportedError,
-    PermissionDeniedError,
-    SyscallError,
-    TypeMismatchError,
-    VerifierError,
-)
-from .link import Link
-from .maps import ArrayMap, HashMap, LpmTrieMap, Map, MapType, PerCpuArrayMap, PerCpuHashMap, UpdateFlags
-from .object import Object, ObjectSpec, load, tool_object
-from .program import Program, TcDirection, TcMode, TestRunResult, XdpAction, XdpMode
-from .ringbuf import RingBuffer
 
-__all__ = [
-    "__version__",
-    "ArrayMap",
-    "BpfscopeError",
-    "HashMap",
-    "InterfaceNotFoundError",
-    "Link",
-    "LpmTrieMap",
-    "Map",
-    "MapType",
-    "NotSupportedError",
-    "Object",
-    "ObjectSpec",
-    "PerCpuArrayMap",
-    "PerCpuHashMap",
-    "PermissionDeniedError",
-    "Program",
-    "RingBuffer",
-    "SyscallError",
-    "TcDirection",
-    "TcMode",
-    "TestRunResult",
-    "TypeMismatchError",
-    "UpdateFlags",
-    "VerifierError",
-    "XdpAction",
-    "XdpMode",
-    "load",
-    "tool_object",
-]
+_EXPORTS = {
+    "errors": ["BpfscopeError", "InterfaceNotFoundError", "NotSupportedError", "PermissionDeniedError",
+               "SyscallError", "TypeMismatchError", "VerifierError"],
+    "link": ["Link"],
+    "maps": ["ArrayMap", "HashMap", "LpmTrieMap", "Map", "MapType", "PerCpuArrayMap", "PerCpuHashMap",
+             "UpdateFlags"],
+    "object": ["Object", "ObjectSpec", "load", "tool_object"],
+    "program": ["Program", "TcDirection", "TcMode", "TestRunResult", "XdpAction", "XdpMode"],
+    "ringbuf": ["RingBuffer"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = ["__version__", *sorted(_MODULE_OF)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bpfscope' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+if TYPE_CHECKING:
+    from .errors import (BpfscopeError, InterfaceNotFoundError, NotSupportedError, PermissionDeniedError,
+                         SyscallError, TypeMismatchError, VerifierError)
+    from .link import Link
+    from .maps import ArrayMap, HashMap, LpmTrieMap, Map, MapType, PerCpuArrayMap, PerCpuHashMap, UpdateFlags
+    from .object import Object, ObjectSpec, load, tool_object
+    from .program import Program, TcDirection, TcMode, TestRunResult, XdpAction, XdpMode
+    from .ringbuf import RingBuffer

@@ -137,6 +137,31 @@ class BpfTcOpts(Structure):
     ]
 
 
+class BpfProgLoadOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("attempts", c_int),
+        ("expected_attach_type", c_int),
+        ("prog_btf_fd", c_uint32),
+        ("prog_flags", c_uint32),
+        ("prog_ifindex", c_uint32),
+        ("kern_version", c_uint32),
+        ("attach_btf_id", c_uint32),
+        ("attach_prog_fd", c_uint32),
+        ("attach_btf_obj_fd", c_uint32),
+        ("fd_array", c_void_p),
+        ("func_info", c_void_p),
+        ("func_info_cnt", c_uint32),
+        ("func_info_rec_size", c_uint32),
+        ("line_info", c_void_p),
+        ("line_info_cnt", c_uint32),
+        ("line_info_rec_size", c_uint32),
+        ("log_level", c_uint32),
+        ("log_size", c_uint32),
+        ("log_buf", c_char_p),
+    ]
+
+
 class BpfMapInfo(Structure):
     """struct bpf_map_info from linux/bpf.h, as far as bpfscope reads it."""
 
@@ -230,6 +255,11 @@ bpf_map_update_batch = _fn(
 bpf_map_delete_batch = _fn(
     "bpf_map_delete_batch", c_int, c_int, c_void_p, POINTER(c_uint32), POINTER(BpfMapBatchOpts)
 )
+bpf_map_create = _fn("bpf_map_create", c_int, c_int, c_char_p, c_uint32, c_uint32, c_uint32, c_void_p)
+bpf_prog_load = _fn(
+    "bpf_prog_load", c_int, c_int, c_char_p, c_char_p, c_void_p, c_size_t, POINTER(BpfProgLoadOpts)
+)
+libbpf_find_vmlinux_btf_id = _fn("libbpf_find_vmlinux_btf_id", c_int, c_char_p, c_int)
 bpf_obj_pin = _fn("bpf_obj_pin", c_int, c_int, c_char_p)
 bpf_obj_get = _fn("bpf_obj_get", c_int, c_char_p)
 bpf_obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, POINTER(c_uint32))

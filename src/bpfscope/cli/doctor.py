@@ -1,0 +1,372 @@
+"""`bpfscope doctor`: what this kernel and this process can run, and a one-line fix where they can't.
+It only reports: it mounts nothing, and every probe closes what it creates. A check that fails, however
+it fails, is a row in the report, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, TextIO
+
+from .. import _libbpf, features, mounts
+from ..errors import NotSupportedError, PermissionDeniedError
+from ..features import Capability, Feature
+
+__all__ = [
+    "TOOLS",
+    "Report",
+    "Row",
+    "Tool",
+    "add_arguments",
+    "collect",
+    "evaluate_tool",
+    "parse_lockdown",
+    "render",
+    "run",
+]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the report: `key` in JSON, `name` for people, and a fix when not ok."""
+
+    key: str
+    name: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+
+    def as_json(self) -> dict[str, object]:
+        return {"ok": self.ok, "detail": self.detail, "fix": self.fix or None}
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A tool's needs: each entry of `needs` is a group of alternatives (keys of system or feature
+    rows), of which one must be ok."""
+
+    name: str
+    needs: tuple[tuple[str, ...], ...]
+    capabilities: tuple[Capability, ...]
+
+
+_NET = (Capability.BPF, Capability.NET_ADMIN)
+_TRACE = (Capability.BPF, Capability.PERFMON)
+# every tool loads CO-RE objects: they need the kernel's BTF and a usable bpf()
+_CORE = (("btf",), ("bpf_syscall",))
+
+TOOLS = (
+    Tool("packets", _CORE + (("xdp_link",),), _NET),
+    Tool("flows", _CORE + (("tcx", "clsact"),), _NET),
+    Tool("tcmon", _CORE + (("tcx", "clsact"),), _NET),
+    Tool("guard", _CORE + (("xdp_link",),), _NET),
+    Tool("opensnoop", _CORE + (("tracepoints",), ("tracefs",), ("ringbuf",)), _TRACE),
+    Tool("execsnoop", _CORE + (("tracepoints",), ("tracefs",), ("ringbuf",)), _TRACE),
+    Tool("funclatency", _CORE + (("uprobes",),), _TRACE),
+    Tool("httptrace", _CORE + (("tracepoints",), ("tracefs",), ("uprobes",), ("ringbuf",)), _TRACE),
+)
+
+# How to get what a row reports missing; a row's own fix (from what its probe found) comes first.
+_FIXES = {
+    "btf": "boot a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+    "bpf_syscall": "run as root or with CAP_BPF",
+    "ringbuf": "needs Linux >= 5.8",
+    "tcx": "needs Linux >= 6.6; tc tools fall back to clsact",
+    "clsact": "build the kernel with CONFIG_NET_SCH_INGRESS and CONFIG_NET_CLS_BPF",
+    "batch_map_ops": "needs Linux >= 5.6",
+    "kprobes": "build the kernel with CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y",
+    "fentry": "needs a kernel that allows BPF trampolines on kernel functions",
+    "perf_events": "build the kernel with CONFIG_PERF_EVENTS=y",
+    "uprobes": "build the kernel with CONFIG_UPROBE_EVENTS=y",
+    "tracepoints": "build the kernel with CONFIG_TRACING=y and CONFIG_BPF_EVENTS=y",
+    "xdp_link": "needs Linux >= 5.9",
+    "tracefs": f"mount -t tracefs nodev {mounts.TRACEFS}",
+    "bpffs": f"mount -t bpf bpf {mounts.BPFFS}",
+}
+
+
+def _capability_fix(missing: Sequence[Capability]) -> str:
+    labels = ",".join(cap.label for cap in missing)
+    return f"run as root or grant {labels} (docker: --cap-add for each)"
+
+
+def evaluate_tool(tool: Tool, rows: Mapping[str, Row], have: frozenset[Capability]) -> Row:
+    """Whether `tool` can run given the system and feature rows and the process's capabilities."""
+
+    def name(key: str) -> str:
+        return rows[key].name if key in rows else key
+
+    missing = [group for group in tool.needs if not any(k in rows and rows[k].ok for k in group)]
+    missing_caps = features.missing_capabilities(tool.capabilities, have)
+    if not missing and not missing_caps:
+        # name the alternative that will be used
+        used = [name(next(k for k in group if rows[k].ok)) for group in tool.needs[len(_CORE) :]]
+        return Row(tool.name, tool.name, True, ", ".join(used + [cap.label for cap in tool.capabilities]))
+    lacks = [" or ".join(map(name, group)) for group in missing] + [cap.label for cap in missing_caps]
+    # without the capabilities the feature probes could not decide, so those come first
+    if missing_caps:
+        fix = _capability_fix(missing_caps)
+    else:
+        first = missing[0][0]
+        fix = (rows[first].fix if first in rows else "") or _FIXES.get(first, "")
+    return Row(tool.name, tool.name, False, "missing " + ", ".join(lacks), fix)
+
+
+def parse_lockdown(text: str) -> str:
+    """The active mode in /sys/kernel/security/lockdown ("none [integrity] confidentiality")."""
+    for word in text.split():
+        if word.startswith("[") and word.endswith("]"):
+            return word[1:-1]
+    return text.strip()
+
+
+def _guarded(key: str, name: str, check: Callable[[], Row]) -> Row:
+    try:
+        return check()
+    except PermissionDeniedError as exc:
+        return Row(key, name, False, f"could not check: {exc}", "run bpfscope doctor as root")
+    # Any failure, expected or not, is reported as this row's answer: doctor must always finish.
+    except Exception as exc:  # noqa: BLE001
+        return Row(key, name, False, f"{type(exc).__name__}: {exc}", _FIXES.get(key, ""))
+
+
+def _read_int(path: str) -> int:
+    with open(path) as f:
+        return int(f.read().strip())
+
+
+# --- system checks ---
+
+
+def _btf() -> Row:
+    err = features.probe(Feature.BTF)
+    if err is not None:
+        return Row("btf", "kernel BTF", False, _reason(err), _FIXES["btf"])
+    size = os.path.getsize("/sys/kernel/btf/vmlinux")
+    return Row("btf", "kernel BTF", True, f"/sys/kernel/btf/vmlinux, {size / 2**20:.1f} MiB")
+
+
+def _bpf_syscall() -> Row:
+    try:
+        features.check_bpf_syscall()
+    except PermissionDeniedError as exc:
+        return Row("bpf_syscall", "bpf() syscall", False, str(exc), _FIXES["bpf_syscall"])
+    return Row("bpf_syscall", "bpf() syscall", True, "created and closed a BPF_MAP_TYPE_ARRAY map")
+
+
+def _capabilities(have: frozenset[Capability]) -> Row:
+    wanted = (Capability.BPF, Capability.PERFMON, Capability.NET_ADMIN)
+    missing = features.missing_capabilities(wanted, have)
+    shown = " ".join(cap.label for cap in sorted(have)) or "none"
+    if missing:
+        return Row("capabilities", "capabilities", False, f"effective: {shown}", _capability_fix(missing))
+    return Row("capabilities", "capabilities", True, f"effective: {shown}")
+
+
+_PARANOID = {
+    -1: "no restrictions",
+    0: "users: no raw tracepoints",
+    1: "users: no CPU events",
+    2: "users: no kernel profiling",
+    3: "users: no perf events",
+}
+
+
+def _perf_event_paranoid(have: frozenset[Capability]) -> Row:
+    path = "/proc/sys/kernel/perf_event_paranoid"
+    if not os.path.exists(path):
+        return Row("perf_event_paranoid", "perf_event_paranoid", False, f"no {path}", _FIXES["perf_events"])
+    value = _read_int(path)
+    detail = f"{value} ({_PARANOID.get(value, 'restricted')})"
+    # CAP_PERFMON (or root) is not subject to the setting
+    if not features.missing_capabilities((Capability.PERFMON,), have):
+        return Row("perf_event_paranoid", "perf_event_paranoid", True, detail + "; CAP_PERFMON overrides it")
+    ok = value <= -1
+    fix = "" if ok else "grant CAP_PERFMON, or sysctl kernel.perf_event_paranoid=-1"
+    return Row("perf_event_paranoid", "perf_event_paranoid", ok, detail, fix)
+
+
+_UNPRIVILEGED_BPF = {0: "allowed", 1: "disabled until reboot", 2: "disabled, root can re-enable"}
+
+
+def _unprivileged_bpf(have: frozenset[Capability]) -> Row:
+    key = "unprivileged_bpf_disabled"
+    value = _read_int("/proc/sys/kernel/unprivileged_bpf_disabled")
+    detail = f"{value} ({_UNPRIVILEGED_BPF.get(value, 'disabled')})"
+    if value == 0 or not features.missing_capabilities((Capability.BPF,), have):
+        return Row(key, key, True, detail + ("" if value == 0 else "; CAP_BPF overrides it"))
+    return Row(key, key, False, detail, "run as root or with CAP_BPF")
+
+
+def _lockdown() -> Row:
+    try:
+        with open("/sys/kernel/security/lockdown") as f:
+            mode = parse_lockdown(f.read())
+    except FileNotFoundError:
+        return Row("lockdown", "lockdown", True, "no lockdown LSM")
+    # confidentiality forbids reading kernel memory, which every tracing program does
+    if mode == "confidentiality":
+        return Row("lockdown", "lockdown", False, mode, "boot with lockdown=integrity (or none)")
+    return Row("lockdown", "lockdown", True, mode)
+
+
+_MOUNT_POINTS = {"tracefs": mounts.TRACEFS, "bpf": mounts.BPFFS}
+
+
+def _filesystem(key: str, fstype: str, path: str | None, have: frozenset[Capability]) -> Row:
+    default = _MOUNT_POINTS[fstype]
+    if path is not None:
+        return Row(key, key, True, f"mounted on {path}")
+    if fstype not in mounts.kernel_filesystems():
+        return Row(key, key, False, f"the kernel has no {fstype}", f"build the kernel with {fstype} support")
+    if Capability.SYS_ADMIN in have:
+        return Row(key, key, True, f"not mounted; tools mount it on {default}")
+    return Row(key, key, False, "not mounted", _FIXES[key])
+
+
+def _bpffs_path() -> str | None:
+    return next((m.target for m in mounts.mounts() if m.fstype == "bpf"), None)
+
+
+def _clsact() -> Row:
+    config = features.kernel_config()
+    if config is None:
+        return Row("clsact", "clsact + cls_bpf", True, "assumed: no kernel config to check")
+    options = ("CONFIG_NET_SCH_INGRESS", "CONFIG_NET_CLS_BPF")
+    absent = [o for o in options if config.get(o) not in ("y", "m")]
+    if absent:
+        return Row("clsact", "clsact + cls_bpf", False, " and ".join(absent) + " not set", _FIXES["clsact"])
+    return Row("clsact", "clsact + cls_bpf", True, "in the kernel config")
+
+
+# --- features ---
+
+
+def _reason(err: NotSupportedError) -> str:
+    # the message repeats the feature's name; the row already shows it
+    prefix = f"this kernel does not support {err.feature}: "
+    return str(err).removeprefix(prefix)
+
+
+_NEEDED = {key for tool in TOOLS for group in tool.needs for key in group}
+
+
+def _feature(feature: Feature) -> Row:
+    err = features.probe(feature)
+    if err is None:
+        return Row(feature.key, feature.value, True)
+    fix = _FIXES[feature.key] + ("" if feature.key in _NEEDED else " (no bpfscope tool needs it)")
+    return Row(feature.key, feature.value, False, _reason(err), fix)
+
+
+# --- the report ---
+
+
+@dataclass
+class Report:
+    kernel: str
+    arch: str
+    libbpf: str
+    capabilities: dict[str, bool]
+    system: list[Row] = field(default_factory=list)
+    features: list[Row] = field(default_factory=list)
+    tools: list[Row] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """The core works: kernel BTF and a usable bpf() syscall."""
+        return all(row.ok for row in self.system if row.key in ("btf", "bpf_syscall"))
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "kernel": self.kernel,
+            "arch": self.arch,
+            "libbpf": self.libbpf,
+            "capabilities": self.capabilities,
+            **{
+                section: {row.key: row.as_json() for row in rows}
+                for section, rows in (
+                    ("system", self.system),
+                    ("features", self.features),
+                    ("tools", self.tools),
+                )
+            },
+        }
+
+
+def collect() -> Report:
+    """Runs every check; each failure becomes its row."""
+    try:
+        have = features.effective_capabilities()
+    except OSError:
+        have = frozenset()
+    major, minor = _libbpf.version()
+    report = Report(
+        kernel=platform.release(),
+        arch=platform.machine(),
+        libbpf=f"{major}.{minor}",
+        capabilities={cap.label: cap in have for cap in Capability},
+    )
+    system: list[tuple[str, str, Callable[[], Row]]] = [
+        ("btf", "kernel BTF", _btf),
+        ("bpf_syscall", "bpf() syscall", _bpf_syscall),
+        ("capabilities", "capabilities", lambda: _capabilities(have)),
+        ("perf_event_paranoid", "perf_event_paranoid", lambda: _perf_event_paranoid(have)),
+        ("unprivileged_bpf_disabled", "unprivileged_bpf_disabled", lambda: _unprivileged_bpf(have)),
+        ("lockdown", "lockdown", _lockdown),
+        ("tracefs", "tracefs", lambda: _filesystem("tracefs", "tracefs", mounts.tracefs_path(), have)),
+        ("bpffs", "bpffs", lambda: _filesystem("bpffs", "bpf", _bpffs_path(), have)),
+    ]
+    report.system = [_guarded(key, name, check) for key, name, check in system]
+    report.features = [_guarded(f.key, f.value, functools.partial(_feature, f)) for f in Feature]
+    report.features.append(_guarded("clsact", "clsact + cls_bpf", _clsact))
+    rows = {row.key: row for row in report.system + report.features}
+    report.tools = [_guarded(t.name, t.name, functools.partial(evaluate_tool, t, rows, have)) for t in TOOLS]
+    return report
+
+
+def _marks(stream: TextIO) -> tuple[str, str]:
+    try:
+        "✓✗".encode(stream.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "ok", "NO"
+    return "✓", "✗"
+
+
+def render(report: Report, stream: TextIO) -> str:
+    """The human table: one aligned row per check, the fix on the line below a failed one."""
+    good, bad = _marks(stream)
+    sections = (("System", report.system), ("Features", report.features), ("Tools", report.tools))
+    width = max(len(row.name) for _, rows in sections for row in rows)
+    mark_width = max(len(good), len(bad))
+    lines = [f"bpfscope doctor: Linux {report.kernel} {report.arch}, libbpf {report.libbpf}"]
+    for title, rows in sections:
+        lines += ["", title]
+        for row in rows:
+            mark = good if row.ok else bad
+            lines.append(f"  {mark:<{mark_width}}  {row.name:<{width}}  {row.detail}".rstrip())
+            if row.fix:
+                lines.append(f"  {'':<{mark_width}}  {'':<{width}}  fix: {row.fix}")
+    verdict = "the core works" if report.ok else "the core does not work: see kernel BTF and bpf() syscall"
+    lines += ["", f"{verdict}; {sum(r.ok for r in report.tools)} of {len(report.tools)} tools can run here"]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = collect()
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(render(report, sys.stdout))
+    return 0 if report.ok else 1

@@ -1,0 +1,439 @@
+"""Cached run-time probes: does this kernel have a feature? `probe` answers None or a NotSupportedError
+saying why not, found by trying the real thing (load a two-instruction program, create a link, create a
+map) rather than by comparing kernel versions, which backports and distribution configs make unreliable.
+
+A probe that cannot decide because the process lacks a capability raises PermissionDeniedError and is
+not cached, so a later call with more privileges probes again (cilium/ebpf's features/ does the same).
+Every probe closes what it creates before returning: nothing stays loaded, attached or pinned."""
+
+from __future__ import annotations
+
+import ctypes
+from ctypes import c_uint32
+import enum
+import errno
+import functools
+import gzip
+import os
+import platform
+import socket
+import types
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable
+
+from . import _libbpf, mounts
+from .errors import NotSupportedError, SyscallError
+
+__all__ = [
+    "Capability",
+    "Feature",
+    "check_bpf_syscall",
+    "effective_capabilities",
+    "kernel_config",
+    "missing_capabilities",
+    "parse_capabilities",
+    "parse_kernel_config",
+    "probe",
+    "require",
+]
+
+
+# --- kernel constants (linux/bpf.h) ---
+
+_BPF_MAP_TYPE_HASH = 1
+_BPF_MAP_TYPE_ARRAY = 2
+_BPF_MAP_TYPE_RINGBUF = 27
+_BPF_PROG_TYPE_KPROBE = 2
+_BPF_PROG_TYPE_SCHED_CLS = 3
+_BPF_PROG_TYPE_TRACEPOINT = 5
+_BPF_PROG_TYPE_XDP = 6
+_BPF_PROG_TYPE_TRACING = 26
+_BPF_TRACE_FENTRY = 24
+_BPF_XDP = 37
+_BPF_TCX_INGRESS = 46
+_XDP_FLAGS_SKB_MODE = 2
+_XDP_PASS = 2
+_TCX_PASS = 0
+_ENOTSUPP = 524  # kernel-internal errno that bpf() lets through for unsupported map operations
+
+# r0 = <imm>; exit
+_EXIT = b"\x95\x00\x00\x00\x00\x00\x00\x00"
+
+
+def _return(value: int) -> bytes:
+    return b"\xb7\x00\x00\x00" + value.to_bytes(4, "little") + _EXIT
+
+
+# --- capabilities of this process ---
+
+
+class Capability(enum.IntEnum):
+    """Bits of the capability sets in /proc/<pid>/status (linux/capability.h)."""
+
+    NET_ADMIN = 12
+    SYS_ADMIN = 21
+    SYS_RESOURCE = 24
+    PERFMON = 38
+    BPF = 39
+
+    @property
+    def label(self) -> str:
+        return f"CAP_{self.name}"
+
+
+# CAP_SYS_ADMIN still grants what CAP_BPF and CAP_PERFMON split off from it in Linux 5.8.
+_SYS_ADMIN_COVERS = frozenset({Capability.BPF, Capability.PERFMON})
+
+
+def parse_capabilities(mask: str) -> frozenset[Capability]:
+    """The known capabilities in a hex mask as /proc/<pid>/status shows it (CapEff: 000001fffeffffff)."""
+    bits = int(mask, 16)
+    return frozenset(cap for cap in Capability if bits >> cap & 1)
+
+
+def effective_capabilities() -> frozenset[Capability]:
+    """CapEff of the calling process."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return parse_capabilities(line.split(":", 1)[1].strip())
+    return frozenset()
+
+
+def missing_capabilities(
+    needed: Iterable[Capability], have: frozenset[Capability] | None = None
+) -> list[Capability]:
+    """Those of `needed` the process lacks (`have` defaults to its effective set)."""
+    have = effective_capabilities() if have is None else have
+    return [
+        cap
+        for cap in needed
+        if cap not in have and not (cap in _SYS_ADMIN_COVERS and Capability.SYS_ADMIN in have)
+    ]
+
+
+# --- kernel config ---
+
+
+def parse_kernel_config(text: str) -> dict[str, str]:
+    """CONFIG_X=value lines; `# CONFIG_X is not set` becomes "n"."""
+    config = {}
+    for line in text.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            name, value = line.split("=", 1)
+            config[name] = value.strip('"')
+        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+            config[line[2:].split()[0]] = "n"
+    return config
+
+
+@functools.cache
+def kernel_config() -> Mapping[str, str] | None:
+    """The running kernel's build config from /proc/config.gz or /boot/config-<release>, or None."""
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            text = f.read()
+    except OSError:
+        try:
+            with open(f"/boot/config-{platform.release()}") as f:
+                text = f.read()
+        except OSError:
+            return None
+    return types.MappingProxyType(parse_kernel_config(text))
+
+
+def _config(option: str) -> str | None:
+    config = kernel_config()
+    return None if config is None else config.get(option, "n")
+
+
+# --- probing helpers ---
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
+
+
+def _answer(feature: Feature, err: int, op: str, needs: tuple[Capability, ...]) -> Exception:
+    """What a failed probe step means: lacking privileges means the probe cannot decide (raise it), an
+    errno that means "unknown to this kernel" is the answer, anything else is a real error."""
+    if err in (errno.EPERM, errno.EACCES):
+        if missing_capabilities(needs):
+            return _libbpf.error(err, op, "+".join(cap.label for cap in needs))
+        # denied although privileged: the kernel (or an LSM) refuses this feature
+        have = " and ".join(cap.label for cap in needs)
+        return NotSupportedError(feature.value, f"{op}: {os.strerror(err)} although this process has {have}")
+    if err in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP):
+        return NotSupportedError(feature.value, f"{op}: {os.strerror(err)}")
+    return SyscallError(err, op)
+
+
+def _map_create(map_type: int, max_entries: int, feature: Feature, op: str) -> int:
+    fd = _libbpf.bpf_map_create(map_type, b"bpfscope_probe", 4, 4, max_entries, None)
+    if fd < 0:
+        raise _answer(feature, -fd, op, (Capability.BPF,))
+    return fd
+
+
+def _prog_load(
+    prog_type: int,
+    r0: int,
+    feature: Feature,
+    op: str,
+    needs: tuple[Capability, ...],
+    opts: _libbpf.BpfProgLoadOpts | None = None,
+) -> int:
+    insns = _return(r0)
+    fd = _libbpf.bpf_prog_load(prog_type, b"bpfscope_probe", b"GPL", insns, len(insns) // 8, opts)
+    if fd < 0:
+        raise _answer(feature, -fd, op, needs)
+    return fd
+
+
+def _libbpf_probe(
+    func: Callable[[int, None], int], kind: int, feature: Feature, op: str, needs: tuple[Capability, ...]
+) -> None:
+    """libbpf_probe_bpf_{map,prog}_type answers 1/0; on 0 the failed bpf() call's errno says why."""
+    ctypes.set_errno(0)
+    ret = func(kind, None)
+    if ret == 1:
+        return
+    raise _answer(feature, -ret if ret < 0 else ctypes.get_errno() or errno.EOPNOTSUPP, op, needs)
+
+
+def _pmu(name: str) -> bool:
+    return os.path.isdir(f"/sys/bus/event_source/devices/{name}")
+
+
+def _loopback() -> int:
+    return socket.if_nametoindex("lo")
+
+
+_NET = (Capability.BPF, Capability.NET_ADMIN)
+_TRACE = (Capability.BPF, Capability.PERFMON)
+
+
+# --- the probes: each returns when the feature is there and raises NotSupportedError when not ---
+
+
+def _ringbuf() -> None:
+    _libbpf_probe(
+        _libbpf.libbpf_probe_bpf_map_type,
+        _BPF_MAP_TYPE_RINGBUF,
+        Feature.RINGBUF,
+        "creating a BPF_MAP_TYPE_RINGBUF map",
+        (Capability.BPF,),
+    )
+
+
+def _batch_map_ops() -> None:
+    op = "BPF_MAP_LOOKUP_BATCH on an empty hash map"
+    fd = _map_create(_BPF_MAP_TYPE_HASH, 1, Feature.BATCH_MAP_OPS, "creating a BPF_MAP_TYPE_HASH map")
+    try:
+        # an empty map has nothing to return: ENOENT means the kernel knows the command
+        keys, values, batch = (ctypes.c_char * 8)(), (ctypes.c_char * 8)(), (ctypes.c_char * 8)()
+        count = c_uint32(1)
+        ret = _libbpf.bpf_map_lookup_batch(fd, None, batch, keys, values, ctypes.byref(count), None)
+        if ret < 0 and -ret != errno.ENOENT:
+            raise _answer(Feature.BATCH_MAP_OPS, -ret, op, (Capability.BPF,))
+    finally:
+        os.close(fd)
+
+
+def _attach_link(
+    feature: Feature, prog_type: int, r0: int, attach_type: int, flags: int, busy_ok: tuple[int, ...]
+) -> None:
+    """Loads a program that lets every packet through and links it to lo for a moment."""
+    what = f"{feature.value} on lo"
+    fd = _prog_load(prog_type, r0, feature, f"loading a program for {what}", _NET)
+    try:
+        opts = _libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(_libbpf.BpfLinkCreateOpts), flags=flags)
+        link = _libbpf.bpf_link_create(fd, _loopback(), attach_type, ctypes.byref(opts))
+        if link < 0 and -link not in busy_ok:
+            raise _answer(feature, -link, f"BPF_LINK_CREATE for {what}", _NET)
+        _close(link)
+    finally:
+        os.close(fd)
+
+
+def _tcx() -> None:
+    _attach_link(Feature.TCX, _BPF_PROG_TYPE_SCHED_CLS, _TCX_PASS, _BPF_TCX_INGRESS, 0, ())
+
+
+def _xdp_link() -> None:
+    # Another XDP program already on lo makes the kernel answer EBUSY/EEXIST, which only a kernel that
+    # has XDP links can say.
+    _attach_link(
+        Feature.XDP_LINK,
+        _BPF_PROG_TYPE_XDP,
+        _XDP_PASS,
+        _BPF_XDP,
+        _XDP_FLAGS_SKB_MODE,
+        (errno.EBUSY, errno.EEXIST),
+    )
+
+
+def _kprobes() -> None:
+    if not _pmu("kprobe"):
+        unset = " (CONFIG_KPROBES is not set)" if _config("CONFIG_KPROBES") == "n" else ""
+        raise NotSupportedError(Feature.KPROBES.value, f"no /sys/bus/event_source/devices/kprobe{unset}")
+    tracefs = mounts.tracefs_path()
+    if tracefs and os.path.exists(os.path.join(tracefs, "kprobe_events")):
+        return
+    if _config("CONFIG_KPROBES") == "y":
+        return
+    raise NotSupportedError(Feature.KPROBES.value, "no kprobe_events in tracefs and CONFIG_KPROBES is not y")
+
+
+# The one kernel function that exists to be traced by tests (net/bpf/test_run.c).
+_FENTRY_TARGET = "bpf_fentry_test1"
+
+
+def _fentry() -> None:
+    feature = Feature.FENTRY
+    # BPF trampolines patch the function-entry nop that the function tracer compiles in; x86 reaches
+    # it through ftrace direct calls.
+    options = ["CONFIG_FUNCTION_TRACER"]
+    if platform.machine() == "x86_64":
+        options.append("CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS")
+    for option in options:
+        if _config(option) == "n":
+            raise NotSupportedError(feature.value, f"{option} is not set")
+    btf_id = _libbpf.libbpf_find_vmlinux_btf_id(_FENTRY_TARGET.encode(), _BPF_TRACE_FENTRY)
+    if btf_id < 0:
+        raise NotSupportedError(feature.value, f"{_FENTRY_TARGET} is not in the kernel's BTF")
+    # The prog type alone is not enough (kernels can refuse fentry at load or attach): load and attach.
+    opts = _libbpf.BpfProgLoadOpts(
+        sz=ctypes.sizeof(_libbpf.BpfProgLoadOpts), expected_attach_type=_BPF_TRACE_FENTRY, attach_btf_id=btf_id
+    )
+    fd = _prog_load(_BPF_PROG_TYPE_TRACING, 0, feature, f"loading fentry/{_FENTRY_TARGET}", _TRACE, opts)
+    try:
+        link = _libbpf.bpf_link_create(fd, 0, _BPF_TRACE_FENTRY, None)
+        if link < 0:
+            raise _answer(feature, -link, f"attaching fentry/{_FENTRY_TARGET}", _TRACE)
+        os.close(link)
+    finally:
+        os.close(fd)
+
+
+_BTF_MAGIC = b"\x9f\xeb"  # 0xeb9f, little-endian
+
+
+def _btf() -> None:
+    path = "/sys/kernel/btf/vmlinux"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except FileNotFoundError:
+        raise NotSupportedError(Feature.BTF.value, f"no {path} (CONFIG_DEBUG_INFO_BTF is not set)") from None
+    if magic != _BTF_MAGIC:
+        raise NotSupportedError(Feature.BTF.value, f"{path} does not start with the BTF magic")
+
+
+def _perf_events() -> None:
+    if not os.path.exists("/proc/sys/kernel/perf_event_paranoid"):
+        raise NotSupportedError(
+            Feature.PERF_EVENTS.value,
+            "no /proc/sys/kernel/perf_event_paranoid (CONFIG_PERF_EVENTS is not set)",
+        )
+
+
+def _uprobes() -> None:
+    if not _pmu("uprobe"):
+        raise NotSupportedError(
+            Feature.UPROBES.value, "no /sys/bus/event_source/devices/uprobe (CONFIG_UPROBE_EVENTS is not set)"
+        )
+    # uprobe programs are BPF_PROG_TYPE_KPROBE, which needs CONFIG_BPF_EVENTS
+    _libbpf_probe(
+        _libbpf.libbpf_probe_bpf_prog_type,
+        _BPF_PROG_TYPE_KPROBE,
+        Feature.UPROBES,
+        "loading a BPF_PROG_TYPE_KPROBE program",
+        _TRACE,
+    )
+
+
+def _tracepoints() -> None:
+    feature = Feature.TRACEPOINTS
+    if not _pmu("tracepoint"):
+        raise NotSupportedError(feature.value, "no /sys/bus/event_source/devices/tracepoint")
+    # Mounted or not (tools mount it), the kernel must know tracefs: tracepoint ids are read there.
+    if "tracefs" not in mounts.kernel_filesystems():
+        raise NotSupportedError(
+            feature.value, "tracefs is not in /proc/filesystems (CONFIG_TRACING is not set)"
+        )
+    _libbpf_probe(
+        _libbpf.libbpf_probe_bpf_prog_type,
+        _BPF_PROG_TYPE_TRACEPOINT,
+        feature,
+        "loading a BPF_PROG_TYPE_TRACEPOINT program",
+        _TRACE,
+    )
+
+
+# --- public API ---
+
+
+class Feature(enum.Enum):
+    """A kernel feature bpfscope's tools depend on; `value` is how messages name it."""
+
+    RINGBUF = "ring buffers"
+    TCX = "tcx links"
+    BATCH_MAP_OPS = "batch map operations"
+    KPROBES = "kprobes"
+    FENTRY = "fentry"
+    BTF = "kernel BTF"
+    PERF_EVENTS = "perf events"
+    UPROBES = "uprobes"
+    TRACEPOINTS = "tracepoints"
+    XDP_LINK = "XDP links"
+
+    @property
+    def key(self) -> str:
+        """The name in JSON output: ringbuf, xdp_link, ..."""
+        return self.name.lower()
+
+
+_PROBES: dict[Feature, Callable[[], None]] = {
+    Feature.RINGBUF: _ringbuf,
+    Feature.TCX: _tcx,
+    Feature.BATCH_MAP_OPS: _batch_map_ops,
+    Feature.KPROBES: _kprobes,
+    Feature.FENTRY: _fentry,
+    Feature.BTF: _btf,
+    Feature.PERF_EVENTS: _perf_events,
+    Feature.UPROBES: _uprobes,
+    Feature.TRACEPOINTS: _tracepoints,
+    Feature.XDP_LINK: _xdp_link,
+}
+
+
+@functools.cache
+def probe(feature: Feature) -> NotSupportedError | None:
+    """None when the running kernel has `feature`, else a NotSupportedError whose one line says why.
+
+    Cached for the life of the process. Raises PermissionDeniedError (not cached) when the process lacks
+    the capabilities to find out, and SyscallError for a failure that says nothing about support."""
+    try:
+        _PROBES[feature]()
+    except NotSupportedError as exc:
+        return exc.with_traceback(None)  # cached: keep no frames alive
+    return None
+
+
+def require(feature: Feature) -> None:
+    """Raises NotSupportedError naming `feature` unless the running kernel has it."""
+    err = probe(feature)
+    if err is not None:
+        raise err.with_traceback(None)
+
+
+def check_bpf_syscall() -> None:
+    """Creates and closes a 1-entry BPF_MAP_TYPE_ARRAY; raises PermissionDeniedError or SyscallError
+    when the bpf() syscall is unusable for this process. Not cached: privileges can change."""
+    fd = _libbpf.check(
+        _libbpf.bpf_map_create(_BPF_MAP_TYPE_ARRAY, b"bpfscope_probe", 4, 4, 1, None),
+        "bpf(BPF_MAP_CREATE, BPF_MAP_TYPE_ARRAY)",
+    )
+    os.close(fd)
