@@ -1,4 +1,6 @@
-"""Kernel tests load real objects into the real kernel: they need root, and say so when they can't run."""
+"""The bpfscope pytest plugin (netns, veth_pair, bpffs_dir, fd-leak check) comes from the installed
+package's pytest11 entry point. Tests under kernel/ and tools/ load real programs: they need root
+and say so when they cannot run."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ from typing import Callable
 
 import pytest
 
-TEST_OBJECTS = Path(__file__).resolve().parents[1] / "bpf" / "build" / platform.machine()
+TEST_OBJECTS = Path(__file__).resolve().parent / "bpf" / "build" / platform.machine()
+_KERNEL_DIRS = ("kernel", "tools", "packaging")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/kernel" in str(item.fspath) or "tests/tools" in str(item.fspath):
+        if Path(str(item.fspath)).parent.name in _KERNEL_DIRS:
             item.add_marker(pytest.mark.kernel)
             if os.geteuid() != 0:
                 item.add_marker(pytest.mark.skip(reason="needs root: loads BPF programs (CAP_BPF, CAP_NET_ADMIN)"))
