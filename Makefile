@@ -21,7 +21,7 @@ bench: bpf
 	$(BIN)/bpfscope bench all
 
 bpf: deps
-	$(MAKE) -C bpf
+	$(MAKE) -C bpf all-arches
 
 deps: $(BIN)/.installed
 

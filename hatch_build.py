@@ -1,8 +1,9 @@
-"""Wheel build hook: compile the BPF objects and put them in the wheel, so installing it needs no compiler."""
+"""Wheel build hook: compile the BPF objects for every architecture bpfscope targets and put them in the
+wheel with the headers `bpfscope build` compiles users' programs against, so installing the wheel needs
+no compiler and the wheel stays py3-none-any."""
 
 from __future__ import annotations
 
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,14 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 class BpfObjectsHook(BuildHookInterface):  # type: ignore[type-arg]
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if self.target_name != "wheel" or version == "editable":
-            return  # an editable install loads the objects from the source tree
+            return  # an editable install loads objects and headers from the source tree
         root = Path(self.root)
+        # make is incremental (clang -MD), so an up-to-date tree costs nothing and a stale object never ships.
+        # bpf/Makefile's ARCHES lists the architectures; each has bpf/include/<arch>/vmlinux.h.
+        subprocess.run(["make", "-C", str(root / "bpf"), "all-arches"], check=True)
         built = root / "src" / "bpfscope" / "_bpf"
-        if not list(built.glob(f"{platform.machine()}/*.bpf.o")):
-            subprocess.run(["make", "-C", str(root / "bpf")], check=True)
         # _bpf/ is git-ignored, and hatchling leaves ignored files out unless told.
         for obj in sorted(built.glob("*/*.bpf.o")):
             build_data["force_include"][str(obj)] = f"bpfscope/_bpf/{obj.parent.name}/{obj.name}"
+        # One copy of the headers lives in bpf/include; bpfscope.build finds this one in an installed wheel.
+        build_data["force_include"][str(root / "bpf" / "include")] = "bpfscope/include"

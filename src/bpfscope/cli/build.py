@@ -1,0 +1,37 @@
+"""`bpfscope build FILE.bpf.c`: compile your own program with bpfscope's headers, ahead of time."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from ..build import ARCHES, CompileError, CompileWarning, compile_object
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="FILE.bpf.c", type=Path, help="the program to compile")
+    parser.add_argument("-o", "--output", metavar="OUT.bpf.o", type=Path,
+                        help="where to write the object (default: FILE.bpf.o beside the source)")
+    parser.add_argument("--arch", choices=sorted(ARCHES),
+                        help="the kernel's architecture (default: this machine's)")
+    parser.add_argument("-I", dest="include_dirs", metavar="DIR", type=Path, action="append", default=[],
+                        help="also look for headers in DIR, ahead of bpfscope's (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CompileWarning)
+        try:
+            output = compile_object(args.source, args.output, arch=args.arch, include_dirs=args.include_dirs)
+        except CompileError as exc:
+            sys.stderr.write(exc.diagnostics)
+            raise
+    for warning in caught:
+        if issubclass(warning.category, CompileWarning):
+            sys.stderr.write(str(warning.message))
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    print(output)
+    return 0

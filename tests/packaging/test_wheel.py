@@ -1,0 +1,148 @@
+"""The wheel as a pip user gets it: objects for both architectures and the headers inside, installed in a
+fresh venv, run with no clang anywhere on PATH."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARCHES = ("x86_64", "aarch64")
+HEADERS = ("bpfscope.bpf.h", "packet.bpf.h", "x86_64/vmlinux.h", "aarch64/vmlinux.h")
+QUIET_PIP = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+
+pytestmark = pytest.mark.slow
+
+
+def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(command, check=False, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{result.stdout}\n{result.stderr}"
+    return result  # type: ignore[no-any-return]
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: loads BPF programs (CAP_BPF, CAP_NET_ADMIN)")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
+        env={**os.environ, **QUIET_PIP}, timeout=120)
+    (built,) = out.glob("bpfscope-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with the wheel installed; numpy and rich come from the index (through pip's cache)."""
+    path = tmp_path_factory.mktemp("venv")
+    run([sys.executable, "-m", "venv", str(path)], timeout=60)
+    run([str(path / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
+        env={**os.environ, **QUIET_PIP}, timeout=120)
+    return path
+
+
+@pytest.fixture(scope="module")
+def no_clang_env(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """PATH with only the venv's bin and a directory holding `python3`: clang is nowhere on it."""
+    tools = tmp_path_factory.mktemp("path")
+    (tools / "python3").symlink_to(sys.executable)
+    path = os.pathsep.join([str(venv / "bin"), str(tools)])
+    for directory in path.split(os.pathsep):
+        assert not any(name.startswith("clang") for name in os.listdir(directory)), directory
+    assert shutil.which("clang", path=path) is None
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    return {**env, "PATH": path}
+
+
+def test_wheel_carries_objects_for_both_arches_and_the_headers(wheel: Path) -> None:
+    assert wheel.name.endswith("-py3-none-any.whl")  # one wheel serves both architectures
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sources = sorted((ROOT / "src" / "bpfscope").glob("*/*.bpf.c"))
+    assert any(s.name == "packets.bpf.c" for s in sources)
+    for arch in ARCHES:
+        for source in sources:
+            assert f"bpfscope/_bpf/{arch}/{source.name[:-2]}.o" in names, (arch, source.name)
+    for header in HEADERS:
+        assert f"bpfscope/include/{header}" in names
+    assert not [n for n in names if n.endswith(".d")]  # make's dependency files stay home
+
+
+def test_installed_wheel_loads_every_object_without_clang(venv: Path, no_clang_env: dict[str, str]) -> None:
+    needs_root()
+    script = """
+import platform, sys
+from pathlib import Path
+import bpfscope.build, bpfscope.object
+from bpfscope.object import ObjectSpec
+package = Path(bpfscope.object.__file__).parent
+assert str(package).startswith(sys.prefix), package          # the installed copy, not the checkout
+assert bpfscope.build.include_dir() == package / "include"
+for path in sorted(package.glob("_bpf/*/*.bpf.o")):
+    spec = ObjectSpec.open(path)
+    if path.parent.name == platform.machine():
+        spec.load().close()
+        print("loaded", path.parent.name, path.name)
+    else:
+        spec.close()
+        print("opened", path.parent.name, path.name)
+"""
+    result = run([str(venv / "bin" / "python"), "-c", script], env=no_clang_env, cwd=venv, timeout=60)
+    lines = result.stdout.splitlines()
+    machine = platform.machine()
+    assert f"loaded {machine} packets.bpf.o" in lines
+    assert len([line for line in lines if line.startswith("loaded ")]) == len(lines) // len(ARCHES)
+
+
+def test_build_without_clang_says_how_to_get_it(venv: Path, no_clang_env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "mine.bpf.c").write_text('#include "bpfscope.bpf.h"\n')
+    result = subprocess.run([str(venv / "bin" / "bpfscope"), "build", "mine.bpf.c"], check=False,
+                            env=no_clang_env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (
+        1, "bpfscope build: clang not found; install it (Debian: apt-get install clang)\n")
+
+
+def test_packets_counts_loopback_traffic(venv: Path, no_clang_env: dict[str, str]) -> None:
+    needs_root()
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tool = subprocess.Popen(
+        [str(venv / "bin" / "bpfscope"), "packets", "--iface", "lo", "--duration", "1", "--json"],
+        env=no_clang_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    sent = 0
+    try:
+        deadline = time.monotonic() + 30
+        while tool.poll() is None and time.monotonic() < deadline and sent < 2000:
+            sender.sendto(b"bpfscope", receiver.getsockname())
+            sent += 1
+            time.sleep(0.005)
+        out, err = tool.communicate(timeout=30)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.wait()
+        sender.close()
+        receiver.close()
+    assert tool.returncode == 0, err
+    assert "Traceback" not in err
+    final = json.loads(out.splitlines()[-1])
+    assert final["final"] is True and final["iface"] == "lo"
+    assert final["total"]["packets"] == sum(row["packets"] for row in final["l3"].values())
+    assert final["total"]["bytes"] == sum(row["bytes"] for row in final["l3"].values())
+    assert final["l4"]["udp"]["packets"] > 0, f"sent {sent} datagrams, none counted"
+    assert "xdp" not in run(["ip", "link", "show", "dev", "lo"]).stdout  # the link died with the process
