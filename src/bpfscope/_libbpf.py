@@ -190,6 +190,7 @@ class BpfMapInfo(Structure):
 
 PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 libbpf_set_print = _fn("libbpf_set_print", c_void_p, PRINT_FN)
+libbpf_strerror = _fn("libbpf_strerror", c_int, c_int, c_char_p, c_size_t)
 libbpf_major_version = _fn("libbpf_major_version", c_uint)
 libbpf_minor_version = _fn("libbpf_minor_version", c_uint)
 libbpf_num_possible_cpus = _fn("libbpf_num_possible_cpus", c_int)
@@ -295,10 +296,17 @@ if version() < MIN_VERSION:
 _PERMISSION_ERRNOS = (errno.EPERM, errno.EACCES)
 
 
+_LIBBPF_ERRNO_BASE = 4000  # libbpf's own codes (LIBBPF_ERRNO__FORMAT, ...) follow this
+
+
 def error(err: int, op: str, capability: str = "CAP_BPF") -> SyscallError:
     """The one conversion of an errno into an exception."""
     if err in _PERMISSION_ERRNOS:
         return PermissionDeniedError(err, op, capability)
+    if err >= _LIBBPF_ERRNO_BASE:
+        text = ctypes.create_string_buffer(256)
+        libbpf_strerror(err, text, len(text))
+        return SyscallError(errno.EINVAL, op, text.value.decode())
     return SyscallError(err, op)
 
 

@@ -209,8 +209,7 @@ class Program:
                 raise BpfscopeError(err, f"symbol {symbol!r} not found in {path}")
             if err == errno.ESRCH:
                 raise BpfscopeError(err, f"no process with pid {pid}")
-            detail = log[-1].strip() if log else ""
-            raise SyscallError(err, f"attach {self.name} as {what}", detail)
+            raise _libbpf.error(err, f"attach {self.name} as {what}", "CAP_PERFMON")
         return LibbpfLink(ptr, what)
 
     def attach_perf_event(self, *, frequency: int = 99, cpus: Optional[list[int]] = None) -> LinkGroup:
@@ -272,12 +271,22 @@ def resolve_binary(target: str) -> str:
         return os.path.realpath(target)
     name = target if target.startswith("lib") else f"lib{target}"
     for directory in _LIBRARY_DIRS:
-        matches = sorted(glob.glob(os.path.join(directory, f"{name}.so*")) + glob.glob(
-            os.path.join(directory, f"{name}-*.so*")))
-        if matches:
-            return os.path.realpath(matches[0])
+        # libc.so.6 before libc.so: the unversioned name is often a linker script, not ELF.
+        candidates = sorted(glob.glob(os.path.join(directory, f"{name}.so*")) +
+                            glob.glob(os.path.join(directory, f"{name}-*.so*")), key=lambda p: (p.endswith(".so"), p))
+        for candidate in candidates:
+            if _is_elf(candidate):
+                return os.path.realpath(candidate)
     for directory in os.environ.get("PATH", "").split(os.pathsep):
         candidate = os.path.join(directory, target)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return os.path.realpath(candidate)
     raise BpfscopeError(errno.ENOENT, f"no binary or library named {target!r} (give a path)")
+
+
+def _is_elf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False

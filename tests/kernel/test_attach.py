@@ -1,0 +1,134 @@
+"""Every attach kind on the real kernel: the hook fires exactly as often as the test makes it, and
+closing the link (or unpinning it) detaches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from bpfscope.errors import BpfscopeError
+from bpfscope.link import Link
+from bpfscope.object import ObjectSpec, load, tool_object
+from bpfscope.program import TcDirection, TcMode, XdpMode
+from bpfscope.testing import packets as pk
+from bpfscope.testing.netns import send_frames
+
+CALLS = 250
+
+
+@pytest.fixture
+def obj(test_object):
+    spec = ObjectSpec.open(test_object("attach_kinds"))
+    spec.rodata["cfg_tgid"] = os.getpid()
+    with spec.load() as loaded:
+        yield loaded
+
+
+def hits(obj, name: str) -> int:
+    return int(obj.maps["hits"].sum(int(obj.exported_type("hits_key").python_type[f"HIT_{name}"])))
+
+
+def test_tracepoint_counts_each_syscall(obj):
+    with obj.programs["count_getppid"].attach_tracepoint("syscalls", "sys_enter_getppid"):
+        for _ in range(CALLS):
+            os.getppid()
+    for _ in range(10):
+        os.getppid()  # detached: not counted
+    assert hits(obj, "TRACEPOINT") == CALLS
+
+
+def test_missing_tracepoint_is_one_clear_error(obj):
+    with pytest.raises(BpfscopeError, match="no such tracepoint"):
+        obj.programs["count_getppid"].attach_tracepoint("syscalls", "sys_enter_no_such_call")
+
+
+def test_uprobe_and_uretprobe_on_a_library_by_name(obj):
+    with obj.programs["count_entry"].attach_uprobe("libc", "getppid"), \
+         obj.programs["count_return"].attach_uprobe("libc", "getppid", retprobe=True):
+        for _ in range(CALLS):
+            os.getppid()
+    assert hits(obj, "UPROBE") == CALLS
+    assert hits(obj, "URETPROBE") == CALLS
+
+
+def test_uprobe_only_in_the_given_pid(obj):
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        with obj.programs["count_entry"].attach_uprobe("libc", "getppid", pid=child.pid):
+            for _ in range(CALLS):
+                os.getppid()
+    finally:
+        child.kill()
+        child.wait()
+    assert hits(obj, "UPROBE") == 0
+
+
+def test_uprobe_missing_symbol_and_binary(obj):
+    with pytest.raises(BpfscopeError, match="symbol 'no_such_function' not found"):
+        obj.programs["count_entry"].attach_uprobe("libc", "no_such_function")
+    with pytest.raises(BpfscopeError, match="no binary or library"):
+        obj.programs["count_entry"].attach_uprobe("/nonexistent/binary", "main")
+
+
+def test_perf_event_cpu_clock_fires_on_every_cpu(obj):
+    with obj.programs["count_tick"].attach_perf_event(frequency=1000) as group:
+        assert len(group.links) == os.cpu_count()
+        time.sleep(0.3)
+    first = hits(obj, "PERF_EVENT")
+    time.sleep(0.1)
+    assert first > 0
+    assert hits(obj, "PERF_EVENT") == first  # detached with the group
+
+
+@pytest.mark.parametrize("mode", [TcMode.TCX, TcMode.CLSACT])
+def test_tc_egress_counts_frames_sent(obj, veth_pair, mode):
+    frames = [pk.udp_frame(src_mac=veth_pair.host_mac, dst_mac=veth_pair.peer_mac, src_ip=veth_pair.host_ip,
+                           dst_ip=veth_pair.peer_ip, sport=1000 + i, dport=9) for i in range(CALLS)]
+    with obj.programs["count_tc"].attach_tc(veth_pair.host, direction=TcDirection.EGRESS, mode=mode) as link:
+        assert f"({mode.value})" in link.description
+        assert send_frames(frames, veth_pair.host) == CALLS
+        time.sleep(0.2)
+    counted = hits(obj, "TC")
+    send_frames(frames[:10], veth_pair.host)
+    time.sleep(0.1)
+    assert counted == CALLS
+    assert hits(obj, "TC") == CALLS  # detached
+
+
+def test_xdp_native_on_veth_and_not_on_lo(veth_pair):
+    with load(tool_object("packets")) as packets:
+        program = packets.programs["count_packets"]
+        with program.attach_xdp(veth_pair.host, mode=XdpMode.NATIVE) as link:
+            assert link.mode is XdpMode.NATIVE
+        with program.attach_xdp(veth_pair.host) as link:
+            assert link.mode is XdpMode.NATIVE  # auto prefers the driver
+        with pytest.raises(BpfscopeError, match="no native XDP"):
+            program.attach_xdp("lo", mode=XdpMode.NATIVE)
+
+
+def test_second_xdp_program_on_one_interface_is_refused_clearly(veth_pair):
+    with load(tool_object("packets")) as first, load(tool_object("packets")) as second:
+        with first.programs["count_packets"].attach_xdp(veth_pair.host):
+            with pytest.raises(BpfscopeError, match="another XDP program is attached"):
+                second.programs["count_packets"].attach_xdp(veth_pair.host)
+
+
+def xdp_attached(iface: str) -> bool:
+    out = subprocess.run(["ip", "-d", "link", "show", iface], capture_output=True, text=True, check=True).stdout
+    return "xdp" in out
+
+
+def test_pinned_link_outlives_its_fd_until_unpinned(veth_pair, bpffs_dir):
+    path = f"{bpffs_dir}/xdp_link"
+    with load(tool_object("packets")) as packets:
+        with packets.programs["count_packets"].attach_xdp(veth_pair.host) as link:
+            link.pin(path)
+    assert xdp_attached(veth_pair.host)  # the pin holds it after every fd is closed
+    Link.unpin(path)
+    deadline = time.monotonic() + 5
+    while xdp_attached(veth_pair.host) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not xdp_attached(veth_pair.host)
