@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the kernel's architecture (default: this machine's)")
     parser.add_argument("-I", dest="include_dirs", metavar="DIR", type=Path, action="append", default=[],
                         help="also look for headers in DIR, ahead of bpfscope's (repeatable)")
+    parser.add_argument("--verify", action="store_true",
+                        help="then load it into this kernel, attaching nothing, to hear the verifier's verdict")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,4 +36,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     print(output)
+    if args.verify:
+        from ..object import load
+
+        with load(output) as obj:
+            print(f"verifier accepted: {', '.join(obj.programs) or 'no programs'}")
     return 0
