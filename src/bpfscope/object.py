@@ -209,7 +209,7 @@ def _load_error(err: int, log: str, path: str) -> BpfscopeError:
         return VerifierError(program, err, text.splitlines())
     failed = _LOAD_FAILED.search(log)
     if err in (errno.EPERM, errno.EACCES):
-        return PermissionDeniedError(err, f"load {path}", "CAP_BPF (and CAP_PERFMON for tracing)")
+        return PermissionDeniedError(err, f"load {path}", "CAP_BPF")
     what = f"load program {failed.group(1)!r} of {path}" if failed else f"load {path}"
     return SyscallError(err, what, _last_warning(log.splitlines(keepends=True)))
 
