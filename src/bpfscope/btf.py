@@ -285,8 +285,9 @@ class TypeCodec:
 
     @cached_property
     def python_type(self) -> Any:
-        """The class a single value becomes: a frozen dataclass for a struct, IntEnum for an enum."""
-        return self._python_type(self.type_id)
+        """The class a single value becomes: a frozen dataclass for a struct, IntEnum for an enum;
+        the same class to_python() builds, so isinstance and equality hold."""
+        return self._class_for(self.type_id)
 
     def _python_type(self, type_id: int) -> Any:
         t = self.btf.resolve(type_id)

@@ -1,21 +1,47 @@
 """Ring buffer reader: the mmap'd ring drained straight into a numpy structured array.
 
-The kernel's BPF ring buffer is a consumer page (writable by us), a producer page, and the data
-area mapped twice back to back so a record that wraps still reads contiguously. Each record has
-an 8-byte header: length with BUSY (not yet committed) and DISCARD bits, then the page offset.
+The kernel's BPF ring buffer (BPF_MAP_TYPE_RINGBUF) is a consumer page (writable by us), a
+producer page, and the data area mapped twice back to back, so a record that wraps past the end
+still reads contiguously. Each record has an 8-byte header: its length with the BUSY (reserved,
+not yet committed) and DISCARD bits, then a page offset. Records are 8-byte aligned.
+
 All records of one DEFINE_RINGBUF have the same size, so a batch is a strided view over the ring:
-numpy checks every header and copies every record in a few C loops, with no Python per event."""
+numpy checks every header and copies every record in a few C loops, with no Python per event.
+What a drain does with each record, in ring order:
+
+- committed, of the record type's size: delivered;
+- discarded (bpf_ringbuf_discard): skipped; not delivered, not counted as lost;
+- busy: the batch stops there, even if later records are committed (the kernel hands out
+  space in order, and the consumer position cannot pass a record still being written);
+- committed with another size (bpf_ringbuf_output of some other struct): an error in the
+  BPF program. The records before it are delivered; the drain that finds it at the head
+  of the ring steps past it and raises TypeMismatchError, so a caller that catches the
+  error reads on from the next record.
+
+After publishing its consumer position a drain reads the producer position again and goes on
+if records came meanwhile, as libbpf does: a record committed before that store saw the old
+position and woke nobody, so poll() only sleeps after a drain that found the ring empty.
+
+Memory ordering: libbpf reads the producer position and each header with acquire loads and
+publishes the consumer position with a release store. numpy does plain loads and stores; on
+x86 (TSO) those already keep that order. Elsewhere `_Fence` puts a barrier after the producer
+position, between the headers and the records, and before the consumer position store."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import itertools
 import mmap
+import platform
 import select
+import threading
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
+from .btf import Kind, TypeCodec
 from .errors import BpfscopeError, TypeMismatchError
 from .maps import MapType
 
@@ -24,15 +50,74 @@ if TYPE_CHECKING:
 
 __all__ = ["RingBuffer"]
 
-_BUSY = np.uint32(1 << 31)
-_DISCARD = np.uint32(1 << 30)
-_HEADER = 8
+_BUSY = 1 << 31  # BPF_RINGBUF_BUSY_BIT
+_DISCARD = 1 << 30  # BPF_RINGBUF_DISCARD_BIT
+_SIZE = _DISCARD - 1
+_HEADER = 8  # BPF_RINGBUF_HDR_SZ
+_CHUNK = 1024  # records made into Python objects at a time: small enough to stay in cache
+
+
+class _Fence:
+    """A full memory barrier between reading the producer position, the headers, the records
+    and writing the consumer position. x86 keeps loads in order and stores after loads, so it
+    needs none. Python has no barrier of its own: a lock released and taken again is one, since
+    a release followed by an acquire is ordered (arm64: RCsc store-release → load-acquire)."""
+
+    def __init__(self) -> None:
+        self._lock: Optional[threading.Lock] = None
+        if platform.machine() not in ("x86_64", "AMD64", "i386", "i686"):
+            self._lock = threading.Lock()
+            self._lock.acquire()
+
+    def __call__(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock.acquire()
+
+
+def _record_maker(codec: TypeCodec) -> Callable[[np.ndarray[Any, Any]], Iterable[Any]]:
+    """How a batch becomes the record type's frozen dataclasses. Where every field is a plain
+    number or char array: one `tolist()` per field and one constructor call per record, which
+    gives what `codec.to_python` gives at a fraction of the cost; otherwise record by record
+    through the codec (enums, nested structs, arrays, bitfields)."""
+
+    def by_record(batch: np.ndarray[Any, Any]) -> Iterable[Any]:
+        return map(codec.to_python, batch)
+
+    struct = codec.btf.resolve(codec.type_id)
+    if struct.kind not in (Kind.STRUCT, Kind.UNION):
+        return by_record
+    # The class to_python makes (the same one for every record of this codec).
+    cls = type(codec.to_python(np.zeros(1, dtype=codec.dtype)[0]))
+    if not dataclasses.is_dataclass(cls):
+        return by_record
+    members = {m.name: m for m in struct.members if m.name}
+    names = [field.name for field in dataclasses.fields(cls)]
+    for name in names:
+        member = members.get(name)
+        if member is None or member.bitfield_size:
+            return by_record
+        kind = codec.btf.resolve(member.type_id).kind
+        numpy_kind = codec.dtype[name].kind
+        plain = (
+            (kind == Kind.INT and numpy_kind in "iub")
+            or (kind == Kind.FLOAT and numpy_kind == "f")
+            or (kind == Kind.ARRAY and numpy_kind == "S")
+        )
+        if not plain:
+            return by_record
+
+    def by_column(batch: np.ndarray[Any, Any]) -> Iterable[Any]:
+        return map(cls, *[batch[name].tolist() for name in names])
+
+    return by_column
 
 
 class RingBuffer:
-    """Reads ring buffer map `name` of a loaded object. `poll()` returns a batch (a numpy array of
-    the record type, possibly empty); iterating yields one typed record at a time from the same
-    batches. `lost` is what the programs failed to reserve (DEFINE_RINGBUF's counter)."""
+    """Reads ring buffer map `name` of a loaded object. `poll()` and `drain()` return a batch (a
+    numpy array of the record type, possibly empty); `records()` and iteration yield one frozen
+    dataclass at a time from the same batches. `lost` is what the programs failed to reserve
+    (DEFINE_RINGBUF's counter); `received` is what this reader has delivered."""
 
     def __init__(self, obj: Object, name: str) -> None:
         ring = obj.maps.get(name)
@@ -41,28 +126,32 @@ class RingBuffer:
         self.name = name
         self.record = obj.exported_type(name)
         self.dtype = self.record.dtype
+        self.received = 0
         self._lost_map = obj.maps.get(f"{name}_lost")
+        self._make_records = _record_maker(self.record)
+        self._fence = _Fence()
         self._size = ring.max_entries
         self._mask = self._size - 1
-        self._stride = (_HEADER + self.dtype.itemsize + 7) & ~7
+        self._itemsize = self.dtype.itemsize
+        self._stride = (_HEADER + self._itemsize + 7) & ~7
+        self._discarded = self._itemsize | _DISCARD
+        self._fd = ring.fd
         page = mmap.PAGESIZE
-        self._consumer_mmap = mmap.mmap(ring.fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._producer_mmap = mmap.mmap(ring.fd, page + 2 * self._size, mmap.MAP_SHARED, mmap.PROT_READ,
-                                        offset=page)
+        self._consumer_mmap = mmap.mmap(self._fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            self._producer_mmap = mmap.mmap(self._fd, page + 2 * self._size, mmap.MAP_SHARED, mmap.PROT_READ,
+                                            offset=page)
+        except BaseException:
+            self._consumer_mmap.close()
+            raise
         self._consumer_pos = np.frombuffer(self._consumer_mmap, dtype=np.uint64, count=1)
         self._producer_pos = np.frombuffer(self._producer_mmap, dtype=np.uint64, count=1)
         self._data = np.frombuffer(self._producer_mmap, dtype=np.uint8, offset=page)
-        self._slot = np.dtype({
-            "names": ["len", "rec"], "formats": [np.uint32, self.dtype],
-            "offsets": [0, _HEADER], "itemsize": self._stride,
-        })
-        self._epoll = select.epoll()
-        self._epoll.register(ring.fd, select.EPOLLIN)
-        self._fd = ring.fd
-        self.received = 0
+        self._epoll: Optional[select.epoll] = select.epoll()
+        self._epoll.register(self._fd, select.EPOLLIN)
 
     def fileno(self) -> int:
-        """The ring's fd: readable when records wait (for a caller's own select/epoll loop)."""
+        """The ring's fd: readable while records wait (for a caller's own select/epoll loop)."""
         return self._fd
 
     @property
@@ -74,86 +163,124 @@ class RingBuffer:
 
     @property
     def pending_bytes(self) -> int:
+        """Bytes reserved by the programs and not yet consumed, headers included."""
         return int(self._producer_pos[0]) - int(self._consumer_pos[0])
 
     def drain(self) -> np.ndarray[Any, Any]:
-        """Every committed record now in the ring, in order, as one array; never waits."""
+        """Every committed record now in the ring, in order, as one array; never waits. Raises
+        TypeMismatchError, after stepping past it, for a record of another size at the head."""
+        if self._epoll is None:
+            raise BpfscopeError(errno.EBADF, f"ring buffer {self.name!r} is closed")
         consumer = int(self._consumer_pos[0])
-        available = int(self._producer_pos[0]) - consumer
-        if available <= 0:
+        end = int(self._producer_pos[0])
+        if consumer >= end:
             return np.empty(0, dtype=self.dtype)
-        start = consumer & self._mask
-        region = self._data[start : start + available]
-        count = available // self._stride
-        if available % self._stride == 0:
-            slots = region.view(self._slot)
-            lengths = slots["len"]
-            busy = np.flatnonzero(lengths & _BUSY)
-            ready = int(busy[0]) if len(busy) else count
-            sizes = lengths[:ready] & ~(_BUSY | _DISCARD)
-            if np.all(sizes == self.dtype.itemsize):
-                kept = slots["rec"][:ready][(lengths[:ready] & _DISCARD) == 0].copy()
-                self._consumer_pos[0] = consumer + ready * self._stride
-                self.received += len(kept)
-                return kept
-        return self._drain_mixed(consumer, region)
-
-    def _drain_mixed(self, consumer: int, region: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        """Records of other sizes (bpf_ringbuf_output of a different struct): walk the headers."""
-        offsets = []
-        position = 0
-        header = region[: len(region) - len(region) % 4].view(np.uint32)
-        while position < len(region):
-            length = int(header[position // 4])
-            if length & int(_BUSY):
+        batches: list[np.ndarray[Any, Any]] = []
+        first = consumer
+        while True:
+            self._fence()
+            consumer, blocked, mismatch = self._take(consumer, end, batches)
+            self._fence()
+            self._consumer_pos[0] = consumer
+            if mismatch is not None:
+                raise TypeMismatchError(
+                    f"ring {self.name!r}: a {mismatch}-byte record where {self.record.name} "
+                    f"({self._itemsize} bytes) was expected; skipped it"
+                )
+            # Look again (see the module docstring), but take at most a ring's worth per drain:
+            # a producer faster than us would otherwise keep this loop going.
+            if blocked or consumer - first >= self._size:
                 break
-            size = length & ~int(_BUSY | _DISCARD)
-            if not length & int(_DISCARD):
-                if size != self.dtype.itemsize:
-                    raise TypeMismatchError(
-                        f"ring {self.name!r}: a {size}-byte record where {self.record.name} "
-                        f"({self.dtype.itemsize} bytes) was expected"
-                    )
-                offsets.append(position + _HEADER)
-            position += (_HEADER + size + 7) & ~7
-        records = np.empty(len(offsets), dtype=self.dtype)
-        raw = records.view(np.uint8).reshape(len(offsets), self.dtype.itemsize)
-        for i, offset in enumerate(offsets):
-            raw[i] = region[offset : offset + self.dtype.itemsize]
-        self._consumer_pos[0] = consumer + position
-        self.received += len(records)
-        return records
+            end = int(self._producer_pos[0])
+            if end == consumer:
+                break
+        result = batches[0] if len(batches) == 1 else np.concatenate(batches)
+        self.received += len(result)
+        return result
+
+    def _take(
+        self, consumer: int, end: int, batches: list[np.ndarray[Any, Any]]
+    ) -> tuple[int, bool, Optional[int]]:
+        """Appends the committed records between `consumer` and `end` to `batches`. Returns the
+        new consumer position, whether a busy or foreign record stopped it, and the size of a
+        foreign record it stepped past (to raise for) when nothing came before it."""
+        stride = self._stride
+        while consumer < end:
+            start = consumer & self._mask
+            region = self._data[start : start + (end - consumer)]
+            count = len(region) // stride
+            # One row per slot: the header's length word, then the record's bytes.
+            slots = region[: count * stride].reshape(count, stride)
+            lengths = region.view(np.uint32)[:: stride // 4][:count]
+            committed = lengths == self._itemsize
+            self._fence()
+            if committed.all():
+                ready = count
+                records = slots[:, _HEADER : _HEADER + self._itemsize].copy()
+            else:
+                # Records of our size, committed or discarded, up to the first that is neither;
+                # past that one the slots no longer line up with headers.
+                irregular = np.flatnonzero(~(committed | (lengths == self._discarded)))
+                ready = int(irregular[0]) if len(irregular) else count
+                records = slots[:ready, _HEADER : _HEADER + self._itemsize][committed[:ready]]
+            batches.append(records.view(self.dtype).reshape(-1))
+            consumer += ready * stride
+            if consumer == end:
+                break
+            head = ready * stride
+            length = int(region[head : head + 4].view(np.uint32)[0])
+            if length & _BUSY:
+                return consumer, True, None
+            step = (_HEADER + (length & _SIZE) + 7) & ~7
+            if not length & _DISCARD:
+                if any(len(batch) for batch in batches):
+                    return consumer, True, None  # deliver what came before it; the next drain raises
+                return consumer + step, True, length & _SIZE
+            consumer += step
+        return consumer, False, None
 
     def poll(self, timeout_ms: int = 100) -> np.ndarray[Any, Any]:
-        """A batch of records: what is there now, or what arrives within `timeout_ms`."""
+        """A batch of records: what is there now, or what arrives within `timeout_ms` (-1: wait
+        for ever). Programs that submit with BPF_RB_NO_WAKEUP wake nobody: then this returns
+        after `timeout_ms` with what they left."""
         batch = self.drain()
         if len(batch) or timeout_ms == 0:
             return batch
-        # Ring buffer fds are level-triggered: readable while consumer != producer, so a record
-        # committed between drain() and here still wakes us.
+        assert self._epoll is not None  # drain() raised if closed
+        # drain() found the ring empty after its last store of the consumer position, so the
+        # next record committed finds the consumer caught up and wakes us (the kernel's adaptive
+        # wakeup), even if it lands before epoll_wait does.
         self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
         return self.drain()
 
     def records(self, timeout_ms: int = 100) -> Iterator[Any]:
         """One typed record (a frozen dataclass) at a time, drawn from poll()'s batches; stops at
-        a poll that times out with nothing."""
+        a poll that returns nothing within `timeout_ms`."""
+        # chain() hands the records on in C: no generator frame resumed per record.
+        return itertools.chain.from_iterable(self._record_chunks(timeout_ms))
+
+    def _record_chunks(self, timeout_ms: int) -> Iterator[Iterable[Any]]:
+        make = self._make_records
         while True:
             batch = self.poll(timeout_ms)
             if not len(batch):
                 return
-            to_python = self.record.to_python
-            for raw in batch:
-                yield to_python(raw)
+            for start in range(0, len(batch), _CHUNK):
+                yield make(batch[start : start + _CHUNK])
 
     def close(self) -> None:
-        if getattr(self, "_epoll", None) is None:
+        """Unmaps the ring; the map itself belongs to the object. Safe to call twice."""
+        epoll, self._epoll = self._epoll, None
+        if epoll is None:
             return
-        self._epoll.close()
-        self._epoll = None  # type: ignore[assignment]
+        epoll.close()
         # numpy views hold the mmaps' buffers: drop them before unmapping.
-        self._consumer_pos = self._producer_pos = self._data = None  # type: ignore[assignment]
-        self._consumer_mmap.close()
-        self._producer_mmap.close()
+        del self._consumer_pos, self._producer_pos, self._data
+        for mapping in (self._consumer_mmap, self._producer_mmap):
+            try:
+                mapping.close()
+            except BufferError:
+                pass  # a view is still alive somewhere (a traceback's frame): unmapped when it dies
 
     def __enter__(self) -> RingBuffer:
         return self

@@ -1,0 +1,249 @@
+"""`bpfscope bench ringbuf`: how fast the ring buffer readers consume, beside libbpf's C reader on
+the same ring, and what consuming a steady 1 M events/s costs.
+
+ringbuf_bench.bpf.c fills the ring from BPF_PROG_TEST_RUN (16-byte records, BPF_RB_NO_WAKEUP), then
+one reader drains it while the clock runs; filling is not timed. Each drain figure is the best of
+`rounds` fills (the median is in the note). The C reference (ringbuf_consumer.c: libbpf's record
+loop, ring_buffer__consume, with a counting callback) is compiled here when a C compiler and
+libbpf's headers exist, and reads the same map through a bpffs pin, timed the same way."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..object import Object, ObjectSpec, tool_object
+from ..pin import PIN_ROOT, remove_pins
+from ..ringbuf import RingBuffer
+from . import Figure
+
+__all__ = ["run"]
+
+_PACKET = bytes(64)
+# Records per program run. One test_run per 10 000 records rather than repeat=N: an XDP test_run
+# with repeat > 1 swaps the program into the XDP dispatcher and out again (bpf_prog_change_xdp),
+# which took 20 to 50 ms per call here.
+_PER_RUN = 10_000
+_SLOT = 24  # 8-byte header + struct bench_event
+_BPF_RB_NO_WAKEUP = 1
+_REFERENCE = "libbpf ring_buffer__consume (C)"
+_CONSUMER_SOURCE = Path(__file__).with_name("ringbuf_consumer.c")
+
+
+def run(
+    *,
+    events: int = 2_500_000,
+    rounds: int = 5,
+    record_events: int = 1_000_000,
+    load_rate: int = 1_000_000,
+    load_seconds: float = 2.0,
+) -> list[Figure]:
+    """`events` records per fill for the drain figures (about 60 MiB of ring at the default),
+    `record_events` for the per-event readers, which are slower; `load_rate` events/s for
+    `load_seconds` for the consumer CPU figure."""
+    events = max(_PER_RUN, events // _PER_RUN * _PER_RUN)
+    record_events = max(_PER_RUN, min(record_events, events) // _PER_RUN * _PER_RUN)
+    rounds = max(1, rounds)
+
+    with _load(_ring_bytes(events)) as obj:
+        batch_rates = _drain_rates(obj, events, rounds, _batch_drain)
+        reference, reference_note = _c_rates(obj, events, rounds)
+        record_rates = _drain_rates(obj, record_events, min(rounds, 3), _record_drain)
+        iterate_rates = _drain_rates(obj, record_events, min(rounds, 3), _batch_iteration)
+
+    c_best = max(reference) if reference else None
+    c_note = f"; C: {reference_note}" if reference_note else ""
+    figures = [
+        _rate_figure("batch reader drain()", batch_rates, 20, c_best,
+                     f"{events:,} records of 16 bytes per fill{c_note}"),
+        _rate_figure("per-event reader records()", record_rates, 2, c_best,
+                     f"frozen dataclass per record, {record_events:,} per fill{c_note}"),
+        _rate_figure("per-event iteration over a drain() batch", iterate_rates, 2, c_best,
+                     f"`for rec in rb.drain()`, numpy records, drain included{c_note}"),
+    ]
+    if reference:
+        figures.append(Figure(
+            benchmark="ringbuf", name=_REFERENCE, value=max(reference), unit="M events/s",
+            higher_is_better=True, note=f"reference; {_rounds_note(reference)}",
+        ))
+    figures.append(_consumer_cpu(load_rate, load_seconds, wakeups=False))
+    figures.append(_consumer_cpu(load_rate, load_seconds, wakeups=True))
+    return figures
+
+
+# --- the producer ---
+
+
+def _ring_bytes(records: int) -> int:
+    """The smallest power-of-two ring that holds `records` without loss (at least 64 KiB)."""
+    return max(1 << 16, 1 << (records * _SLOT).bit_length())
+
+
+def _load(ring_bytes: int, *, per_run: int = _PER_RUN, submit_flags: int = _BPF_RB_NO_WAKEUP) -> Object:
+    spec = ObjectSpec.open(tool_object("ringbuf_bench"))
+    spec.rodata["cfg_per_run"] = per_run
+    spec.rodata["cfg_submit_flags"] = submit_flags
+    spec.maps["events"].max_entries = ring_bytes
+    return spec.load()
+
+
+def _fill(obj: Object, records: int) -> None:
+    fill_ring = obj.programs["fill_ring"]
+    for _ in range(records // _PER_RUN):
+        fill_ring.test_run(_PACKET)
+
+
+# --- drain figures ---
+
+
+def _batch_drain(rb: RingBuffer) -> int:
+    return len(rb.drain())
+
+
+def _record_drain(rb: RingBuffer) -> int:
+    count = 0
+    for _ in rb.records(timeout_ms=0):
+        count += 1
+    return count
+
+
+def _batch_iteration(rb: RingBuffer) -> int:
+    count = 0
+    for _ in rb.drain():
+        count += 1
+    return count
+
+
+def _drain_rates(obj: Object, records: int, rounds: int, drain: Callable[[RingBuffer], int]) -> list[float]:
+    """M records/s of `drain` on a ring filled with `records`, once per round."""
+    rates = []
+    with obj.ring_buffer("events") as rb:
+        for _ in range(rounds):
+            _fill(obj, records)
+            start = time.perf_counter()
+            got = drain(rb)
+            elapsed = time.perf_counter() - start
+            if got != records:
+                raise RuntimeError(f"ringbuf benchmark: read {got} records of {records} (lost {rb.lost})")
+            rates.append(records / elapsed / 1e6)
+    return rates
+
+
+def _rounds_note(rates: list[float]) -> str:
+    return f"best of {len(rates)}, median {statistics.median(rates):.1f} M events/s"
+
+
+def _rate_figure(name: str, rates: list[float], target: float, reference: Optional[float], note: str) -> Figure:
+    return Figure(
+        benchmark="ringbuf", name=name, value=max(rates), unit="M events/s", higher_is_better=True,
+        target=target, reference=_REFERENCE if reference is not None else None, reference_value=reference,
+        note=f"{_rounds_note(rates)}; {note}",
+    )
+
+
+# --- the C reference ---
+
+
+def _c_rates(obj: Object, records: int, rounds: int) -> tuple[list[float], str]:
+    """ringbuf_consumer.c's drain rates on this object's ring, or [] and why there are none."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        return [], "n/a: no C compiler"
+    pin_dir = os.path.join(PIN_ROOT, f"bench-{os.getpid()}")
+    with tempfile.TemporaryDirectory(prefix="bpfscope-bench-") as tmp, ExitStack() as cleanup:
+        binary = os.path.join(tmp, "ringbuf_consumer")
+        built = subprocess.run([compiler, "-O2", "-o", binary, str(_CONSUMER_SOURCE), "-lbpf"],
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            first = (built.stderr.strip().splitlines() or ["failed"])[0]
+            return [], f"n/a: {os.path.basename(compiler)} could not build ringbuf_consumer.c: {first}"
+        pin = os.path.join(pin_dir, "events")
+        obj.maps["events"].pin(pin)
+        cleanup.callback(remove_pins, pin_dir)
+        consumer = subprocess.Popen([binary, pin], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, bufsize=1)
+        cleanup.callback(_stop, consumer)
+        assert consumer.stdin is not None and consumer.stdout is not None
+        cleanup.callback(consumer.stdin.close)
+        if consumer.stdout.readline().strip() != "ready":
+            return [], f"n/a: ringbuf_consumer failed: {consumer.stderr.read().strip() if consumer.stderr else ''}"
+        rates = []
+        for _ in range(rounds):
+            _fill(obj, records)
+            consumer.stdin.write("drain\n")
+            reply = consumer.stdout.readline().split()
+            if len(reply) != 2:
+                return [], "n/a: ringbuf_consumer stopped"
+            count, nanoseconds = map(int, reply)
+            if count != records:
+                raise RuntimeError(f"ringbuf benchmark: the C consumer read {count} records of {records}")
+            rates.append(count / nanoseconds * 1e3)
+        return rates, ""
+
+
+def _stop(consumer: subprocess.Popen[str]) -> None:
+    """Waits for the consumer to leave after its stdin closed; kills it if it does not."""
+    try:
+        consumer.wait(10)
+    except subprocess.TimeoutExpired:
+        consumer.kill()
+        consumer.wait()
+
+
+# --- consumer CPU under a steady load ---
+
+
+def _consumer_cpu(rate: int, seconds: float, *, wakeups: bool) -> Figure:
+    """CPU time of the thread running poll() while a producer thread emits `rate` events/s in
+    10 ms slices. time.thread_time() counts the consumer's thread alone: test_run's CPU, spent
+    in the producer's thread (ctypes drops the GIL for it), is not in it."""
+    slice_seconds = 0.01
+    per_slice = max(1, round(rate * slice_seconds))
+    slices = max(1, round(seconds / slice_seconds))
+    produced = slices * per_slice
+    timeout_ms = 100 if wakeups else 10
+    stop = threading.Event()
+    result: dict[str, float] = {}
+
+    # A second of events fits: a consumer held up for a while loses nothing.
+    with _load(_ring_bytes(rate), per_run=per_slice, submit_flags=0 if wakeups else _BPF_RB_NO_WAKEUP) \
+            as obj, obj.ring_buffer("events") as rb:
+
+        def consume() -> None:
+            cpu, wall = time.thread_time(), time.monotonic()
+            received = 0
+            while not stop.is_set() or rb.pending_bytes:
+                received += len(rb.poll(timeout_ms))
+            result.update(cpu=time.thread_time() - cpu, wall=time.monotonic() - wall, received=received)
+
+        consumer = threading.Thread(target=consume, name="ringbuf-consumer")
+        consumer.start()
+        try:
+            start = time.monotonic()
+            for i in range(slices):
+                delay = start + i * slice_seconds - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                obj.programs["fill_ring"].test_run(_PACKET)
+            achieved = produced / (time.monotonic() - start)
+        finally:
+            stop.set()
+            consumer.join()
+        lost = rb.lost
+    if result.get("received") != produced or lost:
+        raise RuntimeError(f"ringbuf benchmark: consumed {result.get('received')} of {produced}, lost {lost}")
+    how = "kernel wakeups (flags 0), poll(100 ms)" if wakeups else "BPF_RB_NO_WAKEUP, poll(10 ms)"
+    return Figure(
+        benchmark="ringbuf",
+        name=f"consumer CPU at {rate / 1e6:g} M events/s, {'kernel wakeups' if wakeups else 'no wakeups'}",
+        value=100 * result["cpu"] / result["wall"], unit="% of a core", higher_is_better=False,
+        target=5, note=f"{how}; {achieved / 1e6:.2f} M events/s produced for {result['wall']:.1f} s",
+    )
