@@ -1,0 +1,112 @@
+"""`bpfscope bench`: each benchmark runs on this kernel at a small size and returns sane figures. No
+timing asserts: how fast a machine is is a measurement, not a test result."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bpfscope.benchmarks import Figure, report
+
+pytestmark = pytest.mark.kernel
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def check(figures: list[Figure], benchmark: str, *, differences: tuple[str, ...] = ()) -> None:
+    """Every figure names its benchmark and is finite; all but differences (`ours - empty`, which
+    noise can take below zero at small sizes) are positive, and so are their references."""
+    assert figures
+    for figure in figures:
+        assert figure.benchmark == benchmark
+        assert math.isfinite(figure.value), figure
+        if figure.name not in differences:
+            assert figure.value > 0, figure
+        if figure.reference is not None:
+            assert figure.reference_value is not None and math.isfinite(figure.reference_value), figure
+            if figure.name not in differences:
+                assert figure.reference_value > 0, figure
+        json.dumps(figure.as_dict())
+
+
+def test_maps() -> None:
+    from bpfscope.benchmarks import maps
+
+    figures = maps.run(entries=2_000, runs=1)
+    check(figures, "maps")
+    names = [f.name for f in figures]
+    assert "batch read, 2,000 entries" in names
+    assert all(f.target is None for f in figures)  # the 30 ms target is for 100,000 entries only
+
+
+def test_xdp() -> None:
+    from bpfscope.benchmarks import xdp
+
+    figures = xdp.run(repeat=20_000, runs=1)
+    check(figures, "xdp", differences=("packets counter: overhead over empty",))
+    overhead = next(f for f in figures if f.name == "packets counter: overhead over empty")
+    assert overhead.target == 3.0 and overhead.unit == "ns/packet"
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert any("2 threads" in f.name for f in figures)
+
+
+def test_xdp_frame_is_64_byte_udp() -> None:
+    from bpfscope.benchmarks.xdp import udp_frame
+
+    frame = udp_frame()
+    assert len(frame) == 64
+    assert frame[12:14] == b"\x08\x00" and frame[23] == 17  # IPv4, then UDP
+
+
+def test_startup() -> None:
+    from bpfscope.benchmarks import startup
+
+    with startup.XdpWatch(startup.IFACE) as watch:
+        if watch.prog_id():
+            pytest.skip(f"{startup.IFACE} already runs an XDP program")
+    figures = startup.run(runs=1, duration=0.2)
+    check(figures, "startup")
+    assert {f.unit for f in figures} == {"ms", "MiB"}
+    with startup.XdpWatch(startup.IFACE) as watch:
+        assert watch.prog_id() == 0  # the tool's link went with its process
+
+
+def test_ringbuf() -> None:
+    ringbuf = pytest.importorskip("bpfscope.benchmarks.ringbuf")
+    check(ringbuf.run(events=20_000), "ringbuf")
+
+
+def test_table_puts_target_and_reference_side_by_side() -> None:
+    figures = [
+        Figure("maps", "batch read", 12.5, "ms", False, target=30.0, reference="per-key read",
+               reference_value=1250.0, note="median of 5"),
+        Figure("maps", "batch write", 40.0, "ms", False),
+    ]
+    lines = report.table("maps", figures).splitlines()
+    assert lines[0] == "maps"
+    row = lines[2]
+    for cell in ("batch read [1]", "12.5 ms", "≤ 30.0 ms", "✓", "per-key read", "1,250 ms", "0.01×"):
+        assert cell in row
+    assert lines[-1] == "  [1] median of 5"
+    assert [json.loads(line)["met"] for line in report.json_lines(figures).splitlines()] == [True, None]
+
+
+@pytest.mark.slow
+def test_cli_json_lines() -> None:
+    path = os.pathsep.join(filter(None, (str(SRC), os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "PYTHONPATH": path}
+    done = subprocess.run([sys.executable, "-m", "bpfscope.cli.main", "bench", "maps", "--json"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "running maps…" in done.stderr
+    figures = [json.loads(line) for line in done.stdout.splitlines()]
+    assert figures and all(f["benchmark"] == "maps" for f in figures)
+    batch = next(f for f in figures if f["name"] == "batch read, 100,000 entries")
+    assert batch["target"] == 30.0 and batch["unit"] == "ms" and batch["met"] in (True, False)
+    assert batch["reference"].startswith("per-key read") and batch["ratio"] > 0
