@@ -25,6 +25,11 @@ def ensure_pin_dir(path: str) -> None:
 
 
 def remove_pins(directory: str) -> None:
-    """Unpins everything under `directory` (a pinned link detaches when its last reference goes)."""
+    """Unpins everything under `directory` (a pinned link detaches when its last reference goes),
+    and the bpfscope root too once nothing of bpfscope's is pinned."""
     if os.path.isdir(directory):
         shutil.rmtree(directory)
+    try:
+        os.rmdir(PIN_ROOT)
+    except OSError:
+        pass  # missing, or another tool still has pins there
