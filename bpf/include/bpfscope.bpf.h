@@ -31,6 +31,24 @@ char LICENSE[] SEC("license") = "GPL";
 	} name##_lost SEC(".maps");                                           \
 	BTF_EXPORT(record, name)
 
+/* The packet bounds of an XDP context. struct xdp_md's first two fields are UAPI, fixed since 4.8;
+ * reading them through vmlinux.h's type would be a CO-RE relocation, and one relocation makes
+ * libbpf load the kernel's whole BTF at load time. */
+struct xdp_bounds {
+	__u32 data;
+	__u32 data_end;
+};
+
+static __always_inline void *xdp_data(struct xdp_md *ctx)
+{
+	return (void *)(long)((struct xdp_bounds *)ctx)->data;
+}
+
+static __always_inline void *xdp_data_end(struct xdp_md *ctx)
+{
+	return (void *)(long)((struct xdp_bounds *)ctx)->data_end;
+}
+
 static __always_inline void *ringbuf_reserve_counted(void *ring, void *lost, __u64 size)
 {
 	void *record = bpf_ringbuf_reserve(ring, size, 0);

@@ -6,6 +6,73 @@
 
 #include "bpfscope.bpf.h"
 
+/* Wire formats, fixed by their RFCs, declared here rather than taken from vmlinux.h: vmlinux.h marks
+ * every struct for CO-RE relocation, and one relocation makes libbpf load and parse the kernel's
+ * whole BTF (about 11 MiB of memory) although these layouts can never change. */
+struct wire_eth {
+	__u8 dst[6];
+	__u8 src[6];
+	__be16 proto;
+};
+
+struct wire_vlan {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct wire_ipv4 {
+	__u8 version_ihl;
+	__u8 tos;
+	__be16 total_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__sum16 check;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct wire_ipv6 {
+	__be32 version_class_flow;
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct wire_ipv6_ext {
+	__u8 nexthdr;
+	__u8 hdrlen;    /* in 8-byte units, not counting the first 8 bytes */
+};
+
+struct wire_ipv6_frag {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 id;
+};
+
+struct wire_tcp {
+	__be16 sport;
+	__be16 dport;
+	__be32 seq;
+	__be32 ack;
+	__u8 data_offset;
+	__u8 flags;
+	__be16 window;
+	__sum16 check;
+	__be16 urgent;
+};
+
+struct wire_udp {
+	__be16 sport;
+	__be16 dport;
+	__be16 len;
+	__sum16 check;
+};
+
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define ETH_P_ARP 0x0806
@@ -45,7 +112,7 @@ struct packet_info {
 	__u8 tcp_flags;
 	union {
 		__be32 v4;
-		struct in6_addr v6;
+		__u8 v6[16];
 	} saddr, daddr;
 };
 
@@ -67,31 +134,31 @@ static __always_inline enum l4_proto l4_of(__u8 proto)
 static __always_inline void parse_transport(void *l4, void *end, struct packet_info *info)
 {
 	if (info->ip_proto == IPPROTO_TCP) {
-		struct tcphdr *tcp = l4;
+		struct wire_tcp *tcp = l4;
 
 		if ((void *)(tcp + 1) > end)
 			return;
-		info->sport = tcp->source;
-		info->dport = tcp->dest;
-		info->tcp_flags = ((__u8 *)tcp)[13];
+		info->sport = tcp->sport;
+		info->dport = tcp->dport;
+		info->tcp_flags = tcp->flags;
 	} else if (info->ip_proto == IPPROTO_UDP) {
-		struct udphdr *udp = l4;
+		struct wire_udp *udp = l4;
 
 		if ((void *)(udp + 1) > end)
 			return;
-		info->sport = udp->source;
-		info->dport = udp->dest;
+		info->sport = udp->sport;
+		info->dport = udp->dport;
 	}
 }
 
 static __always_inline void parse_ipv4(void *l3, void *end, struct packet_info *info)
 {
-	struct iphdr *ip = l3;
+	struct wire_ipv4 *ip = l3;
 	__u32 header_len;
 
 	if ((void *)(ip + 1) > end)
 		return;
-	header_len = ip->ihl * 4;
+	header_len = (ip->version_ihl & 0x0F) * 4;
 	if (header_len < sizeof(*ip))
 		return;
 	info->saddr.v4 = ip->saddr;
@@ -107,21 +174,21 @@ static __always_inline void parse_ipv4(void *l3, void *end, struct packet_info *
 
 static __always_inline void parse_ipv6(void *l3, void *end, struct packet_info *info)
 {
-	struct ipv6hdr *ip6 = l3;
+	struct wire_ipv6 *ip6 = l3;
 	void *cursor = ip6 + 1;
 	__u8 next;
 
 	if (cursor > end)
 		return;
-	info->saddr.v6 = ip6->saddr;
-	info->daddr.v6 = ip6->daddr;
+	__builtin_memcpy(info->saddr.v6, ip6->saddr, 16);
+	__builtin_memcpy(info->daddr.v6, ip6->daddr, 16);
 	next = ip6->nexthdr;
 
 	for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
-		struct ipv6_opt_hdr *ext = cursor;
+		struct wire_ipv6_ext *ext = cursor;
 
 		if (next == NEXTHDR_FRAGMENT) {
-			struct frag_hdr *frag = cursor;
+			struct wire_ipv6_frag *frag = cursor;
 
 			if ((void *)(frag + 1) > end)
 				return;
@@ -150,7 +217,7 @@ static __always_inline void parse_ipv6(void *l3, void *end, struct packet_info *
 /* Fills `info` from the frame in [data, end). Always returns; what could not be read stays zero. */
 static __always_inline void parse_packet(void *data, void *end, struct packet_info *info)
 {
-	struct ethhdr *eth = data;
+	struct wire_eth *eth = data;
 	void *cursor = eth + 1;
 	__u16 proto;
 
@@ -159,16 +226,16 @@ static __always_inline void parse_packet(void *data, void *end, struct packet_in
 	info->l4 = L4_OTHER;
 	if (cursor > end)
 		return;
-	proto = eth->h_proto;
+	proto = eth->proto;
 
 	for (int i = 0; i < 2; i++) {
-		struct vlan_hdr *vlan = cursor;
+		struct wire_vlan *vlan = cursor;
 
 		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
 			break;
 		if ((void *)(vlan + 1) > end)
 			return;
-		proto = vlan->h_vlan_encapsulated_proto;
+		proto = vlan->proto;
 		cursor = vlan + 1;
 	}
 

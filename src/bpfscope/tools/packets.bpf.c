@@ -39,8 +39,8 @@ static __always_inline void count(void *map, __u32 key, __u64 bytes)
 SEC("xdp")
 int count_packets(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = xdp_data(ctx);
+	void *end = xdp_data_end(ctx);
 	__u64 bytes = end - data;
 	struct packet_info info;
 
