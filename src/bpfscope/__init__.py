@@ -33,8 +33,15 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from .errors import (BpfscopeError, InterfaceNotFoundError, NotSupportedError, PermissionDeniedError,
-                         SyscallError, TypeMismatchError, VerifierError)
+    from .errors import (
+        BpfscopeError,
+        InterfaceNotFoundError,
+        NotSupportedError,
+        PermissionDeniedError,
+        SyscallError,
+        TypeMismatchError,
+        VerifierError,
+    )
     from .link import Link
     from .maps import ArrayMap, HashMap, LpmTrieMap, Map, MapType, PerCpuArrayMap, PerCpuHashMap, UpdateFlags
     from .object import Object, ObjectSpec, load, tool_object

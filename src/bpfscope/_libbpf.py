@@ -9,6 +9,7 @@ import ctypes.util
 import errno
 import platform
 import threading
+from contextlib import contextmanager
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -26,7 +27,6 @@ from ctypes import (
     c_void_p,
 )
 from typing import Any, Callable, Iterator
-from contextlib import contextmanager
 
 from .errors import NotSupportedError, PermissionDeniedError, SyscallError
 

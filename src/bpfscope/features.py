@@ -9,7 +9,6 @@ Every probe closes what it creates before returning: nothing stays loaded, attac
 from __future__ import annotations
 
 import ctypes
-from ctypes import c_uint32
 import enum
 import errno
 import functools
@@ -19,7 +18,8 @@ import platform
 import socket
 import types
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable
+from ctypes import c_uint32
+from typing import Callable
 
 from . import _libbpf, mounts
 from .errors import NotSupportedError, SyscallError

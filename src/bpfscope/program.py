@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from . import _libbpf, netdev
 from .errors import BpfscopeError, NotSupportedError, SyscallError
-from .link import FdLink, Link, LibbpfLink, LinkGroup, TcFilterLink
+from .link import FdLink, LibbpfLink, Link, LinkGroup, TcFilterLink
 from .mounts import ensure_tracefs
 
 __all__ = ["Program", "ProgramType", "XdpMode", "XdpAction", "TcDirection", "TcMode", "TestRunResult"]
@@ -199,7 +199,7 @@ class Program:
             opts.func_name = symbol.encode()
         kind = "uretprobe" if retprobe else "uprobe"
         what = f"{kind} {path}:{symbol or hex(offset)}" + (f" pid {pid}" if pid is not None else "")
-        with _libbpf.captured_log() as log:
+        with _libbpf.captured_log():  # errno says what failed; keep libbpf's own lines off stderr
             ptr = _libbpf.bpf_program__attach_uprobe_opts(
                 self._ptr, -1 if pid is None else pid, path.encode(), offset, opts
             )

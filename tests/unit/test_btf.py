@@ -69,7 +69,7 @@ def test_struct_layout_follows_btf_offsets(fields):
     struct_id = w.struct_("rec", total, members)
     codec = Btf(w.blob()).codec(struct_id)
     assert codec.dtype.itemsize == total
-    for (name, type_id, off), (size, signed, _) in zip(members, fields):
+    for (name, _type_id, off), (size, signed, _) in zip(members, fields):
         field_dtype, field_offset = codec.dtype.fields[name][:2]
         assert field_offset == off
         assert field_dtype == np.dtype(f"{'i' if signed else 'u'}{size}")

@@ -204,7 +204,9 @@ def test_flags_match_bpf_makefile(tmp_path: Path) -> None:
 @needs_clang
 def test_warnings_are_shown_and_the_build_succeeds(tmp_path: Path) -> None:
     source = tmp_path / "warn.bpf.c"
-    source.write_text('#include "bpfscope.bpf.h"\nSEC("xdp") int pass_all(struct xdp_md *ctx) { int unused; return 2; }\n')
+    source.write_text(
+        '#include "bpfscope.bpf.h"\nSEC("xdp") int pass_all(struct xdp_md *ctx) { int unused; return 2; }\n'
+    )
     with pytest.warns(CompileWarning, match="unused variable 'unused'"):
         compile_object(source)
     result = cli("warn.bpf.c", cwd=tmp_path)
