@@ -66,16 +66,17 @@ def possible_cpus() -> int:
     return int(_libbpf.check(_libbpf.libbpf_num_possible_cpus(), "count possible CPUs"))
 
 
-def sum_cpus(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """Adds per-CPU values (shape [..., cpus]) field by field into one value per entry; fields that
-    are not numbers (char arrays) keep the first CPU's value."""
+def sum_cpus(values: np.ndarray[Any, Any], axis: Optional[int] = None) -> np.ndarray[Any, Any]:
+    """Adds per-CPU values (CPUs on `axis`, by default the last) field by field, arrays of structs
+    included, into one value per entry; fields that are not numbers (char arrays) keep CPU 0's."""
+    axis = values.ndim - 1 if axis is None else axis
     if values.dtype.names is None:
         if values.dtype.kind in "iuf":
-            return values.sum(axis=-1, dtype=values.dtype.type)
-        return values[..., 0]
-    out = np.zeros(values.shape[:-1], dtype=values.dtype)
+            return values.sum(axis=axis, dtype=values.dtype.type)
+        return np.take(values, 0, axis=axis)
+    out = np.zeros(values.shape[:axis] + values.shape[axis + 1 :], dtype=values.dtype)
     for name in values.dtype.names:
-        out[name] = sum_cpus(values[name]) if values[name].ndim == values.ndim else values[name][..., 0, :]
+        out[name] = sum_cpus(values[name], axis)  # a subarray field adds its dimensions after `axis`
     return out
 
 

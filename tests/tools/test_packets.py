@@ -100,14 +100,17 @@ def counter_obj():
 
 def classify(obj, frame: bytes) -> tuple[XdpAction, dict[str, int], dict[str, int]]:
     """Runs the counter once on `frame` and returns which l3 and l4 rows it added to."""
-    before = {m: obj.maps[m].lookup_batch_sum()[1]["packets"].copy() for m in ("l3_protos", "l4_protos")}
+    def packets() -> dict[str, list[int]]:
+        row = obj.maps["counts"].sum(0)
+        return {table: [count.packets for count in getattr(row, table)] for table in ("l3", "l4")}
+
+    before = packets()
     result = obj.programs["count_packets"].test_run(frame)
-    after = {m: obj.maps[m].lookup_batch_sum()[1]["packets"] for m in ("l3_protos", "l4_protos")}
-    names3 = ["ipv4", "ipv6", "arp", "other"]
-    names4 = ["tcp", "udp", "icmp", "other"]
-    d3 = {names3[i]: int(v) for i, v in enumerate(after["l3_protos"] - before["l3_protos"]) if v}
-    d4 = {names4[i]: int(v) for i, v in enumerate(after["l4_protos"] - before["l4_protos"]) if v}
-    return result.action, d3, d4
+    after = packets()
+    names = {"l3": ["ipv4", "ipv6", "arp", "other"], "l4": ["tcp", "udp", "icmp", "other"]}
+    delta = {table: {names[table][i]: a - b for i, (a, b) in enumerate(zip(after[table], before[table])) if a != b}
+             for table in names}
+    return result.action, delta["l3"], delta["l4"]
 
 
 MAC = dict(src_mac="02:00:00:00:00:01", dst_mac="02:00:00:00:00:02")

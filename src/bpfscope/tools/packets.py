@@ -53,7 +53,7 @@ class PacketCounter:
         self.mode = mode
         self._obj: Optional[Object] = None
         self._link: Optional[Link] = None
-        self._names: dict[str, dict[int, str]] = {}
+        self._names: dict[str, list[str]] = {}
 
     def open(self) -> PacketCounter:
         obj = ObjectSpec.open(tool_object("packets")).load()
@@ -64,26 +64,20 @@ class PacketCounter:
             raise
         self._obj = obj
         self.mode = getattr(self._link, "mode", self.mode)
-        for map_name in ("l3_protos", "l4_protos"):
-            labels = obj.exported_type(f"{map_name}_key").python_type
-            self._names[map_name] = {
-                int(member): member.name.split("_", 1)[1].lower()
-                for member in labels
-                if not member.name.endswith("_COUNT")
-            }
+        for table in ("l3", "l4"):
+            labels = obj.exported_type(table).python_type  # enum l3_proto: L3_IPV4 = 0, ...
+            self._names[table] = [m.name.split("_", 1)[1].lower() for m in labels if not m.name.endswith("_COUNT")]
         return self
 
     def snapshot(self) -> Snapshot:
         assert self._obj is not None, "open() first"
         now = time.monotonic()
-        by_map: dict[str, dict[str, Count]] = {}
-        for map_name, names in self._names.items():
-            keys, values = self._obj.maps[map_name].lookup_batch_sum()  # type: ignore[attr-defined]
-            by_map[map_name] = {
-                names[int(k)]: Count(int(v["packets"]), int(v["bytes"])) for k, v in zip(keys, values)
-                if int(k) in names
-            }
-        return Snapshot(now, by_map["l3_protos"], by_map["l4_protos"])
+        _, values = self._obj.maps["counts"].lookup_batch_sum()  # type: ignore[attr-defined]
+        tables = {
+            table: {name: Count(int(row["packets"]), int(row["bytes"])) for name, row in zip(names, values[0][table])}
+            for table, names in self._names.items()
+        }
+        return Snapshot(now, tables["l3"], tables["l4"])
 
     def close(self) -> None:
         if self._link is not None:
