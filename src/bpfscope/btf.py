@@ -227,6 +227,26 @@ class Btf:
         return TypeCodec(self, type_id)
 
 
+def frozen_record(name: str, fields: list[str]) -> type:
+    """A frozen dataclass whose __init__ fills the instance __dict__ directly. The generated one
+    sets each field through object.__setattr__, which costs twice as much, and a ring buffer
+    reader builds millions of these a second. Still frozen, hashable, and a dataclass."""
+    cls = dataclasses.make_dataclass(name, [(f, Any) for f in fields], frozen=True, init=False)
+    this, store = "self", "fields"
+    while this in fields:  # a C struct may well have a field named `self` or `fields`
+        this += "_"
+    while store in fields or store == this:
+        store += "_"
+    lines = [f"def __init__({', '.join([this, *fields])}):", f"    {store} = {this}.__dict__"]
+    lines += [f"    {store}[{f!r}] = {f}" for f in fields] or ["    pass"]
+    namespace: dict[str, Any] = {}
+    exec("\n".join(lines), namespace)  # noqa: S102 - names are C identifiers from BTF, as dataclasses does
+    init = namespace["__init__"]
+    init.__qualname__ = f"{name}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
+
+
 class TypeCodec:
     """One BTF type as a numpy dtype (for batches) and as plain Python values (for one lookup):
     scalars are int, char[N] is bytes, enums are IntEnum, structs are frozen dataclasses."""
@@ -294,9 +314,7 @@ class TypeCodec:
         if t.kind in (Kind.ENUM, Kind.ENUM64) and t.name and t.enumerators:
             return enum.IntEnum(t.name, dict(t.enumerators))  # type: ignore[misc]
         if t.kind in (Kind.STRUCT, Kind.UNION, Kind.DATASEC):
-            fields = [(name, Any) for name, _, _ in self._fields(t)]
-            cls_name = t.name.lstrip(".") or "anon"
-            return dataclasses.make_dataclass(cls_name, fields, frozen=True)
+            return frozen_record(t.name.lstrip(".") or "anon", [name for name, _, _ in self._fields(t)])
         return None
 
     def to_python(self, raw: Any) -> Any:

@@ -116,3 +116,16 @@ def test_shipped_object_types_decode():
     assert btf.codec(counts.id).dtype.names == ("packets", "bytes")
     l3 = btf.find("l3_proto", Kind.ENUM)
     assert l3 is not None and dict(l3.enumerators)["L3_ARP"] == 2
+
+
+def test_record_classes_are_frozen_dataclasses_even_with_awkward_field_names():
+    import dataclasses
+
+    from bpfscope.btf import frozen_record
+
+    record = frozen_record("event", ["self", "fields", "pid"])
+    a, b = record(1, 2, 3), record(self=1, fields=2, pid=3)
+    assert a == b and hash(a) == hash(b) and repr(a) == "event(self=1, fields=2, pid=3)"
+    assert dataclasses.is_dataclass(a) and [f.name for f in dataclasses.fields(a)] == ["self", "fields", "pid"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.pid = 4
