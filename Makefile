@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 run: bpf
 	$(BIN)/bpfscope packets --iface $(IFACE) $(if $(DURATION),--duration $(DURATION))
 
-test: bpf
+test: bpf lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: bpf

@@ -342,7 +342,6 @@ _log_sink: list[str] | None = None
 _VA_LIST_SIZE = {"x86_64": 24, "aarch64": 32}[platform.machine()]
 
 
-@PRINT_FN
 def _print(level: int, fmt: bytes, args: int) -> int:
     sink = _log_sink
     if sink is None:
@@ -358,7 +357,8 @@ def _print(level: int, fmt: bytes, args: int) -> int:
     return 0
 
 
-libbpf_set_print(_print)
+_print_callback = PRINT_FN(_print)  # module global: libbpf keeps the pointer
+libbpf_set_print(_print_callback)
 
 
 @contextmanager

@@ -312,7 +312,7 @@ class TypeCodec:
     def _python_type(self, type_id: int) -> Any:
         t = self.btf.resolve(type_id)
         if t.kind in (Kind.ENUM, Kind.ENUM64) and t.name and t.enumerators:
-            return enum.IntEnum(t.name, dict(t.enumerators))  # type: ignore[misc]
+            return enum.IntEnum(t.name, dict(t.enumerators))
         if t.kind in (Kind.STRUCT, Kind.UNION, Kind.DATASEC):
             return frozen_record(t.name.lstrip(".") or "anon", [name for name, _, _ in self._fields(t)])
         return None
@@ -342,7 +342,7 @@ class TypeCodec:
         if isinstance(raw, np.bool_):
             return bool(raw)
         if isinstance(raw, np.void):
-            return bytes(raw)
+            return raw.tobytes()
         return int(raw)
 
     @cached_property
@@ -395,7 +395,7 @@ class RawCodec:
         self.python_type = None
 
     def to_python(self, raw: Any) -> Any:
-        return bytes(raw) if isinstance(raw, np.void) else int(raw)
+        return raw.tobytes() if isinstance(raw, np.void) else int(raw)
 
     def to_bytes(self, value: Any) -> bytes:
         return self.to_array([value]).tobytes()

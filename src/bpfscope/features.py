@@ -173,7 +173,7 @@ def _map_create(map_type: int, max_entries: int, feature: Feature, op: str) -> i
     fd = _libbpf.bpf_map_create(map_type, b"bpfscope_probe", 4, 4, max_entries, None)
     if fd < 0:
         raise _answer(feature, -fd, op, (Capability.BPF,))
-    return fd
+    return int(fd)
 
 
 def _prog_load(
@@ -188,7 +188,7 @@ def _prog_load(
     fd = _libbpf.bpf_prog_load(prog_type, b"bpfscope_probe", b"GPL", insns, len(insns) // 8, opts)
     if fd < 0:
         raise _answer(feature, -fd, op, needs)
-    return fd
+    return int(fd)
 
 
 def _libbpf_probe(

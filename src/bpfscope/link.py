@@ -5,6 +5,7 @@ so a process that is killed leaves nothing attached (unless the link was pinned 
 
 from __future__ import annotations
 
+import ctypes
 import os
 from types import TracebackType
 from typing import Optional, Sequence
@@ -111,7 +112,7 @@ class TcFilterLink(Link):
 
     @property
     def fd(self) -> int:
-        return self._prog_fd
+        return int(self._prog_fd)
 
     @property
     def closed(self) -> bool:
@@ -124,7 +125,7 @@ class TcFilterLink(Link):
         hook, self._hook = getattr(self, "_hook", None), None
         if hook is not None:
             # libbpf wants prog_fd, flags and prog_id zero when it detaches by handle and priority.
-            opts = _libbpf.BpfTcOpts(sz=_libbpf.ctypes.sizeof(_libbpf.BpfTcOpts))
+            opts = _libbpf.BpfTcOpts(sz=ctypes.sizeof(_libbpf.BpfTcOpts))
             opts.handle, opts.priority = self._handle, self._priority
             _libbpf.bpf_tc_detach(hook, opts)
 

@@ -72,8 +72,8 @@ def sum_cpus(values: np.ndarray[Any, Any], axis: Optional[int] = None) -> np.nda
     axis = values.ndim - 1 if axis is None else axis
     if values.dtype.names is None:
         if values.dtype.kind in "iuf":
-            return values.sum(axis=axis, dtype=values.dtype.type)
-        return np.take(values, 0, axis=axis)
+            return np.asarray(values.sum(axis=axis, dtype=values.dtype.type))
+        return np.asarray(np.take(values, 0, axis=axis))
     out = np.zeros(values.shape[:axis] + values.shape[axis + 1 :], dtype=values.dtype)
     for name in values.dtype.names:
         out[name] = sum_cpus(values[name], axis)  # a subarray field adds its dimensions after `axis`
@@ -104,7 +104,7 @@ class Map:
         fd: int,
         *,
         name: str,
-        type: MapType,
+        type: Union[MapType, int],
         key_size: int,
         value_size: int,
         max_entries: int,
@@ -114,6 +114,7 @@ class Map:
     ) -> None:
         self._fd = fd
         self._owner = owner  # an Object owns the fd; a map from a pin owns it itself
+        self._owns_fd = False
         self.name = name
         self.type = type
         self.key_size = key_size
@@ -394,8 +395,8 @@ class Map:
         def codec(type_id: int, size: int) -> Codec:
             return btf.codec(type_id) if btf is not None and type_id else RawCodec(size)
 
-        cls = _MAP_CLASSES.get(map_type, Map)  # type: ignore[call-overload]
-        return cls(  # type: ignore[no-any-return]
+        cls = _MAP_CLASSES.get(map_type, Map)
+        return cls(
             fd, name=name, type=map_type, key_size=key_size, value_size=value_size,
             max_entries=max_entries, key=codec(key_type_id, key_size),
             value=codec(value_type_id, value_size), owner=owner,

@@ -170,7 +170,7 @@ class ObjectSpec:
                 break
             codec = self.btf.codec(type_id)
             buffer = (ctypes.c_char * size.value).from_address(data)
-            return Config(np.frombuffer(buffer, dtype=codec.dtype, count=1), codec)
+            return Config(np.frombuffer(memoryview(buffer), dtype=codec.dtype, count=1), codec)
         return Config(None, None)
 
     def load(self) -> Object:

@@ -166,9 +166,9 @@ class Program:
         ret = _libbpf.bpf_tc_hook_create(hook)
         if ret < 0 and -ret != errno.EEXIST:
             _libbpf.check(ret, f"create clsact qdisc on {name}", "CAP_NET_ADMIN")
-        opts = _libbpf.BpfTcOpts(sz=ctypes.sizeof(_libbpf.BpfTcOpts), prog_fd=self.fd)
-        _libbpf.check(_libbpf.bpf_tc_attach(hook, opts), f"attach {what} (clsact)", "CAP_NET_ADMIN")
-        return TcFilterLink(hook, opts, f"{what} (clsact)")
+        tc_opts = _libbpf.BpfTcOpts(sz=ctypes.sizeof(_libbpf.BpfTcOpts), prog_fd=self.fd)
+        _libbpf.check(_libbpf.bpf_tc_attach(hook, tc_opts), f"attach {what} (clsact)", "CAP_NET_ADMIN")
+        return TcFilterLink(hook, tc_opts, f"{what} (clsact)")
 
     # --- tracing ---
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import BpfscopeError
+from ..maps import PerCpuArrayMap
 from ..object import Object, load, tool_object
 from ..program import Program, XdpAction
 from . import Figure
@@ -138,7 +139,9 @@ def _check_counted(bench: Object, packets: Object, *, expected: int) -> None:
     """The counters really ran: a benchmark of a program that bailed out early times nothing."""
     shared = bench.maps["shared_counters"][0]
     per_cpu = sum(bench.maps["per_cpu_counters"][0])
-    ours = packets.maps["counts"].sum(0).l3[0].packets  # l3[0]: L3_IPV4
+    counts = packets.maps["counts"]
+    assert isinstance(counts, PerCpuArrayMap)
+    ours = counts.sum(0).l3[0].packets  # l3[0]: L3_IPV4
     for name, count in (("count_shared", shared), ("count_per_cpu", per_cpu), ("count_packets", ours)):
         if count != expected:
             raise BpfscopeError(errno.EIO, f"{name} counted {count} packets of {expected}")
