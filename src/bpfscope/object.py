@@ -41,11 +41,14 @@ def tool_object(name: str) -> Path:
 
 
 class MapSpec:
-    """A map before load: its size can still change."""
+    """A map before load: typed from BTF already (`key`, `value`), its size can still change."""
 
-    def __init__(self, ptr: int) -> None:
+    def __init__(self, ptr: int, btf: Btf) -> None:
         self._ptr = ptr
         self.name: str = _libbpf.bpf_map__name(ptr).decode()
+        key_id, value_id = _libbpf.bpf_map__btf_key_type_id(ptr), _libbpf.bpf_map__btf_value_type_id(ptr)
+        self.key: Optional[TypeCodec] = btf.codec(key_id) if key_id else None
+        self.value: Optional[TypeCodec] = btf.codec(value_id) if value_id else None
 
     @property
     def max_entries(self) -> int:
@@ -142,7 +145,9 @@ class ObjectSpec:
         self.name: str = _libbpf.bpf_object__name(owner.ptr).decode()
         self.btf = Btf(_libbpf.raw_btf(_libbpf.check_ptr(_libbpf.bpf_object__btf(owner.ptr), "read BTF")))
         self.programs = {p.name: p for p in map(ProgramSpec, _walk(_libbpf.bpf_object__next_program, owner.ptr))}
-        self.maps = {m.name: m for m in map(MapSpec, _walk(_libbpf.bpf_object__next_map, owner.ptr))}
+        self.maps = {
+            m.name: m for m in (MapSpec(ptr, self.btf) for ptr in _walk(_libbpf.bpf_object__next_map, owner.ptr))
+        }
         self.rodata = self._config()
 
     @classmethod
