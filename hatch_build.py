@@ -25,3 +25,10 @@ class BpfObjectsHook(BuildHookInterface):  # type: ignore[type-arg]
             build_data["force_include"][str(obj)] = f"bpfscope/_bpf/{obj.parent.name}/{obj.name}"
         # One copy of the headers lives in bpf/include; bpfscope.build finds this one in an installed wheel.
         build_data["force_include"][str(root / "bpf" / "include")] = "bpfscope/include"
+        # libbpf's BPF-side headers (LGPL-2.1 OR BSD-2-Clause) too, so a user's program compiles with clang
+        # alone: bpfscope.bpf.h includes <bpf/bpf_helpers.h> and friends.
+        for header in LIBBPF_HEADERS:
+            build_data["force_include"][f"/usr/include/bpf/{header}"] = f"bpfscope/include/bpf/{header}"
+
+
+LIBBPF_HEADERS = ("bpf_helpers.h", "bpf_helper_defs.h", "bpf_tracing.h", "bpf_core_read.h", "bpf_endian.h")

@@ -36,7 +36,7 @@ class CompileError(BpfscopeError):
 
     def __init__(self, source: Path, returncode: int, diagnostics: str) -> None:
         message = f"clang could not compile {source} (exit {returncode})"
-        if "bpf/bpf_helpers.h' file not found" in diagnostics:
+        if "bpf/bpf_helpers.h' file not found" in diagnostics:  # a checkout without libbpf-dev; wheels carry them
             message += "; libbpf's headers are missing: install them (Debian: apt-get install libbpf-dev)"
         super().__init__(errno.EINVAL, message)
         self.source = source
