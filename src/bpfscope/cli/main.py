@@ -14,6 +14,7 @@ from ..__about__ import __version__
 # Modules are imported only for the subcommand that runs, so start-up stays fast.
 SUBCOMMANDS = {
     "packets": ("packets", "count packets and bytes by protocol on an interface (XDP)"),
+    "flows": ("flows", "track connections on an interface: packets, bytes, flags per flow and direction (tc)"),
     "doctor": ("doctor", "check what this kernel and this process can run"),
     "build": ("build", "compile your own .bpf.c into a CO-RE object with bpfscope's headers"),
     "bench": ("bench", "measure bpfscope against its peers on this kernel"),

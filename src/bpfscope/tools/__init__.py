@@ -2,4 +2,5 @@
 
 TOOLS = {
     "packets": "count packets and bytes by protocol on an interface (XDP)",
+    "flows": "track connections on an interface: packets, bytes, flags per flow and direction (tc)",
 }
