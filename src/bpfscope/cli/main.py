@@ -15,6 +15,7 @@ from ..__about__ import __version__
 SUBCOMMANDS = {
     "packets": ("packets", "count packets and bytes by protocol on an interface (XDP)"),
     "flows": ("flows", "track connections on an interface: packets, bytes, flags per flow and direction (tc)"),
+    "guard": ("guard", "drop floods: a per-source rate limit with allow and deny lists (XDP)"),
     "doctor": ("doctor", "check what this kernel and this process can run"),
     "build": ("build", "compile your own .bpf.c into a CO-RE object with bpfscope's headers"),
     "bench": ("bench", "measure bpfscope against its peers on this kernel"),

@@ -1,0 +1,316 @@
+"""The XDP rate limiter: loads guard.bpf.o, pins its maps under /sys/fs/bpf/bpfscope/guard while it
+runs, and reads its counters. Another process changes a running guard through those pins
+(`RunningGuard`): lists and limits are maps, so nothing is reloaded.
+
+One guard runs per machine. It holds an exclusive flock on its pin directory for as long as it
+lives; the kernel drops the lock with the process, so a pin directory nobody holds locked is the
+leftover of a killed guard: the next guard clears it and control commands call it not running."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Mapping, Optional, Union
+
+from .. import netdev
+from ..errors import BpfscopeError
+from ..link import Link
+from ..maps import Map
+from ..object import Object, ObjectSpec, tool_object
+from ..pin import ensure_pin_dir, remove_pins, tool_pin_dir
+from ..program import XdpMode
+
+__all__ = [
+    "MAX_RATE",
+    "PINNED_MAPS",
+    "Counts",
+    "Guard",
+    "GuardControl",
+    "Limit",
+    "Network",
+    "NoRunningGuardError",
+    "Offender",
+    "RunningGuard",
+    "Snapshot",
+    "load_guard",
+    "source_name",
+    "top_offenders",
+]
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+PINNED_MAPS = ("settings", "allowed_cidrs", "denied_cidrs", "sources", "counts")
+# 1/rate is kept in whole nanoseconds, and burst/rate must fit a u64 of nanoseconds.
+MAX_RATE = 1_000_000_000
+_V4_MAPPED = ipaddress.IPv6Address("::ffff:0:0").packed[:12]
+_LISTS = {"allow": "allowed_cidrs", "deny": "denied_cidrs"}
+
+
+class NoRunningGuardError(BpfscopeError):
+    def __init__(self) -> None:
+        super().__init__(errno.ESRCH, "no running guard: start `bpfscope guard --iface X` first")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Packets per second per source (IPv4 /32, IPv6 /64), and how many may come back to back."""
+
+    rate: int
+    burst: int
+
+    def __post_init__(self) -> None:
+        for name in ("rate", "burst"):
+            value = getattr(self, name)
+            if not 1 <= value <= MAX_RATE:
+                raise BpfscopeError(errno.EINVAL, f"{name} {value} is out of range (1 to {MAX_RATE:,})")
+
+
+@dataclass(frozen=True)
+class Counts:
+    """struct guard_counts summed over CPUs; passed + dropped is every packet seen."""
+
+    passed: int = 0
+    dropped: int = 0
+    would_drop: int = 0
+    allowed: int = 0
+    denied: int = 0
+
+    def __sub__(self, other: Counts) -> Counts:
+        return Counts(**{k: getattr(self, k) - getattr(other, k) for k in self.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class SourceCount:
+    passed: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Counters at `time` (monotonic): totals, and every source that has lost a packet, by its raw
+    20-byte key (formatted only for the few shown)."""
+
+    time: float
+    counts: Counts
+    offenders: Mapping[bytes, SourceCount]
+
+
+@dataclass(frozen=True)
+class Offender:
+    source: str
+    passed: int
+    dropped: int
+    passed_per_s: float
+    dropped_per_s: float
+
+
+def cidr_key(network: Network) -> dict[str, Any]:
+    """struct cidr for a network: IPv4 as IPv4-mapped IPv6, so one trie holds both families."""
+    if isinstance(network, ipaddress.IPv4Network):
+        return {"prefixlen": 96 + network.prefixlen, "addr": tuple(_V4_MAPPED + network.network_address.packed)}
+    return {"prefixlen": network.prefixlen, "addr": tuple(network.network_address.packed)}
+
+
+def source_name(raw_key: bytes) -> str:
+    """A sources key as people write it: 192.0.2.1 for an IPv4 host, 2001:db8::/64 for IPv6."""
+    prefixlen = int.from_bytes(raw_key[:4], "little")
+    addr = raw_key[4:20]
+    if prefixlen >= 96 and addr[:12] == _V4_MAPPED:
+        network: Network = ipaddress.IPv4Network((addr[12:], prefixlen - 96))
+    else:
+        network = ipaddress.IPv6Network((addr, prefixlen))
+    return str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network)
+
+
+def load_guard(limit: Limit, *, dry_run: bool = False) -> Object:
+    """guard.bpf.o loaded with its limit set; dry_run is frozen in .rodata, the limit stays writable."""
+    spec = ObjectSpec.open(tool_object("guard"))
+    spec.rodata["cfg_dry_run"] = dry_run
+    obj = spec.load()
+    try:
+        obj.maps["settings"][0] = {"rate": limit.rate, "burst": limit.burst}
+    except BaseException:
+        obj.close()
+        raise
+    return obj
+
+
+class GuardControl:
+    """What can be done to a guard through its maps, whether this process loaded them (Guard) or
+    opened their pins (RunningGuard): read the counters, edit the lists, set the limit."""
+
+    def __init__(self, maps: Mapping[str, Map]) -> None:
+        self.maps = maps
+
+    @property
+    def limit(self) -> Limit:
+        value = self.maps["settings"][0]
+        return Limit(value.rate, value.burst)
+
+    def set_limit(self, *, rate: Optional[int] = None, burst: Optional[int] = None) -> Limit:
+        """Writes a new rate and/or burst; the program reads them on the next packet."""
+        current = self.limit
+        new = Limit(rate if rate is not None else current.rate, burst if burst is not None else current.burst)
+        self.maps["settings"][0] = {"rate": new.rate, "burst": new.burst}
+        return new
+
+    def add(self, which: str, network: Network) -> None:
+        """Puts `network` on the "allow" or "deny" list (a source on both is denied)."""
+        self.maps[_LISTS[which]][cidr_key(network)] = 1
+
+    def unlist(self, network: Network) -> list[str]:
+        """Takes `network` off both lists; returns the lists it was on (exact prefix, not a match)."""
+        key = cidr_key(network)
+        return [which for which, name in _LISTS.items() if self.maps[name].delete(key)]
+
+    def listed(self, which: str) -> list[str]:
+        """The networks on the "allow" or "deny" list."""
+        keys, _ = self.maps[_LISTS[which]].lookup_batch()
+        return sorted(source_name(key.tobytes()) for key in keys)
+
+    def snapshot(self) -> Snapshot:
+        now = time.monotonic()
+        _, totals = self.maps["counts"].lookup_batch_sum()  # type: ignore[attr-defined]
+        counts = Counts(**{name: int(totals[0][name]) for name in Counts.__dataclass_fields__})
+        keys, values = self.maps["sources"].lookup_batch()
+        lost = values["dropped"] > 0
+        raw = keys[lost].tobytes()
+        size = keys.dtype.itemsize
+        offenders = {
+            raw[i * size : (i + 1) * size]: SourceCount(int(p), int(d))
+            for i, (p, d) in enumerate(zip(values["passed"][lost], values["dropped"][lost]))
+        }
+        return Snapshot(now, counts, offenders)
+
+
+def top_offenders(now: Snapshot, earlier: Snapshot, n: int = 10) -> list[Offender]:
+    """The `n` sources that lost the most packets between two snapshots (then the most in all)."""
+    seconds = (now.time - earlier.time) or 1.0
+    rows = []
+    for key, count in now.offenders.items():
+        before = earlier.offenders.get(key, SourceCount(0, 0))
+        rows.append((count.dropped - before.dropped, count.dropped, key, count, before))
+    rows.sort(key=lambda row: (row[0], row[1]), reverse=True)
+    return [
+        Offender(source_name(key), count.passed, count.dropped,
+                 (count.passed - before.passed) / seconds, (count.dropped - before.dropped) / seconds)
+        for _, _, key, count, before in rows[:n]
+    ]
+
+
+class Guard(GuardControl):
+    """`with Guard("eth1", limit=Limit(1000, 2000)) as guard: guard.snapshot()`. On exit it detaches
+    and removes its pins. `mode` says which XDP mode ran once it is open."""
+
+    def __init__(
+        self, iface: str, *, limit: Limit, dry_run: bool = False, mode: XdpMode = XdpMode.AUTO,
+        pin_dir: Optional[str] = None,
+    ) -> None:
+        self.iface = iface
+        self.initial_limit = limit
+        self.dry_run = dry_run
+        self.mode = mode
+        self.pin_dir = pin_dir or tool_pin_dir("guard")
+        super().__init__({})
+        self._obj: Optional[Object] = None
+        self._link: Optional[Link] = None
+        self._lock = -1
+
+    def open(self) -> Guard:
+        netdev.ifindex(self.iface)  # an unknown interface fails before anything is pinned or loaded
+        self._lock_pin_dir()
+        try:
+            self._obj = load_guard(self.initial_limit, dry_run=self.dry_run)
+            self.maps = self._obj.maps
+            for name in PINNED_MAPS:
+                self.maps[name].pin(os.path.join(self.pin_dir, name))
+            self._link = self._obj.programs["limit_sources"].attach_xdp(self.iface, mode=self.mode)
+            self.mode = getattr(self._link, "mode", self.mode)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _lock_pin_dir(self) -> None:
+        ensure_pin_dir(self.pin_dir)
+        os.makedirs(self.pin_dir, exist_ok=True)
+        self._lock = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            self._lock = -1
+            raise BpfscopeError(errno.EBUSY, "a guard is already running; change it with `bpfscope guard "
+                                "allow|deny|unlist|set`, or stop it first") from None
+        for name in os.listdir(self.pin_dir):  # pins of a guard that was killed
+            os.unlink(os.path.join(self.pin_dir, name))
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+        self.maps = {}
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+        if self._lock >= 0:
+            remove_pins(self.pin_dir)
+            os.close(self._lock)
+            self._lock = -1
+
+    def __enter__(self) -> Guard:
+        return self.open()
+
+    def __exit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.close()
+
+
+class RunningGuard(GuardControl):
+    """The guard another process runs, through its pins: `with RunningGuard() as guard: guard.add(...)`.
+    Raises NoRunningGuardError when none runs."""
+
+    def __init__(self, pin_dir: Optional[str] = None) -> None:
+        self.pin_dir = pin_dir or tool_pin_dir("guard")
+        self._pinned: dict[str, Map] = {}
+        super().__init__(self._pinned)
+        try:
+            lock = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NoRunningGuardError() from None
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # the guard holds it: running
+            else:
+                raise NoRunningGuardError()  # pins a killed guard left behind
+            for name in PINNED_MAPS:
+                self._pinned[name] = Map.from_pin(os.path.join(self.pin_dir, name))
+        except OSError as exc:
+            self.close()
+            if exc.errno == errno.ENOENT:  # the guard stopped while we opened its pins
+                raise NoRunningGuardError() from None
+            raise
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            os.close(lock)
+
+    def close(self) -> None:
+        for m in self._pinned.values():
+            m.close()
+        self._pinned.clear()
+
+    def __enter__(self) -> RunningGuard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
