@@ -49,6 +49,18 @@ static __always_inline void *xdp_data_end(struct xdp_md *ctx)
 	return (void *)(long)((struct xdp_bounds *)ctx)->data_end;
 }
 
+/* The packet bounds and length of a tc context. struct __sk_buff is UAPI: len at 0, data at 76,
+ * data_end at 80, fixed since 4.7. Reading them through vmlinux.h's type would be a CO-RE
+ * relocation, and one relocation makes libbpf load the kernel's whole BTF at load time. */
+struct skb_bounds {
+	__u32 len;
+	__u32 unused[18];
+	__u32 data;
+	__u32 data_end;
+};
+
+_Static_assert(__builtin_offsetof(struct skb_bounds, data) == 76, "__sk_buff.data is at 76");
+
 static __always_inline void *ringbuf_reserve_counted(void *ring, void *lost, __u64 size)
 {
 	void *record = bpf_ringbuf_reserve(ring, size, 0);

@@ -15,8 +15,7 @@ from ..output.jsonlines import emit
 from ..output.units import si
 from ..program import TcMode
 from ..tools.flows import DEFAULT_MAX_FLOWS, Flow, FlowSnapshot, FlowTracker, SortKey, flag_names
-from .options import positive_float, stop_on_sigterm
-from .packets import _ticks
+from .options import positive_float, stop_on_sigterm, ticks
 
 # An LRU map preallocates every entry on every CPU at load: keep a typo from taking the machine's memory.
 MAX_FLOWS_LIMIT = 1 << 24
@@ -84,7 +83,7 @@ class _View:
                 "max_flows": self.tracker.max_flows, "sort": self.sort.value}
 
     def stream_json(self, interval: float, duration: Optional[float]) -> None:
-        for _ in _ticks(interval, duration):
+        for _ in ticks(interval, duration):
             snap = self.tracker.snapshot(expire_idle=self.idle)
             emit({"time": round(time.time(), 3), **self.header(snap), "expired": snap.expired,
                   "top": [f.as_dict() for f in snap.top(self.top, self.sort)]})
@@ -92,7 +91,7 @@ class _View:
     def show_live(self, interval: float, duration: Optional[float]) -> None:
         iface = self.tracker.iface
         if not sys.stdout.isatty():
-            for _ in _ticks(interval, duration):
+            for _ in ticks(interval, duration):
                 snap = self.tracker.snapshot(expire_idle=self.idle)
                 packets = snap.total("packets_in") + snap.total("packets_out")
                 octets = snap.total("bytes_in") + snap.total("bytes_out")
@@ -103,7 +102,7 @@ class _View:
 
         columns = ["flow", "rate", "packets in", "bytes in", "packets out", "bytes out", "tcp flags in/out", "idle"]
         with LiveTable(self._title(0), columns) as live:
-            for _ in _ticks(interval, duration):
+            for _ in ticks(interval, duration):
                 snap = self.tracker.snapshot(expire_idle=self.idle)
                 live.update(self._rows(snap), title=self._title(len(snap)))
 

@@ -15,7 +15,7 @@ from ..output.jsonlines import emit
 from ..output.units import si
 from ..program import XdpMode
 from ..tools.guard import MAX_RATE, Guard, Limit, Network, RunningGuard, Snapshot, top_offenders
-from .options import positive_float, stop_on_sigterm
+from .options import positive_float, stop_on_sigterm, ticks
 
 TOP = 10
 # Options of a run, and their defaults: given with a control action they would be ignored.
@@ -112,19 +112,6 @@ def _control(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ticks(interval: float, duration: Optional[float]) -> Any:
-    """Sleeps until each interval ends; the last tick falls at the end of the duration."""
-    start = time.monotonic()
-    end = start + duration if duration else float("inf")
-    next_tick = start
-    while True:
-        next_tick = min(next_tick + interval, end)
-        time.sleep(max(0.0, next_tick - time.monotonic()))
-        yield
-        if next_tick >= end:
-            return
-
-
 def _as_dict(guard: Guard, limit: Limit, now: Snapshot, since: Snapshot,
              previous: Optional[Snapshot] = None) -> dict[str, Any]:
     total = now.counts - since.counts
@@ -141,7 +128,7 @@ def _as_dict(guard: Guard, limit: Limit, now: Snapshot, since: Snapshot,
 
 def _stream_json(guard: Guard, first: Snapshot, interval: float, duration: Optional[float]) -> None:
     previous = first
-    for _ in _ticks(interval, duration):
+    for _ in ticks(interval, duration):
         now = guard.snapshot()
         emit({"time": round(time.time(), 3), **_as_dict(guard, guard.limit, now, first, previous)})
         previous = now
@@ -178,7 +165,7 @@ def _show_live(guard: Guard, first: Snapshot, interval: float, duration: Optiona
     if not sys.stdout.isatty():
         print(_title(guard), flush=True)
         previous = first
-        for _ in _ticks(interval, duration):
+        for _ in ticks(interval, duration):
             now = guard.snapshot()
             delta, seconds = now.counts - previous.counts, (now.time - previous.time) or 1.0
             lost = delta.would_drop if guard.dry_run else delta.dropped
@@ -193,7 +180,7 @@ def _show_live(guard: Guard, first: Snapshot, interval: float, duration: Optiona
     with LiveTable(_title(guard), columns) as live:
         previous = first
         live.update(_rows(guard, first, first, first))
-        for _ in _ticks(interval, duration):
+        for _ in ticks(interval, duration):
             now = guard.snapshot()
             live.update(_rows(guard, now, first, previous), title=_title(guard))
             previous = now

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-from typing import Any, Iterator
+import time
+from typing import Any, Iterator, Optional
 
 
 def positive_float(text: str) -> float:
@@ -30,3 +31,16 @@ def stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def ticks(interval: float, duration: Optional[float]) -> Iterator[None]:
+    """Sleeps until each interval ends; the last tick falls at the end of the duration."""
+    start = time.monotonic()
+    end = start + duration if duration else float("inf")
+    next_tick = start
+    while True:
+        next_tick = min(next_tick + interval, end)
+        time.sleep(max(0.0, next_tick - time.monotonic()))
+        yield
+        if next_tick >= end:
+            return

@@ -6,7 +6,7 @@ import argparse
 import errno
 import sys
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from ..errors import BpfscopeError
 from ..netdev import default_route_interface, interfaces
@@ -14,7 +14,7 @@ from ..output.jsonlines import emit
 from ..output.units import si
 from ..program import XdpMode
 from ..tools.packets import PacketCounter, Snapshot
-from .options import positive_float, stop_on_sigterm
+from .options import positive_float, stop_on_sigterm, ticks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,22 +45,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ticks(interval: float, duration: Optional[float]) -> Any:
-    """Sleeps until each interval ends; the last tick falls at the end of the duration."""
-    start = time.monotonic()
-    end = start + duration if duration else float("inf")
-    next_tick = start
-    while True:
-        next_tick = min(next_tick + interval, end)
-        time.sleep(max(0.0, next_tick - time.monotonic()))
-        yield
-        if next_tick >= end:
-            return
-
-
 def _stream_json(counter: PacketCounter, first: Snapshot, interval: float, duration: Optional[float]) -> None:
     previous = first
-    for _ in _ticks(interval, duration):
+    for _ in ticks(interval, duration):
         now = counter.snapshot()
         emit({"time": round(time.time(), 3), **counter.as_dict(now - first, now - previous)})
         previous = now
@@ -81,7 +68,7 @@ def _show_live(counter: PacketCounter, first: Snapshot, interval: float, duratio
     title = f"bpfscope packets on {counter.iface} (XDP {counter.mode.value}) — Ctrl-C to stop"
     if not sys.stdout.isatty():
         previous = first
-        for _ in _ticks(interval, duration):
+        for _ in ticks(interval, duration):
             now = counter.snapshot()
             total = (now - first).total
             rate = (now - previous).total.packets / ((now - previous).time or 1.0)
@@ -94,7 +81,7 @@ def _show_live(counter: PacketCounter, first: Snapshot, interval: float, duratio
     with LiveTable(title, columns) as live:
         previous = first
         live.update(_rows(first - first, first - first))
-        for _ in _ticks(interval, duration):
+        for _ in ticks(interval, duration):
             now = counter.snapshot()
             live.update(_rows(now - first, now - previous))
             previous = now

@@ -47,18 +47,6 @@ struct {
 
 BTF_EXPORT(enum l3_proto, family);
 
-/* The packet bounds and length of a tc context. struct __sk_buff is UAPI: len at 0, data at 76,
- * data_end at 80, fixed since 4.7. Reading them through vmlinux.h's type would be a CO-RE
- * relocation, and one relocation makes libbpf load the kernel's whole BTF at load time. */
-struct skb_bounds {
-	__u32 len;
-	__u32 unused[18];
-	__u32 data;
-	__u32 data_end;
-};
-
-_Static_assert(__builtin_offsetof(struct skb_bounds, data) == 76, "__sk_buff.data is at 76");
-
 static __always_inline void track(struct __sk_buff *ctx, enum flow_direction dir)
 {
 	struct skb_bounds *skb = (struct skb_bounds *)ctx;
