@@ -459,3 +459,26 @@ def test_live_table_refreshes_in_place_on_a_tty(veth_pair):
     assert text.count("packets in") >= 3  # drawn at start and once per interval
     assert f"udp {veth_pair.host_ip}:4242 ⇄ {veth_pair.peer_ip}:9" in text
     assert "Total flow count:" in text
+
+
+def test_kill_9_leaves_nothing_attached(veth_pair):
+    proc = start_flows(veth_pair)
+
+    def tcx_links() -> list[dict[str, Any]]:
+        """Links holding the flows programs (bpftool 7.1 shows a tcx link's type only as a number)."""
+        def bpftool(*args: str) -> list[dict[str, Any]]:
+            out = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, check=True).stdout
+            return list(json.loads(out or "[]"))
+
+        ours = {p["id"] for p in bpftool("prog", "show") if p.get("name") in ("track_ingress", "track_egress")}
+        return [link for link in bpftool("link", "show") if link.get("prog_id") in ours]
+
+    assert len(tcx_links()) == 2  # ingress and egress
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 5  # the kernel frees a link once its last fd is gone
+    while tcx_links() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tcx_links() == []
+    progs = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    assert "track_ingress" not in progs and "track_egress" not in progs
