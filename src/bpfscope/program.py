@@ -67,6 +67,7 @@ class TcMode(enum.Enum):
 
 _XDP_FLAGS = {XdpMode.NATIVE: 1 << 2, XdpMode.GENERIC: 1 << 1}  # XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
 _BPF_XDP = 37
+_BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 _BPF_TCX = {TcDirection.INGRESS: 46, TcDirection.EGRESS: 47}
 _BPF_TC_HOOK = {TcDirection.INGRESS: 1, TcDirection.EGRESS: 2}  # BPF_TC_INGRESS, BPF_TC_EGRESS
 _PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}[platform.machine()]
@@ -238,16 +239,31 @@ class Program:
 
     # --- testing ---
 
-    def test_run(self, data: bytes, *, repeat: int = 1) -> TestRunResult:
-        """Runs an XDP or tc program on `data` (BPF_PROG_TEST_RUN); `repeat` times for benchmarks."""
+    def test_run(
+        self, data: bytes, *, repeat: int = 1, flags: int = 0, batch_size: int = 0, ctx: Optional[bytes] = None,
+    ) -> TestRunResult:
+        """Runs an XDP or tc program on `data` (BPF_PROG_TEST_RUN); `repeat` times for benchmarks.
+
+        `flags` are BPF_F_TEST_* (BPF_F_TEST_XDP_LIVE_FRAMES = 2 sends what the program returns
+        XDP_TX or XDP_REDIRECT for, out of the interface `ctx` names); `batch_size` is how many live
+        frames go per batch (0: the kernel's 64); `ctx` is the context given to the program, for XDP
+        a struct xdp_md (data_end = len(data), ingress_ifindex, rx_queue_index)."""
         data_in = ctypes.create_string_buffer(bytes(data), len(data))
         data_out = ctypes.create_string_buffer(len(data) + 4096)  # room for programs that grow the packet
         opts = _libbpf.BpfTestRunOpts(sz=ctypes.sizeof(_libbpf.BpfTestRunOpts))
         opts.data_in = ctypes.addressof(data_in)
         opts.data_size_in = len(data)
-        opts.data_out = ctypes.addressof(data_out)
-        opts.data_size_out = len(data_out)
+        if not flags & _BPF_F_TEST_XDP_LIVE_FRAMES:  # the kernel refuses data_out with live frames
+            opts.data_out = ctypes.addressof(data_out)
+            opts.data_size_out = len(data_out)
         opts.repeat = repeat
+        opts.flags = flags
+        opts.batch_size = batch_size
+        ctx_in = None
+        if ctx is not None:
+            ctx_in = ctypes.create_string_buffer(bytes(ctx), len(ctx))
+            opts.ctx_in = ctypes.addressof(ctx_in)
+            opts.ctx_size_in = len(ctx)
         _libbpf.check(_libbpf.bpf_prog_test_run_opts(self.fd, opts), f"test_run {self.name}")
         return TestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
 

@@ -82,6 +82,25 @@ def test_ringbuf() -> None:
     check(ringbuf.run(events=20_000), "ringbuf")
 
 
+def test_guard() -> None:
+    import shutil
+
+    from bpfscope.testing.netns import own_leftovers
+
+    if shutil.which("nft") is None:
+        pytest.skip("nft is not installed")
+    from bpfscope.benchmarks import guard
+
+    figures = guard.run(seconds=0.2, rounds=1, warmup=0, repeat=50_000)
+    check(figures, "guard")
+    names = [f.name for f in figures]
+    assert any(n.startswith("guard (XDP ") and n.endswith("cost per dropped packet") for n in names)
+    assert sum(f.target == guard.TARGET for f in figures) == 4  # vs meter and vs plain drop, cost and rate
+    assert not own_leftovers()
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    assert "bpfscope_bench_guard" not in tables
+
+
 def test_table_puts_target_and_reference_side_by_side() -> None:
     figures = [
         Figure("maps", "batch read", 12.5, "ms", False, target=30.0, reference="per-key read",
