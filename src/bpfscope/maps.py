@@ -223,6 +223,15 @@ class Map:
     def __contains__(self, key: Any) -> bool:
         return self.lookup(key) is not None
 
+    def empty(self) -> bool:
+        """True when the map has no entry: one get_next_key call, whatever its size."""
+        first = np.zeros(1, dtype=self.key.dtype)
+        ret = _libbpf.bpf_map_get_next_key(self.fd, None, _libbpf.buffer_address(first))
+        if ret == -errno.ENOENT:
+            return True
+        _libbpf.check(ret, f"iterate map {self.name!r}")
+        return False
+
     # --- whole map ---
 
     def lookup_batch(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:

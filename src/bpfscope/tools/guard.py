@@ -8,6 +8,7 @@ leftover of a killed guard: the next guard clears it and control commands call i
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import ipaddress
@@ -18,6 +19,7 @@ from types import TracebackType
 from typing import Any, Mapping, Optional, Union
 
 from .. import netdev
+from ..btf import Kind, TypeCodec
 from ..errors import BpfscopeError
 from ..link import Link
 from ..maps import Map
@@ -133,7 +135,7 @@ def load_guard(limit: Limit, *, dry_run: bool = False) -> Object:
     spec.rodata["cfg_dry_run"] = dry_run
     obj = spec.load()
     try:
-        obj.maps["settings"][0] = {"rate": limit.rate, "burst": limit.burst}
+        obj.maps["settings"][0] = {"rate": limit.rate, "burst": limit.burst, "lists": 0}
     except BaseException:
         obj.close()
         raise
@@ -156,17 +158,35 @@ class GuardControl:
         """Writes a new rate and/or burst; the program reads them on the next packet."""
         current = self.limit
         new = Limit(rate if rate is not None else current.rate, burst if burst is not None else current.burst)
-        self.maps["settings"][0] = {"rate": new.rate, "burst": new.burst}
+        self._update_settings(rate=new.rate, burst=new.burst)
         return new
 
     def add(self, which: str, network: Network) -> None:
         """Puts `network` on the "allow" or "deny" list (a source on both is denied)."""
         self.maps[_LISTS[which]][cidr_key(network)] = 1
+        self._sync_lists()
 
     def unlist(self, network: Network) -> list[str]:
         """Takes `network` off both lists; returns the lists it was on (exact prefix, not a match)."""
         key = cidr_key(network)
-        return [which for which, name in _LISTS.items() if self.maps[name].delete(key)]
+        removed = [which for which, name in _LISTS.items() if self.maps[name].delete(key)]
+        self._sync_lists()
+        return removed
+
+    def _sync_lists(self) -> None:
+        """Tells the program which lists have entries, read from the lists themselves, so an empty
+        list costs no lookup per packet and two shells editing lists cannot leave it wrong."""
+        settings = self.maps["settings"].value
+        assert isinstance(settings, TypeCodec)  # guard.bpf.o always carries BTF
+        bits = settings.btf.find("guard_lists", Kind.ENUM)
+        assert bits is not None
+        bit_of = {name.removeprefix("LIST_").lower(): value for name, value in bits.enumerators}
+        lists = sum(bit_of[which] for which, name in _LISTS.items() if not self.maps[name].empty())
+        self._update_settings(lists=lists)
+
+    def _update_settings(self, **fields: int) -> None:
+        # One 24-byte write; `set` and a list edit racing from two shells could lose one field.
+        self.maps["settings"][0] = dataclasses.replace(self.maps["settings"][0], **fields)
 
     def listed(self, which: str) -> list[str]:
         """The networks on the "allow" or "deny" list."""
