@@ -110,6 +110,8 @@ struct packet_info {
 	__u16 sport;            /* network byte order, 0 when not TCP/UDP or truncated */
 	__u16 dport;
 	__u8 tcp_flags;
+	__u16 payload_off;      /* TCP/UDP payload: its offset from the frame's start, and its length by */
+	__u16 payload_len;      /* the IP header (Ethernet padding is not payload); both 0 without one */
 	union {
 		__be32 v4;
 		__u8 v6[16];
@@ -131,8 +133,14 @@ static __always_inline enum l4_proto l4_of(__u8 proto)
 	}
 }
 
-static __always_inline void parse_transport(void *l4, void *end, struct packet_info *info)
+/* `l4_off` is where the transport header starts in the frame, `l4_len` how many bytes the IP
+ * header says follow from there. Kept as numbers, not pointers: the payload itself may lie past
+ * the linear data (bpf_skb_load_bytes reads it there). */
+static __always_inline void parse_transport(void *l4, void *end, __u32 l4_off, __u32 l4_len,
+					    struct packet_info *info)
 {
+	__u32 header_len;
+
 	if (info->ip_proto == IPPROTO_TCP) {
 		struct wire_tcp *tcp = l4;
 
@@ -141,6 +149,9 @@ static __always_inline void parse_transport(void *l4, void *end, struct packet_i
 		info->sport = tcp->sport;
 		info->dport = tcp->dport;
 		info->tcp_flags = tcp->flags;
+		header_len = (tcp->data_offset >> 4) * 4;
+		if (header_len < sizeof(*tcp))
+			return;
 	} else if (info->ip_proto == IPPROTO_UDP) {
 		struct wire_udp *udp = l4;
 
@@ -148,13 +159,20 @@ static __always_inline void parse_transport(void *l4, void *end, struct packet_i
 			return;
 		info->sport = udp->sport;
 		info->dport = udp->dport;
+		header_len = sizeof(*udp);
+	} else {
+		return;
+	}
+	if (l4_len > header_len) {
+		info->payload_off = l4_off + header_len;
+		info->payload_len = l4_len - header_len;
 	}
 }
 
-static __always_inline void parse_ipv4(void *l3, void *end, struct packet_info *info)
+static __always_inline void parse_ipv4(void *l3, void *end, __u32 l3_off, struct packet_info *info)
 {
 	struct wire_ipv4 *ip = l3;
-	__u32 header_len;
+	__u32 header_len, total_len;
 
 	if ((void *)(ip + 1) > end)
 		return;
@@ -169,13 +187,17 @@ static __always_inline void parse_ipv4(void *l3, void *end, struct packet_info *
 		info->fragment = 1;
 		return;
 	}
-	parse_transport(l3 + header_len, end, info);
+	total_len = bpf_ntohs(ip->total_len);
+	parse_transport(l3 + header_len, end, l3_off + header_len,
+			total_len > header_len ? total_len - header_len : 0, info);
 }
 
-static __always_inline void parse_ipv6(void *l3, void *end, struct packet_info *info)
+static __always_inline void parse_ipv6(void *l3, void *end, __u32 l3_off, struct packet_info *info)
 {
 	struct wire_ipv6 *ip6 = l3;
 	void *cursor = ip6 + 1;
+	__u32 ext_len = 0;     /* extension headers skipped, in bytes */
+	__u32 payload_len;
 	__u8 next;
 
 	if (cursor > end)
@@ -194,6 +216,7 @@ static __always_inline void parse_ipv6(void *l3, void *end, struct packet_info *
 				return;
 			next = frag->nexthdr;
 			cursor = frag + 1;
+			ext_len += sizeof(*frag);
 			if (frag->frag_off & bpf_htons(0xFFF8)) {
 				info->ip_proto = next;
 				info->l4 = l4_of(next);
@@ -208,10 +231,13 @@ static __always_inline void parse_ipv6(void *l3, void *end, struct packet_info *
 			return;
 		next = ext->nexthdr;
 		cursor += (ext->hdrlen + 1) * 8;
+		ext_len += (ext->hdrlen + 1) * 8;
 	}
 	info->ip_proto = next;
 	info->l4 = l4_of(next);
-	parse_transport(cursor, end, info);
+	payload_len = bpf_ntohs(ip6->payload_len);
+	parse_transport(cursor, end, l3_off + sizeof(*ip6) + ext_len,
+			payload_len > ext_len ? payload_len - ext_len : 0, info);
 }
 
 /* Fills `info` from the frame in [data, end). Always returns; what could not be read stays zero. */
@@ -242,11 +268,11 @@ static __always_inline void parse_packet(void *data, void *end, struct packet_in
 	switch (proto) {
 	case bpf_htons(ETH_P_IP):
 		info->l3 = L3_IPV4;
-		parse_ipv4(cursor, end, info);
+		parse_ipv4(cursor, end, cursor - data, info);
 		break;
 	case bpf_htons(ETH_P_IPV6):
 		info->l3 = L3_IPV6;
-		parse_ipv6(cursor, end, info);
+		parse_ipv6(cursor, end, cursor - data, info);
 		break;
 	case bpf_htons(ETH_P_ARP):
 		info->l3 = L3_ARP;

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "packets": ("packets", "count packets and bytes by protocol on an interface (XDP)"),
     "flows": ("flows", "track connections on an interface: packets, bytes, flags per flow and direction (tc)"),
     "guard": ("guard", "drop floods: a per-source rate limit with allow and deny lists (XDP)"),
+    "tcmon": ("tcmon", "watch traffic for scans, SYN floods, denied addresses and payload patterns (tc)"),
     "doctor": ("doctor", "check what this kernel and this process can run"),
     "build": ("build", "compile your own .bpf.c into a CO-RE object with bpfscope's headers"),
     "bench": ("bench", "measure bpfscope against its peers on this kernel"),
