@@ -22,7 +22,8 @@ from bpfscope.pin import PIN_ROOT, tool_pin_dir
 from bpfscope.program import XdpAction
 from bpfscope.testing import packets as pk
 from bpfscope.testing.netns import VethPair
-from bpfscope.tools.guard import Counts, Guard, GuardControl, Limit, RunningGuard, load_guard, source_name
+from bpfscope.tools.cidr import source_name
+from bpfscope.tools.guard import Counts, Guard, GuardControl, Limit, RunningGuard, load_guard
 
 BPFSCOPE = [sys.executable, "-m", "bpfscope.cli.main"]
 MAC = dict(src_mac="02:00:00:00:00:01", dst_mac="02:00:00:00:00:02")

@@ -14,7 +14,8 @@ from ..errors import BpfscopeError
 from ..output.jsonlines import emit
 from ..output.units import si
 from ..program import XdpMode
-from ..tools.guard import MAX_RATE, Guard, Limit, Network, RunningGuard, Snapshot, top_offenders
+from ..tools.cidr import Network
+from ..tools.guard import MAX_RATE, Guard, Limit, RunningGuard, Snapshot, top_offenders
 from .options import positive_float, stop_on_sigterm, ticks
 
 TOP = 10

@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import ipaddress
 import os
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Mapping, Optional, Union
+from typing import Mapping, Optional
 
 from .. import netdev
 from ..btf import Kind, TypeCodec
@@ -26,6 +25,7 @@ from ..maps import Map
 from ..object import Object, ObjectSpec, tool_object
 from ..pin import ensure_pin_dir, remove_pins, tool_pin_dir
 from ..program import XdpMode
+from .cidr import Network, cidr_key, source_name
 
 __all__ = [
     "MAX_RATE",
@@ -34,22 +34,17 @@ __all__ = [
     "Guard",
     "GuardControl",
     "Limit",
-    "Network",
     "NoRunningGuardError",
     "Offender",
     "RunningGuard",
     "Snapshot",
     "load_guard",
-    "source_name",
     "top_offenders",
 ]
-
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 PINNED_MAPS = ("settings", "allowed_cidrs", "denied_cidrs", "sources", "counts")
 # 1/rate is kept in whole nanoseconds, and burst/rate must fit a u64 of nanoseconds.
 MAX_RATE = 1_000_000_000
-_V4_MAPPED = ipaddress.IPv6Address("::ffff:0:0").packed[:12]
 _LISTS = {"allow": "allowed_cidrs", "deny": "denied_cidrs"}
 
 
@@ -109,24 +104,6 @@ class Offender:
     dropped: int
     passed_per_s: float
     dropped_per_s: float
-
-
-def cidr_key(network: Network) -> dict[str, Any]:
-    """struct cidr for a network: IPv4 as IPv4-mapped IPv6, so one trie holds both families."""
-    if isinstance(network, ipaddress.IPv4Network):
-        return {"prefixlen": 96 + network.prefixlen, "addr": tuple(_V4_MAPPED + network.network_address.packed)}
-    return {"prefixlen": network.prefixlen, "addr": tuple(network.network_address.packed)}
-
-
-def source_name(raw_key: bytes) -> str:
-    """A sources key as people write it: 192.0.2.1 for an IPv4 host, 2001:db8::/64 for IPv6."""
-    prefixlen = int.from_bytes(raw_key[:4], "little")
-    addr = raw_key[4:20]
-    if prefixlen >= 96 and addr[:12] == _V4_MAPPED:
-        network: Network = ipaddress.IPv4Network((addr[12:], prefixlen - 96))
-    else:
-        network = ipaddress.IPv6Network((addr, prefixlen))
-    return str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network)
 
 
 def load_guard(limit: Limit, *, dry_run: bool = False) -> Object:

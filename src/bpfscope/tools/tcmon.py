@@ -27,7 +27,7 @@ from ..link import FdLink, Link
 from ..object import Object, ObjectSpec, tool_object
 from ..program import TcDirection, TcMode
 from ..ringbuf import RingBuffer
-from .guard import Network, cidr_key
+from .cidr import Network, cidr_key
 
 __all__ = [
     "DEFAULT_RULES",
