@@ -64,7 +64,7 @@ _CORE = (("btf",), ("bpf_syscall",))
 TOOLS = (
     Tool("packets", _CORE + (("xdp_link",),), _NET),
     Tool("flows", _CORE + (("tcx", "clsact"),), _NET),
-    Tool("tcmon", _CORE + (("tcx", "clsact"),), _NET),
+    Tool("tcmon", _CORE + (("tcx", "clsact"), ("ringbuf",)), _NET),
     Tool("guard", _CORE + (("xdp_link",),), _NET),
     Tool("opensnoop", _CORE + (("tracepoints",), ("tracefs",), ("ringbuf",)), _TRACE),
     Tool("execsnoop", _CORE + (("tracepoints",), ("tracefs",), ("ringbuf",)), _TRACE),
