@@ -1,0 +1,274 @@
+"""The exec tracer: loads execsnoop.bpf.o with its filters and caps frozen in .rodata, attaches it
+to the execve and execveat syscall tracepoints and sched_process_exec, and turns the records it
+streams through its ring buffer into `Exec`s. The filters run in the kernel: an exec they reject is
+never copied, let alone sent.
+
+A failed exec has no sched_process_exec and returns to the caller: its event carries the error
+and the caller's comm. A successful one returns in the new program, so its comm is the new one."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Optional
+
+from ..errors import BpfscopeError
+from ..link import Link
+from ..mounts import ensure_tracefs
+from ..object import Object, ObjectSpec, tool_object
+from ..ringbuf import RingBuffer
+
+__all__ = ["ARG_BYTES", "COMM_BYTES", "MAX_ARGS", "Exec", "ExecSnoop", "Filters", "Limits", "errno_name"]
+
+MAX_ARGS = 20  # MAX_ARGS, ARG_BYTES and COMM_BYTES in execsnoop.bpf.c
+ARG_BYTES = 128
+COMM_BYTES = 16
+DEFAULT_RING_BYTES = 1 << 20
+
+# (category, tracepoint, program, required): the execve ones are required, the others used where they exist.
+_HOOKS = (
+    ("syscalls", "sys_enter_execve", "stash_execve", True),
+    ("syscalls", "sys_exit_execve", "report_execve", True),
+    ("syscalls", "sys_enter_execveat", "stash_execveat", False),
+    ("syscalls", "sys_exit_execveat", "report_execveat", False),
+    ("sched", "sched_process_exec", "rekey_exec", False),  # only for execs from non-leader threads
+)
+
+# enum exec_flags
+_MORE_ARGS = 1
+_PATH_CUT = 2
+_ARGS_UNREADABLE = 4
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which execs to report; all given ones must hold. Decided in the kernel at the syscall's
+    entry, except `failed_only`, which needs the result."""
+
+    uid: Optional[int] = None
+    ppid: Optional[int] = None
+    cgroup_id: Optional[int] = None
+    name: Optional[str] = None  # the program's name: the path's last component, as comm shows it
+    failed_only: bool = False
+
+    def describe(self) -> str:
+        parts = []
+        if self.name is not None:
+            parts.append(f"name {self.name}")
+        if self.uid is not None:
+            parts.append(f"uid {self.uid}")
+        if self.ppid is not None:
+            parts.append(f"ppid {self.ppid}")
+        if self.cgroup_id is not None:
+            parts.append(f"cgroup {self.cgroup_id}")
+        if self.failed_only:
+            parts.append("failed only")
+        return ", ".join(parts) or "all"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much of argv an event carries: at most `max_args` arguments of at most `arg_bytes` - 1
+    bytes each; what is cut is marked."""
+
+    max_args: int = MAX_ARGS
+    arg_bytes: int = ARG_BYTES
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_args <= MAX_ARGS:
+            raise BpfscopeError(errno.EINVAL, f"max_args must be from 1 to {MAX_ARGS}, not {self.max_args}")
+        if not 2 <= self.arg_bytes <= ARG_BYTES:
+            raise BpfscopeError(errno.EINVAL, f"arg_bytes must be from 2 to {ARG_BYTES}, not {self.arg_bytes}")
+
+
+def errno_name(ret: int) -> str:
+    """"ENOENT" for -2; "0" for success."""
+    if ret >= 0:
+        return str(ret)
+    return errno.errorcode.get(-ret, str(ret))
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class Exec:
+    time: float  # wall clock, at the syscall's return
+    pid: int
+    ppid: int
+    uid: int
+    cgroup_id: int
+    comm: str
+    syscall: str  # execve or execveat
+    path: str
+    argv: tuple[str, ...]
+    ret: int  # 0, or -errno
+    cut_args: tuple[int, ...] = ()  # indexes into argv of arguments cut at the byte cap
+    more_args: bool = False  # argv went on past the argument cap
+    path_cut: bool = False
+    args_unreadable: bool = False  # argv (or an argument) was not in memory: what was read is argv
+
+    @property
+    def failed(self) -> bool:
+        return self.ret < 0
+
+    @property
+    def error(self) -> Optional[str]:
+        return errno_name(self.ret) if self.ret < 0 else None
+
+    def command_line(self) -> str:
+        """The path and the arguments after argv[0], as a shell would take them; a cut argument
+        ends in "…", and "…" after the last says there were more."""
+        # execveat(fd, "", ..., AT_EMPTY_PATH), as fexecve does, names no path: argv[0] stands in.
+        path = self.path or (self.argv[0] if self.argv else "")
+        words = [_quote(path) + ("…" if self.path_cut else "")]
+        for i, arg in enumerate(self.argv[1:], start=1):
+            words.append(_quote(arg) + ("…" if i in self.cut_args else ""))
+        if self.more_args:
+            words.append("…")
+        if self.args_unreadable:
+            words.append("[argv unreadable]")
+        return " ".join(words)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"time": round(self.time, 6), "pid": self.pid, "ppid": self.ppid, "uid": self.uid,
+                "cgroup_id": self.cgroup_id, "comm": self.comm, "syscall": self.syscall, "path": self.path,
+                "argv": list(self.argv), "ret": self.ret, "error": self.error, "cut_args": list(self.cut_args),
+                "more_args": self.more_args, "path_cut": self.path_cut, "args_unreadable": self.args_unreadable}
+
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
+
+
+def _quote(word: str) -> str:
+    if word and all(c in _SAFE for c in word):
+        return word
+    return "'" + word.replace("'", "'\"'\"'") + "'"
+
+
+class ExecSnoop:
+    """`with ExecSnoop(filters=Filters(name="curl")) as snoop: snoop.poll()`; detaches on exit."""
+
+    def __init__(
+        self, *, filters: Filters = Filters(), limits: Limits = Limits(), ring_bytes: int = DEFAULT_RING_BYTES
+    ) -> None:
+        self.filters = filters
+        self.limits = limits
+        self.ring_bytes = ring_bytes
+        self._obj: Optional[Object] = None
+        self._ring: Optional[RingBuffer] = None
+        self._links: list[Link] = []
+        self._syscalls: dict[int, str] = {}
+        self._clock_offset_ns = 0
+        self.hooks: tuple[str, ...] = ()  # the tracepoints attached, as category:name
+
+    def open(self) -> ExecSnoop:
+        """Loads with the filters written and attaches to every tracepoint this kernel has."""
+        tracefs = ensure_tracefs()
+        present = {program: os.path.isdir(os.path.join(tracefs, "events", category, name))
+                   for category, name, program, _ in _HOOKS}
+        spec = ObjectSpec.open(tool_object("execsnoop"))
+        self._configure(spec)
+        for _, _, program, required in _HOOKS:
+            if not present[program] and not required:
+                spec.programs[program].autoload = False  # required ones fail at attach, naming the tracepoint
+        self._obj = spec.load()
+        try:
+            syscalls = self._obj.exported_type("syscall").python_type  # enum exec_syscall: SYSCALL_EXECVE = 0
+            self._syscalls = {int(s): s.name[len("SYSCALL_"):].lower() for s in syscalls}
+            self._ring = self._obj.ring_buffer("events")
+            hooks = []
+            for category, name, program, _ in _HOOKS:
+                if program in self._obj.programs:
+                    self._links.append(self._obj.programs[program].attach_tracepoint(category, name))
+                    hooks.append(f"{category}:{name}")
+            self.hooks = tuple(hooks)
+        except BaseException:
+            self.close()
+            raise
+        self._clock_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        return self
+
+    def _configure(self, spec: ObjectSpec) -> None:
+        f, rodata = self.filters, spec.rodata
+        if f.uid is not None:
+            rodata["cfg_uid"] = f.uid
+        if f.ppid is not None:
+            rodata["cfg_ppid"] = f.ppid
+        if f.cgroup_id is not None:
+            rodata["cfg_cgroup_id"] = f.cgroup_id
+        if f.name is not None:
+            rodata["cfg_name"] = f.name.encode()[: COMM_BYTES - 1]
+        rodata["cfg_failed_only"] = f.failed_only
+        rodata["cfg_max_args"] = self.limits.max_args
+        rodata["cfg_arg_bytes"] = self.limits.arg_bytes
+        spec.maps["events"].max_entries = self.ring_bytes
+
+    @property
+    def obj(self) -> Object:
+        assert self._obj is not None, "open() first"
+        return self._obj
+
+    # --- reading ---
+
+    def poll(self, timeout_ms: int = 100) -> list[Exec]:
+        """The execs reported, waiting up to `timeout_ms` for the first."""
+        assert self._ring is not None, "open() first"
+        batch = self._ring.poll(timeout_ms)
+        if not len(batch):
+            return []
+        # Per field, one conversion for the whole batch; Python per record only to build argv.
+        columns = {name: batch[name].tolist() for name in
+                   ("time_ns", "pid", "ppid", "uid", "cgroup_id", "ret", "cut_args", "syscall", "argc", "flags",
+                    "comm", "path", "args")}
+        arg_lens = batch["arg_len"].tolist()
+        offset = self._clock_offset_ns
+        execs = []
+        for i in range(len(batch)):
+            argc, flags, cut = columns["argc"][i], columns["flags"][i], columns["cut_args"][i]
+            args: bytes = columns["args"][i]  # numpy drops the trailing NULs; each argument has its slot
+            argv = tuple(_text(args[n * ARG_BYTES: n * ARG_BYTES + arg_lens[i][n]]) for n in range(argc))
+            execs.append(Exec(
+                time=(columns["time_ns"][i] + offset) / 1e9, pid=columns["pid"][i], ppid=columns["ppid"][i],
+                uid=columns["uid"][i], cgroup_id=columns["cgroup_id"][i], comm=_text(columns["comm"][i]),
+                syscall=self._syscalls.get(columns["syscall"][i], str(columns["syscall"][i])),
+                path=_text(columns["path"][i]), argv=argv, ret=columns["ret"][i],
+                cut_args=tuple(n for n in range(argc) if cut >> n & 1), more_args=bool(flags & _MORE_ARGS),
+                path_cut=bool(flags & _PATH_CUT), args_unreadable=bool(flags & _ARGS_UNREADABLE),
+            ))
+        return execs
+
+    @property
+    def lost(self) -> int:
+        """Execs that passed the filters but could not be reported: the ring was full, or more
+        execs were in flight at once than the stash holds."""
+        return self._ring.lost if self._ring is not None else 0
+
+    @property
+    def links(self) -> tuple[Link, ...]:
+        return tuple(self._links)
+
+    def close(self) -> None:
+        links, self._links = self._links, []
+        for link in links:
+            with contextlib.suppress(OSError):
+                link.close()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    def __enter__(self) -> ExecSnoop:
+        return self.open()
+
+    def __exit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.close()
