@@ -1,0 +1,302 @@
+"""The HTTP tracer: loads httptrace.bpf.o, attaches it to the socket syscalls' tracepoints and to
+OpenSSL's SSL_read/SSL_write (uprobes on libssl), and turns the heads the kernel sends into one
+`Request` per exchange: method, path, status, sizes and latency, seen from the server's or the
+client's side.
+
+The kernel sends only buffers that start like an HTTP head, plus an END record with the byte
+counts when an exchange ends; this module parses the heads and pairs them up per connection
+((pid, fd) for plain sockets, (pid, SSL *) for TLS). A request is handed out when its exchange
+ends: at the connection's next request or its close. One whose response started more than
+`idle_flush` seconds ago while the connection stays open (keep-alive) is handed out then, with
+the response bytes the kernel has counted so far."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Optional
+
+from ..errors import BpfscopeError
+from ..link import Link
+from ..object import Object, ObjectSpec, tool_object
+from ..program import resolve_binary
+from ..ringbuf import RingBuffer
+
+__all__ = ["DEFAULT_RING_BYTES", "Counts", "Request", "Tracer", "libssl_of", "percentile"]
+
+DEFAULT_RING_BYTES = 1 << 20
+HEAD_BYTES = 256  # HEAD_BYTES in httptrace.bpf.c
+
+# Syscalls whose data the kernel looks at; each enter program has one exit program behind it.
+_SYSCALLS = ("read", "recvfrom", "readv", "write", "sendto", "writev")
+_SSL_ENTRIES = {"SSL_read": "enter_ssl_read", "SSL_read_ex": "enter_ssl_read_ex",
+                "SSL_write": "enter_ssl_write", "SSL_write_ex": "enter_ssl_write_ex"}
+_REQUEST_LINE = re.compile(rb"^([A-Z]+) (\S*)(?: (HTTP/1\.[01]))?")
+_STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3})")
+_LIBSSL = re.compile(r"/libssl\.so[.\d]*$")
+
+
+@dataclass
+class Request:
+    """One HTTP exchange as one process saw it. `time` is the request's first byte (wall clock);
+    `latency` runs from there to the response's first byte (None: no response seen); sizes are
+    bytes through the socket (or SSL) calls, heads and bodies, chunk framing included."""
+
+    time: float
+    pid: int
+    comm: str
+    side: str  # "server" (it read the request) or "client" (it wrote it)
+    tls: bool
+    method: str
+    path: str
+    status: Optional[int]
+    request_bytes: int
+    response_bytes: int
+    latency: Optional[float]  # seconds
+    local_port: int  # 0 where unknown
+    remote_port: int
+    fd: int  # -1 where unknown (TLS before any socket call was seen)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"time": round(self.time, 6), "pid": self.pid, "comm": self.comm, "side": self.side,
+                "tls": self.tls, "method": self.method, "path": self.path, "status": self.status,
+                "request_bytes": self.request_bytes, "response_bytes": self.response_bytes,
+                "latency_ms": None if self.latency is None else round(self.latency * 1000, 3),
+                "local_port": self.local_port, "remote_port": self.remote_port}
+
+
+@dataclass(frozen=True)
+class Counts:
+    """The kernel's counters: buffers that started like an HTTP head, those left out (not a
+    socket, or not on --port), and records lost to a full ring."""
+
+    heads: int
+    skipped: int
+    lost: int
+
+
+@dataclass
+class _Exchange:
+    request: Request
+    responded_at: Optional[float] = None  # monotonic, when the final response head came
+
+
+def libssl_of(pid: int) -> list[str]:
+    """The OpenSSL libraries process `pid` has mapped, as paths this process can open."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise BpfscopeError(errno.ESRCH, f"no process with pid {pid}") from None
+    found: list[str] = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        path = fields[5] if len(fields) == 6 else ""
+        if _LIBSSL.search(path) and path not in found:
+            found.append(path)
+    # Through the process's root, which also works when it runs in another mount namespace.
+    return [p if os.path.isfile(p) else f"/proc/{pid}/root{p}" for p in found]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank `q` percentile (0 < q <= 100) of `values`, which must not be empty."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100)
+    return ordered[int(rank) - 1]
+
+
+class Tracer:
+    """`with Tracer(pid=None, port=None) as t: t.poll()` → finished `Request`s; detaches on exit.
+
+    `tls`: attach to OpenSSL as well (for `pid`: the libssl it has mapped, an error if none;
+    system-wide: the system's libssl, skipped if there is none)."""
+
+    def __init__(self, *, pid: Optional[int] = None, port: Optional[int] = None, tls: bool = True,
+                 ring_bytes: int = DEFAULT_RING_BYTES, idle_flush: float = 1.0) -> None:
+        self.pid = pid
+        self.port = port
+        self.tls = tls
+        self.ring_bytes = ring_bytes
+        self.idle_flush = idle_flush
+        self.libssl: list[str] = []
+        self._obj: Optional[Object] = None
+        self._ring: Optional[RingBuffer] = None
+        self._links: list[Link] = []
+        self._exchanges: dict[tuple[int, int, int], _Exchange] = {}
+        self._clock_offset_ns = 0
+
+    def open(self) -> Tracer:
+        """Checks the target, loads, and attaches; nothing stays attached if any step fails."""
+        if self.pid is not None and not os.path.exists(f"/proc/{self.pid}"):
+            raise BpfscopeError(errno.ESRCH, f"no process with pid {self.pid}")
+        if self.tls:
+            self.libssl = self._find_libssl()
+        spec = ObjectSpec.open(tool_object("httptrace"))
+        spec.rodata["cfg_tgid"] = self.pid or 0
+        spec.rodata["cfg_port"] = self.port or 0
+        spec.rodata["cfg_tls"] = bool(self.libssl)
+        spec.maps["events"].max_entries = self.ring_bytes
+        if not self.libssl:
+            for name in (*_SSL_ENTRIES.values(), "exit_ssl_io", "enter_ssl_free"):
+                spec.programs[name].autoload = False
+        self._obj = spec.load()
+        try:
+            self._ring = self._obj.ring_buffer("events")
+            programs = self._obj.programs
+            for syscall in _SYSCALLS:
+                self._links.append(programs[f"enter_{syscall}"].attach_tracepoint("syscalls", f"sys_enter_{syscall}"))
+                self._links.append(programs["exit_read"].attach_tracepoint("syscalls", f"sys_exit_{syscall}"))
+            self._links.append(programs["enter_close"].attach_tracepoint("syscalls", "sys_enter_close"))
+            for library in self.libssl:
+                for symbol, program in _SSL_ENTRIES.items():
+                    self._links.append(programs[program].attach_uprobe(library, symbol, pid=self.pid))
+                    self._links.append(programs["exit_ssl_io"].attach_uprobe(library, symbol, pid=self.pid,
+                                                                             retprobe=True))
+                self._links.append(programs["enter_ssl_free"].attach_uprobe(library, "SSL_free", pid=self.pid))
+        except BaseException:
+            self.close()
+            raise
+        self._clock_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        return self
+
+    def _find_libssl(self) -> list[str]:
+        if self.pid is not None:
+            found = libssl_of(self.pid)
+            if not found:
+                raise BpfscopeError(errno.ENOENT, f"process {self.pid} has no libssl mapped, so its HTTPS cannot "
+                                                  f"be traced; add --no-tls to trace its plain HTTP only")
+            return found
+        try:
+            return [resolve_binary("libssl")]
+        except BpfscopeError:
+            return []  # no OpenSSL on this system: plain HTTP only
+
+    @property
+    def obj(self) -> Object:
+        assert self._obj is not None, "open() first"
+        return self._obj
+
+    # --- reading ---
+
+    def poll(self, timeout_ms: int = 100) -> list[Request]:
+        """Requests whose exchange ended, waiting up to `timeout_ms` for the kernel's first record."""
+        assert self._ring is not None, "open() first"
+        done: list[Request] = []
+        for record in self._ring.poll(timeout_ms):
+            self._record(record, done)
+        self._flush_idle(done)
+        return done
+
+    def _record(self, record: Any, done: list[Request]) -> None:
+        kind = int(record["kind"])
+        ssl = int(record["ssl"])
+        tgid = int(record["tgid"])
+        key = (tgid, ssl, -1 if ssl else int(record["fd"]))
+        head = bytes(record["head"][: int(record["captured"])])
+        if kind == 0:  # EVENT_REQUEST
+            earlier = self._exchanges.pop(key, None)
+            if earlier is not None:  # its END was lost
+                done.append(earlier.request)
+            match = _REQUEST_LINE.match(head)
+            if match is None:
+                return
+            method, target, version = match.groups()
+            path = target.decode("latin-1")
+            if version is None:  # the request line did not fit in the bytes captured
+                path += "…"
+            self._exchanges[key] = _Exchange(Request(
+                time=(int(record["time_ns"]) + self._clock_offset_ns) / 1e9, pid=tgid,
+                comm=bytes(record["comm"]).split(b"\0", 1)[0].decode("utf-8", "replace"),
+                side="server" if int(record["side"]) == 0 else "client", tls=bool(ssl),
+                method=method.decode(), path=path, status=None, request_bytes=int(record["request_bytes"]),
+                response_bytes=0, latency=None, local_port=int(record["lport"]), remote_port=int(record["rport"]),
+                fd=int(record["fd"]),
+            ))
+            return
+        exchange = self._exchanges.get(key)
+        if exchange is None:
+            return  # began before we attached, or already handed out as idle
+        request = exchange.request
+        if kind == 1:  # EVENT_RESPONSE
+            status = _STATUS_LINE.match(head)
+            if status is None or (request.status is not None and not 100 <= request.status < 200):
+                return
+            request.status = int(status.group(1))
+            request.latency = int(record["latency_ns"]) / 1e9
+            request.request_bytes = int(record["request_bytes"])
+            if not 100 <= request.status < 200:
+                exchange.responded_at = time.monotonic()
+            return
+        # EVENT_END
+        request.request_bytes = int(record["request_bytes"])
+        request.response_bytes = int(record["response_bytes"])
+        if request.fd < 0:
+            request.fd = int(record["fd"])
+        del self._exchanges[key]
+        done.append(request)
+
+    def _flush_idle(self, done: list[Request]) -> None:
+        now = time.monotonic()
+        idle = [key for key, ex in self._exchanges.items()
+                if ex.responded_at is not None and now - ex.responded_at >= self.idle_flush]
+        for key in idle:
+            done.append(self._counted(key, self._exchanges.pop(key)))
+
+    def _counted(self, key: tuple[int, int, int], exchange: _Exchange) -> Request:
+        """The request with the byte counts the kernel holds for its connection now."""
+        request = exchange.request
+        tgid, ssl, fd = key
+        with contextlib.suppress(OSError):
+            conn = self.obj.maps["conns"].lookup({"ssl": ssl, "tgid": tgid, "fd": fd})
+            if conn is not None:
+                request.request_bytes = int(conn.request_bytes)
+                request.response_bytes = int(conn.response_bytes)
+        return request
+
+    def flush(self) -> list[Request]:
+        """Every request still waiting for its exchange to end, as it stands (at the end of a run)."""
+        assert self._ring is not None, "open() first"
+        done: list[Request] = []
+        for record in self._ring.drain():
+            self._record(record, done)
+        exchanges, self._exchanges = self._exchanges, {}
+        done.extend(self._counted(key, exchange) for key, exchange in exchanges.items())
+        return done
+
+    def counts(self) -> Counts:
+        _, totals = self.obj.maps["counts"].lookup_batch_sum()  # type: ignore[attr-defined]
+        row = totals[0]
+        return Counts(int(row["heads"]), int(row["skipped"]), self.lost)
+
+    @property
+    def lost(self) -> int:
+        return self._ring.lost if self._ring is not None else 0
+
+    @property
+    def links(self) -> tuple[Link, ...]:
+        return tuple(self._links)
+
+    def close(self) -> None:
+        links, self._links = self._links, []
+        for link in links:
+            with contextlib.suppress(OSError):
+                link.close()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    def __enter__(self) -> Tracer:
+        return self.open()
+
+    def __exit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.close()
