@@ -1,0 +1,192 @@
+"""Function latency: loads funclatency.bpf.o, puts a uretprobe and a uprobe on one function of a
+binary or library, and reads the per-CPU log2 histogram in one batch.
+
+Go binaries are refused: a uretprobe replaces the return address on the stack, and the Go runtime
+moves goroutine stacks and walks them, so the traced program crashes or misbehaves."""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import struct
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, BinaryIO, Optional
+
+from ..errors import BpfscopeError
+from ..link import Link
+from ..object import Object, ObjectSpec, tool_object
+from ..output.histogram import Log2Histogram
+from ..program import resolve_binary
+
+__all__ = ["Unit", "LatencySnapshot", "FunctionLatency", "parse_target", "is_go_binary", "elf_section_names"]
+
+GO_REFUSAL = "uretprobes corrupt Go stacks (they move goroutine stacks); funclatency refuses Go binaries"
+_GO_SECTIONS = frozenset({".go.buildinfo", ".note.go.buildid", ".gopclntab"})
+
+
+class Unit(enum.Enum):
+    """Histogram unit; the kernel divides each duration by it before taking the log2."""
+
+    NSECS = "ns"
+    USECS = "us"
+    MSECS = "ms"
+
+    @property
+    def ns(self) -> int:
+        return {Unit.NSECS: 1, Unit.USECS: 1000, Unit.MSECS: 1_000_000}[self]
+
+    @property
+    def label(self) -> str:
+        return {Unit.NSECS: "nsecs", Unit.USECS: "usecs", Unit.MSECS: "msecs"}[self]
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    """"libc:malloc" → ("libc", "malloc"); "/usr/bin/app:main" → ("/usr/bin/app", "main")."""
+    target, sep, symbol = text.rpartition(":")
+    if not sep or not target or not symbol or any(c.isspace() for c in symbol):
+        raise ValueError(f"{text!r} is not TARGET:SYMBOL (e.g. libc:malloc or /usr/bin/app:main)")
+    return target, symbol
+
+
+def elf_section_names(path: str) -> list[str]:
+    """Section names from an ELF file's section headers (32 or 64 bit, either byte order)."""
+    with open(path, "rb") as f:
+        ident = f.read(16)
+        if len(ident) < 16 or ident[:4] != b"\x7fELF" or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+            raise BpfscopeError(errno.ENOEXEC, f"{path} is not an ELF file")
+        wide, order = ident[4] == 2, "<" if ident[5] == 1 else ">"
+        # e_shoff, then e_shentsize, e_shnum, e_shstrndx at the end of the header
+        f.seek(0x28 if wide else 0x20)
+        (shoff,) = struct.unpack(order + ("Q" if wide else "I"), f.read(8 if wide else 4))
+        f.seek(0x3A if wide else 0x2E)
+        shentsize, shnum, shstrndx = struct.unpack(order + "HHH", f.read(6))
+        if not shoff:
+            return []
+        header = order + ("IIQQQQIIQQ" if wide else "IIIIIIIIII")
+        if not shnum or shstrndx == 0xFFFF:  # more sections than fit: section 0 holds the real numbers
+            first = _section_header(f, shoff, header)
+            shnum, shstrndx = shnum or first[5], first[6] if shstrndx == 0xFFFF else shstrndx
+        headers = [_section_header(f, shoff + i * shentsize, header) for i in range(min(shnum, 1 << 16))]
+        strtab = headers[shstrndx]
+        f.seek(strtab[4])
+        names = f.read(strtab[5])
+    return [names[h[0]: names.find(b"\0", h[0])].decode(errors="replace") for h in headers if h[0] < len(names)]
+
+
+def _section_header(f: BinaryIO, offset: int, layout: str) -> tuple[int, ...]:
+    f.seek(offset)
+    return struct.unpack(layout, f.read(struct.calcsize(layout)))
+
+
+def is_go_binary(path: str) -> bool:
+    """True when the ELF file has the sections the Go linker writes (build info, build id, pclntab)."""
+    return not _GO_SECTIONS.isdisjoint(elf_section_names(path))
+
+
+@dataclass(frozen=True)
+class LatencySnapshot:
+    """Counters since attach: the histogram (in `unit`), calls timed and their total in ns, calls
+    nested too deep to time, returns without an entry, entries lost to a full thread table."""
+
+    time: float
+    unit: Unit
+    slots: tuple[int, ...] = ()
+    count: int = 0
+    sum_ns: int = 0
+    too_deep: int = 0
+    unmatched: int = 0
+    untracked: int = 0
+
+    @property
+    def histogram(self) -> Log2Histogram:
+        return Log2Histogram(self.slots, self.unit.label, total=self.sum_ns / self.unit.ns)
+
+    def __sub__(self, earlier: LatencySnapshot) -> LatencySnapshot:
+        return LatencySnapshot(
+            self.time - earlier.time, self.unit, tuple(a - b for a, b in zip(self.slots, earlier.slots)),
+            self.count - earlier.count, self.sum_ns - earlier.sum_ns, self.too_deep - earlier.too_deep,
+            self.unmatched - earlier.unmatched, self.untracked - earlier.untracked,
+        )
+
+
+class FunctionLatency:
+    """`with FunctionLatency("libc", "malloc") as f: f.snapshot().histogram`; detaches on exit.
+
+    `target` is a path or a library name ("libc"); `pid` limits timing to one process (at attach
+    and in the kernel); `unit` is the histogram's unit."""
+
+    def __init__(self, target: str, symbol: str, *, pid: Optional[int] = None, unit: Unit = Unit.USECS) -> None:
+        self.path = resolve_binary(target)
+        self.target = target
+        self.symbol = symbol
+        self.pid = pid
+        self.unit = unit
+        self._obj: Optional[Object] = None
+        self._links: list[Link] = []
+
+    def open(self) -> FunctionLatency:
+        if is_go_binary(self.path):
+            raise BpfscopeError(errno.EOPNOTSUPP, f"{self.path} is a Go binary: {GO_REFUSAL}")
+        if self.pid is not None and not os.path.isdir(f"/proc/{self.pid}"):
+            raise BpfscopeError(errno.ESRCH, f"no process with pid {self.pid}")
+        spec = ObjectSpec.open(tool_object("funclatency"))
+        spec.rodata["cfg_tgid"] = self.pid or 0
+        spec.rodata["cfg_unit_ns"] = self.unit.ns
+        obj = spec.load()
+        try:
+            # Return probe first: a call entered between the two attaches then has no entry to
+            # leave open; its return is counted as unmatched instead.
+            for program, retprobe in (("time_return", True), ("time_entry", False)):
+                self._links.append(obj.programs[program].attach_uprobe(
+                    self.path, self.symbol, pid=self.pid, retprobe=retprobe))
+        except BaseException:
+            self._close_links()
+            obj.close()
+            raise
+        self._obj = obj
+        return self
+
+    def snapshot(self) -> LatencySnapshot:
+        assert self._obj is not None, "open() first"
+        now = time.monotonic()
+        _, values = self._obj.maps["latencies"].lookup_batch_sum()  # type: ignore[attr-defined]
+        row = values[0]
+        return LatencySnapshot(
+            now, self.unit, tuple(int(n) for n in row["slots"]), int(row["count"]), int(row["sum_ns"]),
+            int(row["too_deep"]), int(row["unmatched"]), int(row["untracked"]),
+        )
+
+    def _close_links(self) -> None:
+        while self._links:
+            self._links.pop().close()  # entry probe first
+
+    def close(self) -> None:
+        self._close_links()
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    def __enter__(self) -> FunctionLatency:
+        return self.open()
+
+    def __exit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.close()
+
+    def as_dict(self, snap: LatencySnapshot) -> dict[str, Any]:
+        """A JSON-ready view of a snapshot (or of an interval's delta)."""
+        hist = snap.histogram
+        return {
+            "target": self.path,
+            "symbol": self.symbol,
+            "pid": self.pid,
+            **hist.as_dict(),
+            "sum_ns": snap.sum_ns,
+            "too_deep": snap.too_deep,
+            "unmatched": snap.unmatched,
+            "untracked": snap.untracked,
+        }
