@@ -1,0 +1,334 @@
+"""The open tracer: loads opensnoop.bpf.o with its filters frozen in .rodata, attaches it to the enter
+and exit tracepoints of open, openat and openat2 (those this kernel has: arm64 has no open), and
+reads what it streams through its ring buffer, or, in count mode, the per-comm counters it keeps.
+
+Every filter runs in the kernel; this module checks them, writes them, and turns records into
+`OpenEvent`s. The hot path stays in numpy: `poll()` returns the raw batch, and `json_lines()` and
+`text_lines()` format a whole batch with one pass over its columns."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
+from types import TracebackType
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import BpfscopeError, NotSupportedError
+from ..link import Link
+from ..mounts import ensure_tracefs
+from ..object import Object, ObjectSpec, tool_object
+from ..ringbuf import RingBuffer
+
+__all__ = [
+    "COMM_BYTES",
+    "DEFAULT_RING_BYTES",
+    "PATH_BYTES",
+    "CommCount",
+    "Filters",
+    "OpenEvent",
+    "Snoop",
+    "check_pid",
+    "flag_names",
+]
+
+COMM_BYTES = 16  # TASK_COMM_LEN, NUL included
+PATH_BYTES = 256  # PATH_BYTES in opensnoop.bpf.c, NUL included
+DEFAULT_RING_BYTES = 1 << 23  # 8 MiB: 25,000 events, most of 0.1 s of a tight open loop
+_CACHE_ENTRIES = 65_536  # formatted paths kept by json_lines before it starts afresh
+_WAKEUP_FRACTION = 8  # the kernel wakes the reader each time an eighth of the ring fills
+
+# O_ACCMODE's three values, then the flags worth naming, from this platform's own constants (arm64
+# numbers O_DIRECTORY and O_NOFOLLOW differently from x86).
+_ACCESS = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
+_FLAGS = [(getattr(os, name), name) for name in (
+    "O_CREAT", "O_EXCL", "O_NOCTTY", "O_TRUNC", "O_APPEND", "O_NONBLOCK", "O_DSYNC", "O_DIRECT",
+    "O_LARGEFILE", "O_DIRECTORY", "O_NOFOLLOW", "O_NOATIME", "O_CLOEXEC", "O_PATH", "O_TMPFILE", "O_SYNC",
+) if hasattr(os, name)]
+# O_TMPFILE and O_SYNC include O_DIRECTORY and O_DSYNC: test the wider ones first, as whole masks.
+_FLAGS.sort(key=lambda item: -bin(item[0]).count("1"))
+
+
+def flag_names(flags: int) -> str:
+    """O_* names joined by "|" (`O_RDONLY|O_CLOEXEC`); bits without a name as hex."""
+    names = [_ACCESS.get(flags & 3, f"0x{flags & 3:x}")]
+    rest = flags & ~3 & ~getattr(os, "O_LARGEFILE", 0)  # the kernel adds O_LARGEFILE on 64-bit
+    for bit, name in _FLAGS:
+        if bit and rest & bit == bit:
+            names.append(name)
+            rest &= ~bit
+    if rest:
+        names.append(f"0x{rest:x}")
+    return "|".join(names)
+
+
+def check_pid(pid: int) -> None:
+    """Raises unless `pid` is a running process (a thread group leader: the kernel filters by tgid)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            tgid = next((int(line.split()[1]) for line in f if line.startswith("Tgid:")), pid)
+    except (FileNotFoundError, ProcessLookupError):
+        raise BpfscopeError(errno.ESRCH, f"no process with pid {pid}") from None
+    if tgid != pid:
+        raise BpfscopeError(errno.EINVAL, f"{pid} is a thread of process {tgid}; give --pid {tgid}")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the kernel lets through: all given filters must match."""
+
+    pid: Optional[int] = None  # the process (tgid)
+    comm: Optional[str] = None  # exact, at most 15 bytes of UTF-8
+    failed: bool = False  # only opens that returned an error
+    path_prefix: Optional[str] = None  # the path as passed to the syscall starts with it
+
+    def check(self) -> None:
+        """Raises BpfscopeError (EINVAL, ESRCH) for a filter the kernel cannot apply."""
+        if self.pid is not None:
+            if self.pid <= 0:
+                raise BpfscopeError(errno.EINVAL, f"pid {self.pid} must be greater than 0")
+            check_pid(self.pid)
+        if self.comm is not None:
+            encoded = self.comm.encode()
+            if not encoded or len(encoded) >= COMM_BYTES or b"\0" in encoded:
+                raise BpfscopeError(errno.EINVAL, f"comm {self.comm!r} must be 1 to {COMM_BYTES - 1} bytes, no NUL")
+        if self.path_prefix is not None:
+            encoded = self.path_prefix.encode("utf-8", "surrogateescape")
+            if not encoded or len(encoded) >= PATH_BYTES or b"\0" in encoded:
+                raise BpfscopeError(errno.EINVAL,
+                                    f"path prefix {self.path_prefix!r} must be 1 to {PATH_BYTES - 1} bytes, no NUL")
+
+
+@dataclass(frozen=True)
+class OpenEvent:
+    time: float  # seconds since the epoch
+    pid: int
+    tid: int
+    comm: str
+    call: str  # "open", "openat", "openat2"
+    ret: int  # the fd, or -errno
+    flags: int
+    path: str
+
+    @property
+    def fd(self) -> Optional[int]:
+        return self.ret if self.ret >= 0 else None
+
+    @property
+    def errno(self) -> Optional[int]:
+        return -self.ret if self.ret < 0 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"time": round(self.time, 6), "pid": self.pid, "tid": self.tid, "comm": self.comm, "call": self.call,
+                "fd": self.fd, "errno": errno.errorcode.get(-self.ret, str(-self.ret)) if self.ret < 0 else None,
+                "flags": flag_names(self.flags), "path": self.path}
+
+
+@dataclass(frozen=True)
+class CommCount:
+    comm: str
+    opens: int
+    failed: int
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _json(raw: bytes) -> str:
+    return encode_basestring_ascii(_text(raw))
+
+
+class Snoop:
+    """`with Snoop(filters) as snoop:` loads and attaches; `poll()` gives batches of raw records
+    (struct open_event); `events()`, `json_lines()` and `text_lines()` turn a batch into objects or
+    output. With `count=True` nothing is streamed: `counts()` reads the per-comm counters."""
+
+    def __init__(self, filters: Filters = Filters(), *, count: bool = False,
+                 ring_bytes: int = DEFAULT_RING_BYTES) -> None:
+        self.filters = filters
+        self.count = count
+        self.ring_bytes = ring_bytes
+        self.calls: tuple[str, ...] = ()  # the syscalls traced: those whose tracepoints this kernel has
+        self._call_names: dict[int, str] = {}  # enum open_call, from BTF
+        self.sides: tuple[str, ...] = ()  # "enter", "exit": the tracepoints of each call attached
+        self._obj: Optional[Object] = None
+        self._ring: Optional[RingBuffer] = None
+        self._links: list[Link] = []
+        self._clock_offset_ns = 0
+        # json_lines' formatted parts, by what they were made from
+        self._who: dict[tuple[int, int, bytes, int], str] = {}
+        self._result: dict[tuple[int, int], str] = {}
+        self._paths: dict[bytes, str] = {}
+
+    # --- setting up ---
+
+    def open(self) -> Snoop:
+        """Checks the filters, loads with them, attaches every open tracepoint this kernel has."""
+        self.filters.check()  # an unknown pid or a bad filter stops here, before anything is loaded
+        spec = ObjectSpec.open(tool_object("opensnoop"))
+        wanted = [name.removeprefix("enter_") for name in spec.programs if name.startswith("enter_")]
+        calls = _present_calls(wanted)
+        if not calls:
+            raise NotSupportedError(f"syscall tracepoints for {', '.join(wanted)}",
+                                    "none in tracefs events/syscalls (CONFIG_FTRACE_SYSCALLS off?)")
+        # Counting needs the path only to filter by it; without that, exit alone counts.
+        self.sides = ("exit",) if self.count and self.filters.path_prefix is None else ("enter", "exit")
+        for call in wanted:
+            for side in ("enter", "exit"):
+                # As libbpf-tools' opensnoop does for a missing tracepoint (aarch64 has no open).
+                if call not in calls or side not in self.sides:
+                    spec.programs[f"{side}_{call}"].autoload = False
+        self._configure(spec)
+        self._obj = spec.load()
+        try:
+            names = self._obj.exported_type("call").python_type  # enum open_call: CALL_OPEN = 0, ...
+            self._call_names = {int(n): n.name.removeprefix("CALL_").lower() for n in names}
+            for call in calls:
+                for side in self.sides:
+                    program = self._obj.programs[f"{side}_{call}"]
+                    self._links.append(program.attach_tracepoint("syscalls", f"sys_{side}_{call}"))
+            if not self.count:
+                self._ring = self._obj.ring_buffer("events")
+        except BaseException:
+            self.close()
+            raise
+        self.calls = calls
+        self._clock_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        return self
+
+    def _configure(self, spec: ObjectSpec) -> None:
+        f = self.filters
+        rodata = spec.rodata
+        if f.pid is not None:
+            rodata["cfg_tgid"] = f.pid
+        if f.comm is not None:
+            words = np.frombuffer(f.comm.encode().ljust(COMM_BYTES, b"\0"), dtype=np.uint64)
+            rodata["cfg_comm"] = tuple(int(w) for w in words)
+            rodata["cfg_filter_comm"] = True
+        rodata["cfg_failed_only"] = f.failed
+        if f.path_prefix is not None:
+            prefix = f.path_prefix.encode("utf-8", "surrogateescape")
+            rodata["cfg_prefix"] = prefix
+            rodata["cfg_prefix_len"] = len(prefix)
+        rodata["cfg_count"] = self.count
+        rodata["cfg_wakeup_bytes"] = max(4096, self.ring_bytes // _WAKEUP_FRACTION)
+        spec.maps["events"].max_entries = self.ring_bytes if not self.count else 4096
+
+    @property
+    def obj(self) -> Object:
+        assert self._obj is not None, "open() first"
+        return self._obj
+
+    # --- reading ---
+
+    def poll(self, timeout_ms: int = 100) -> np.ndarray[Any, Any]:
+        """The records that arrived (struct open_event), waiting up to `timeout_ms` for them. The
+        kernel wakes the reader only when an eighth of the ring has filled, so at a low rate a
+        batch comes when the timeout ends."""
+        assert self._ring is not None, "open() first, without count=True"
+        return self._ring.poll(timeout_ms)
+
+    def _times(self, batch: np.ndarray[Any, Any]) -> list[float]:
+        return ((batch["time_ns"].astype(np.int64) + self._clock_offset_ns) / 1e9).tolist()  # type: ignore[no-any-return]
+
+    def events(self, batch: np.ndarray[Any, Any]) -> list[OpenEvent]:
+        columns = [self._times(batch), batch["pid"].tolist(), batch["tid"].tolist(),
+                   [_text(c) for c in batch["comm"].tolist()], [self._call(c) for c in batch["call"].tolist()],
+                   batch["ret"].tolist(), batch["flags"].tolist(), [_text(p) for p in batch["path"].tolist()]]
+        return [OpenEvent(*row) for row in zip(*columns)]
+
+    def _call(self, number: int) -> str:
+        return self._call_names.get(number, str(number))
+
+    def json_lines(self, batch: np.ndarray[Any, Any]) -> str:
+        """One JSON object per record, each ending in a newline (the keys of OpenEvent.as_dict).
+        This is the command's hot path: the parts that repeat (who opened, the result and flags,
+        the path) are formatted once and then looked up."""
+        who, result, paths = self._who, self._result, self._paths
+        if len(paths) > _CACHE_ENTRIES:
+            for cache in (who, result, paths):
+                cache.clear()
+        out = []
+        for t, pid, tid, comm, call, ret, flags, path in zip(
+                self._times(batch), batch["pid"].tolist(), batch["tid"].tolist(), batch["comm"].tolist(),
+                batch["call"].tolist(), batch["ret"].tolist(), batch["flags"].tolist(), batch["path"].tolist()):
+            w = who.get((pid, tid, comm, call))
+            if w is None:
+                w = who[pid, tid, comm, call] = (f'"pid":{pid},"tid":{tid},"comm":{_json(comm)},'
+                                                  f'"call":"{self._call(call)}"')
+            r = result.get((ret, flags))
+            if r is None:
+                r = result[ret, flags] = (
+                    (f'"fd":{ret},"errno":null' if ret >= 0 else
+                     f'"fd":null,"errno":"{errno.errorcode.get(-ret, str(-ret))}"') + f',"flags":"{flag_names(flags)}"')
+            j = paths.get(path)
+            if j is None:
+                j = paths[path] = _json(path)
+            out.append(f'{{"time":{t:.6f},{w},{r},"path":{j}}}\n')
+        return "".join(out)
+
+    def text_lines(self, batch: np.ndarray[Any, Any]) -> str:
+        """One line per record under `HEADER`, each ending in a newline."""
+        out = []
+        for t, pid, tid, comm, ret, flags, path in zip(
+                self._times(batch), batch["pid"].tolist(), batch["tid"].tolist(), batch["comm"].tolist(),
+                batch["ret"].tolist(), batch["flags"].tolist(), batch["path"].tolist()):
+            stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1e6) % 1_000_000:06d}"
+            result = f"{ret:>4} {'':<7}" if ret >= 0 else f"{-1:>4} {errno.errorcode.get(-ret, str(-ret)):<7}"
+            out.append(f"{stamp} {pid:>7} {tid:>7} {_text(comm):<16} {result} {flag_names(flags):<24} "
+                       f"{_text(path)}\n")
+        return "".join(out)
+
+    HEADER = f"{'TIME':<15} {'PID':>7} {'TID':>7} {'COMM':<16} {'FD':>4} {'ERR':<7} {'FLAGS':<24} PATH"
+
+    def counts(self) -> list[CommCount]:
+        """Opens and failed opens per comm, most opens first (count mode)."""
+        keys, values = self.obj.maps["counts"].lookup_batch_sum()  # type: ignore[attr-defined]
+        rows = [CommCount(_text(bytes(k).rstrip(b"\0")), int(v["opens"]), int(v["failed"]))
+                for k, v in zip(keys, values)]
+        return sorted(rows, key=lambda c: (-c.opens, c.comm))
+
+    @property
+    def lost(self) -> int:
+        """Opens seen and not delivered: events the full ring had no room for, or in count mode,
+        opens of a new comm once the counters map was full."""
+        return sum(int(v) for v in self.obj.maps["events_lost"].lookup(0))
+
+    @property
+    def received(self) -> int:
+        return self._ring.received if self._ring is not None else 0
+
+    # --- tearing down ---
+
+    def close(self) -> None:
+        links, self._links = self._links, []
+        for link in links:
+            with contextlib.suppress(OSError):
+                link.close()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    def __enter__(self) -> Snoop:
+        return self.open()
+
+    def __exit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.close()
+
+
+def _present_calls(calls: list[str]) -> tuple[str, ...]:
+    """Those of `calls` whose enter and exit tracepoints this kernel has (mounting tracefs if needed)."""
+    events = os.path.join(ensure_tracefs(), "events", "syscalls")
+    return tuple(call for call in calls
+                 if all(os.path.isdir(os.path.join(events, f"sys_{side}_{call}")) for side in ("enter", "exit")))
