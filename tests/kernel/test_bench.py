@@ -101,6 +101,26 @@ def test_guard() -> None:
     assert "bpfscope_bench_guard" not in tables
 
 
+def test_opensnoop() -> None:
+    import shutil
+
+    from bpfscope.benchmarks import opensnoop
+
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        pytest.skip("no C compiler to build the openat loop")
+    figures = opensnoop.run(opens=2_000, rounds=1)
+    added = tuple(f.name for f in figures if f.name.endswith("added per open"))
+    check(figures, "opensnoop", differences=added)
+    by_name = {f.name: f for f in figures}
+    assert by_name["bpfscope opensnoop (streaming): traced ÷ untraced"].target == opensnoop.STREAM_TARGET
+    assert by_name["bpfscope opensnoop --count: traced ÷ untraced"].target == opensnoop.COUNT_TARGET
+    assert "received 2,000 of 2,000 opens" in by_name["bpfscope opensnoop --count: traced ÷ untraced"].note
+    if shutil.which("bpftrace"):
+        assert by_name["bpfscope opensnoop --count: traced ÷ untraced"].reference == "bpftrace count()"
+    shown = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    assert not any(p.get("name") in ("exit_openat", "enter_openat") for p in json.loads(shown))
+
+
 def test_table_puts_target_and_reference_side_by_side() -> None:
     figures = [
         Figure("maps", "batch read", 12.5, "ms", False, target=30.0, reference="per-key read",

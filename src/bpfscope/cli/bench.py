@@ -1,4 +1,4 @@
-"""`bpfscope bench ringbuf|maps|xdp|startup|guard|all [--json]`: measures on this kernel, each figure beside
+"""`bpfscope bench ringbuf|maps|xdp|startup|guard|opensnoop|all [--json]`: measures on this kernel, each figure beside
 its target and its reference from the same run. A missed target is a result, not an error: the exit
 status is 1 only when a benchmark could not run."""
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import BpfscopeError
 
-BENCHMARKS = ("ringbuf", "maps", "xdp", "startup", "guard")
+BENCHMARKS = ("ringbuf", "maps", "xdp", "startup", "guard", "opensnoop")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
