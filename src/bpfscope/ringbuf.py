@@ -19,8 +19,9 @@ What a drain does with each record, in ring order:
   error reads on from the next record.
 
 After publishing its consumer position a drain reads the producer position again and goes on
-if records came meanwhile, as libbpf does: a record committed before that store saw the old
-position and woke nobody, so poll() only sleeps after a drain that found the ring empty.
+once if records came meanwhile, as libbpf does (libbpf goes on until none came): a record
+committed before that store saw the old position and woke nobody, so poll() only sleeps after a
+drain that found the ring empty. Records that come during that second pass are the next drain's.
 
 Memory ordering: libbpf reads the producer position and each header with acquire loads and
 publishes the consumer position with a release store. numpy does plain loads and stores; on
@@ -148,7 +149,9 @@ class RingBuffer:
         self._producer_pos = np.frombuffer(self._producer_mmap, dtype=np.uint64, count=1)
         self._data = np.frombuffer(self._producer_mmap, dtype=np.uint8, offset=page)
         self._epoll: Optional[select.epoll] = select.epoll()
-        self._epoll.register(self._fd, select.EPOLLIN)
+        # Edge-triggered: an event per wakeup by the kernel, not one for as long as records wait, so
+        # next_batch() can sleep while programs fill the ring without waking anyone.
+        self._epoll.register(self._fd, select.EPOLLIN | select.EPOLLET)
 
     def fileno(self) -> int:
         """The ring's fd: readable while records wait (for a caller's own select/epoll loop)."""
@@ -176,7 +179,7 @@ class RingBuffer:
         if consumer >= end:
             return np.empty(0, dtype=self.dtype)
         batches: list[np.ndarray[Any, Any]] = []
-        first = consumer
+        looked_again = False
         while True:
             self._fence()
             consumer, blocked, mismatch = self._take(consumer, end, batches)
@@ -187,10 +190,11 @@ class RingBuffer:
                     f"ring {self.name!r}: a {mismatch}-byte record where {self.record.name} "
                     f"({self._itemsize} bytes) was expected; skipped it"
                 )
-            # Look again (see the module docstring), but take at most a ring's worth per drain:
-            # a producer faster than us would otherwise keep this loop going.
-            if blocked or consumer - first >= self._size:
+            # Look again once (see the module docstring): more passes would chase a fast producer
+            # a few records at a time, paying per pass what a batch is meant to save.
+            if blocked or looked_again:
                 break
+            looked_again = True
             end = int(self._producer_pos[0])
             if end == consumer:
                 break
@@ -251,6 +255,19 @@ class RingBuffer:
         # next record committed finds the consumer caught up and wakes us (the kernel's adaptive
         # wakeup), even if it lands before epoll_wait does.
         self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
+        return self.drain()
+
+    def next_batch(self, timeout_ms: int = 100) -> np.ndarray[Any, Any]:
+        """The records up to the kernel's next wakeup: waits until a program wakes the reader or
+        `timeout_ms` passes (0: not at all), then drains. For programs that wake the reader once per
+        so many bytes (BPF_RB_NO_WAKEUP, with BPF_RB_FORCE_WAKEUP now and then), this gives large
+        batches at a high rate and one batch per `timeout_ms` at a low one, with no drain in
+        between: the reader's cost is per batch, never per record. A wakeup that came while the
+        caller was busy ends the next wait at once."""
+        if self._epoll is None:
+            raise BpfscopeError(errno.EBADF, f"ring buffer {self.name!r} is closed")
+        if timeout_ms:
+            self._epoll.poll(timeout_ms / 1000 if timeout_ms > 0 else -1)
         return self.drain()
 
     def records(self, timeout_ms: int = 100) -> Iterator[Any]:

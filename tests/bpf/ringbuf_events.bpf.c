@@ -29,6 +29,7 @@ DEFINE_RINGBUF(wide_events, struct wide_event, 1 << 16);
 const volatile __u32 cfg_per_run = 1;
 const volatile __u32 cfg_discard_every = 0;   /* discard every Nth reserved record (0: never) */
 const volatile __u32 cfg_spin_loops = 1 << 23;
+const volatile bool cfg_no_wakeup = false;     /* submit with BPF_RB_NO_WAKEUP */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -77,7 +78,7 @@ static long emit_event(__u32 index, void *ctx)
 	if (cfg_discard_every && n % cfg_discard_every == 0)
 		bpf_ringbuf_discard(event, 0);
 	else
-		bpf_ringbuf_submit(event, 0);
+		bpf_ringbuf_submit(event, cfg_no_wakeup ? BPF_RB_NO_WAKEUP : 0);
 	return 0;
 }
 

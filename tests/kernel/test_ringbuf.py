@@ -254,6 +254,38 @@ def test_poll_returns_when_a_record_arrives() -> None:
         assert 0.03 <= elapsed < 3  # woken by the record, long before the timeout
 
 
+def test_next_batch_waits_for_a_wakeup_even_with_records_waiting() -> None:
+    # Records submitted without a wakeup: poll() takes them at once, next_batch() leaves them to
+    # the end of its wait, so a reader of a busy ring takes one big batch per wait, not many small.
+    with events_object(cfg_no_wakeup=True) as obj, obj.ring_buffer("events") as rb:
+        emit(obj, 5)
+        start = time.monotonic()
+        batch = rb.next_batch(300)
+        assert time.monotonic() - start >= 0.25
+        check_events(batch, range(5))
+        emit(obj, 2)
+        start = time.monotonic()
+        check_events(rb.poll(300), [5, 6])
+        assert time.monotonic() - start < 0.25
+        emit(obj, 1)
+        check_events(rb.next_batch(0), [7])  # 0: no wait
+
+
+def test_next_batch_returns_at_a_wakeup() -> None:
+    with events_object() as obj, obj.ring_buffer("events") as rb:
+        producer = threading.Timer(0.05, emit, (obj, 3))
+        start = time.monotonic()
+        producer.start()
+        try:
+            batch = rb.next_batch(10_000)
+        finally:
+            producer.join()
+        assert time.monotonic() - start < 3  # woken by the first record, long before the timeout
+        if len(batch) < 3:  # the wakeup came with the first record; the others follow it
+            batch = np.concatenate([batch, rb.next_batch(0)])
+        check_events(batch, range(3))
+
+
 def test_fileno_is_readable_while_records_wait() -> None:
     with events_object() as obj, obj.ring_buffer("events") as rb:
         assert select.select([rb], [], [], 0)[0] == []
