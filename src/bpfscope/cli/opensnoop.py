@@ -9,9 +9,10 @@ import contextlib
 import signal
 import sys
 import time
-from typing import Any, Iterator, TextIO
+from typing import Any, BinaryIO, Iterator
 
 from ..output.jsonlines import emit
+from ..output.units import count_of
 from ..tools.opensnoop import COMM_BYTES, DEFAULT_RING_BYTES, PATH_BYTES, CommCount, Filters, Snoop
 from .options import positive_float
 
@@ -123,9 +124,9 @@ def _deadline(args: argparse.Namespace, start: float) -> float:
 
 
 def _stream(snoop: Snoop, args: argparse.Namespace, stopped: _Stopped, start: float) -> dict[str, Any]:
-    out: TextIO = sys.stdout
+    out: BinaryIO = sys.stdout.buffer  # the formatters make bytes: no text layer per batch
     fmt = snoop.json_lines if args.json else snoop.text_lines
-    if not args.json and out.isatty():
+    if not args.json:
         print(snoop.HEADER, flush=True)
     end = _deadline(args, start)
     events = failed = 0
@@ -175,19 +176,21 @@ def _print_counts(counts: list[CommCount], args: argparse.Namespace, seconds: fl
         emit({"time": round(time.time(), 3), "seconds": round(seconds, 3), "opens": sum(c.opens for c in counts),
               "failed": sum(c.failed for c in counts), "lost": lost, "counts": [vars(c) for c in counts]})
         return
-    print(f"{'at' if not final else 'in'} {seconds:.1f} s: {'COMM':<16} {'OPENS':>12} {'FAILED':>12}")
+    print(f"{'in' if final else 'after'} {seconds:.1f} s:")
+    print(f"  {'COMM':<16} {'OPENS':>12} {'FAILED':>12}")
     for c in counts[:TOP_COMMS]:
-        print(f"{'':>{len(f'{seconds:.1f}') + 8}}{c.comm:<16} {c.opens:>12,} {c.failed:>12,}")
+        print(f"  {c.comm:<16} {c.opens:>12,} {c.failed:>12,}")
     if len(counts) > TOP_COMMS:
-        print(f"  … and {len(counts) - TOP_COMMS} more comms")
+        print(f"  … and {count_of(len(counts) - TOP_COMMS, 'more comm')}")
     sys.stdout.flush()
 
 
 def _summary_line(summary: dict[str, Any]) -> str:
     calls = ", ".join(summary["calls"])
     if "counts" in summary:
-        return (f"opensnoop --count ({calls}): {summary['opens']:,} opens ({summary['failed']:,} failed) by "
-                f"{len(summary['counts']):,} comms, {summary['lost']:,} lost in {summary['seconds']:.1f} s")
-    return (f"opensnoop ({calls}): {summary['events']:,} opens ({summary['failed']:,} failed), "
+        return (f"opensnoop --count ({calls}): {count_of(summary['opens'], 'open')} ({summary['failed']:,} failed) "
+                f"by {count_of(len(summary['counts']), 'comm')}, {summary['lost']:,} lost in "
+                f"{summary['seconds']:.1f} s")
+    return (f"opensnoop ({calls}): {count_of(summary['events'], 'open')} ({summary['failed']:,} failed), "
             f"{summary['lost']:,} lost in {summary['seconds']:.1f} s")
 

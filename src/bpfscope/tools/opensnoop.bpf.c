@@ -1,12 +1,12 @@
-/* bpfscope opensnoop: every open(2), openat(2) and openat2(2), from the syscall tracepoints. The
- * enter tracepoint stashes the path pointer and flags in the thread's task storage; the exit
- * tracepoint reads the path (the kernel has just read it, so it is paged in) and emits one event
- * with the result, or, in count mode, adds one to the comm's per-CPU counter and emits nothing.
- * Counting without a path filter needs no path: then only the exit tracepoints are attached.
+/* bpfscope opensnoop: every open(2), openat(2) and openat2(2), from the syscall exit tracepoints
+ * alone. At exit the task's saved user registers still hold the call's arguments, so the path
+ * pointer and flags are read there (the kernel has just read the path, so it is paged in) and one
+ * event goes out with the result; in count mode the comm's per-CPU counter grows and nothing goes
+ * out. No enter tracepoint means no per-thread stash and half the tracepoint cost per open.
  *
- * Every filter runs here, as early as it can: pid and comm at enter (a filtered-out open costs no
- * stash), failed-only at exit, the path prefix once the path is read. The knobs are .rodata, so the
- * verifier sees them as constants and prunes what is switched off. */
+ * Every filter runs here, as early as it can: pid, comm and failed-only before anything is read,
+ * the path prefix once the path is. The knobs are .rodata, so the verifier sees them as constants
+ * and prunes what is switched off. */
 #include "bpfscope.bpf.h"
 
 #define PATH_BYTES 256          /* longer paths are cut; the last byte is always NUL */
@@ -30,7 +30,7 @@ struct open_event {
 	__u8 call;              /* enum open_call */
 	__u8 pad[7];
 	char comm[COMM_BYTES];
-	char path[PATH_BYTES];
+	char path[PATH_BYTES];  /* NUL-padded: equal paths are equal bytes */
 };
 
 struct open_counts {
@@ -38,31 +38,37 @@ struct open_counts {
 	__u64 failed;
 };
 
-/* What enter leaves for exit. filename == 0: nothing pending. */
-struct pending {
-	__u64 filename;
-	__u64 flags;
-	__u32 call;
-	__u32 pad;
-};
-
-/* The records of the syscall tracepoints (events/syscalls/sys_{enter,exit}_*\/format): the common
- * header, __syscall_nr, then each argument or the result as 8 bytes. Stable since syscall
- * tracepoints exist; declared here rather than taken from vmlinux.h, whose types would be CO-RE
- * relocations and make libbpf load the kernel's whole BTF. */
-struct syscall_enter {
-	__u64 common;
-	__s32 nr;
-	__u32 pad;
-	__u64 args[6];
-};
-
+/* The record of a syscall exit tracepoint (events/syscalls/sys_exit_*\/format): the common header,
+ * __syscall_nr, the result. Stable since syscall tracepoints exist; declared here rather than
+ * taken from vmlinux.h, whose types would be CO-RE relocations and make libbpf load the kernel's
+ * whole BTF. */
 struct syscall_exit {
 	__u64 common;
 	__s32 nr;
 	__u32 pad;
 	__s64 ret;
 };
+
+/* The user registers saved at syscall entry (struct pt_regs, whose layout is the ptrace ABI), as far
+ * as the arguments. bpf_task_pt_regs() points the verifier at the kernel's struct pt_regs, so these
+ * loads are checked against its BTF; declared here for the same reason as syscall_exit. On arm64
+ * x0 is overwritten by the result, but every argument read here is x1 or later. */
+#if defined(__TARGET_ARCH_x86)
+struct syscall_regs {
+	__u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di;
+};
+#define ARG0(r) ((r)->di)
+#define ARG1(r) ((r)->si)
+#define ARG2(r) ((r)->dx)
+#elif defined(__TARGET_ARCH_arm64)
+struct syscall_regs {
+	__u64 regs[3];
+};
+#define ARG1(r) ((r)->regs[1])
+#define ARG2(r) ((r)->regs[2])
+#else
+#error "opensnoop reads syscall arguments from saved registers: add this architecture's layout"
+#endif
 
 const volatile __u32 cfg_tgid = 0;                      /* 0: every process */
 const volatile __u64 cfg_comm[2] = {};                  /* the comm, NUL-padded */
@@ -77,13 +83,6 @@ const volatile __u64 cfg_wakeup_bytes = 1 << 20;
 
 DEFINE_RINGBUF(events, struct open_event, 1 << 23);  /* Python sets the size */
 BTF_EXPORT(enum open_call, call);
-
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct pending);
-} pending SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -112,20 +111,6 @@ static __always_inline bool wanted_process(__u64 id)
 			return false;
 	}
 	return true;
-}
-
-static __always_inline void enter(__u64 filename, __u64 flags, enum open_call call)
-{
-	struct pending *p;
-
-	if (!wanted_process(bpf_get_current_pid_tgid()))
-		return;
-	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!p)
-		return;
-	p->filename = filename;
-	p->flags = flags;
-	p->call = call;
 }
 
 /* Reads the path into `buf`; false if a prefix filter is set and the path lacks it. */
@@ -167,37 +152,18 @@ static __always_inline void count(long ret)
 		c->failed += 1;
 }
 
-static __always_inline void leave(long ret)
+/* One open returned `ret`; `filename` and `flags` are its arguments. */
+static __always_inline void opened(long ret, __u64 filename, __u64 flags, enum open_call call)
 {
 	struct open_event *e;
-	struct pending *p;
-	struct pending taken;
-	__u64 id = bpf_get_current_pid_tgid();
 	__u64 avail;
 
-	if (cfg_count && !cfg_prefix_len) {
-		/* Counting needs neither path nor flags: the enter programs stay unloaded (Python
-		 * switches them off) and this one filters and counts alone. */
-		if (!wanted_process(id) || (cfg_failed_only && ret >= 0))
-			return;
-		count(ret);
-		return;
-	}
-	if (cfg_tgid && (__u32)(id >> 32) != cfg_tgid)
-		return;
-	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, 0);
-	if (!p || !p->filename)
-		return;
-	taken = *p;
-	p->filename = 0;
-	if (cfg_failed_only && ret >= 0)
-		return;
 	if (cfg_count) {
 		if (cfg_prefix_len) {
 			__u32 zero = 0;
 			char *buf = bpf_map_lookup_elem(&scratch, &zero);
 
-			if (!buf || !read_path(buf, taken.filename))
+			if (!buf || !read_path(buf, filename))
 				return;
 		}
 		count(ret);
@@ -206,17 +172,23 @@ static __always_inline void leave(long ret)
 	e = RINGBUF_RESERVE(events);
 	if (!e)
 		return;
-	if (!read_path(e->path, taken.filename)) {
+	/* The ring's memory holds older records: clear what the path may leave unwritten, so a
+	 * record never shows another's bytes and equal opens are equal records. */
+	__builtin_memset(e->path, 0, sizeof(e->path));
+	if (!read_path(e->path, filename)) {
 		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 		return;
 	}
+	__u64 id = bpf_get_current_pid_tgid();
+
 	e->time_ns = bpf_ktime_get_ns();
 	e->ret = ret;
-	e->flags = taken.flags;
+	e->flags = flags;
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
-	e->call = taken.call;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->call = call;
+	__builtin_memset(e->pad, 0, sizeof(e->pad));
+	bpf_get_current_comm(e->comm, sizeof(e->comm));  /* NUL-padded by the kernel */
 	/* The reserved record is already in the unread data: wake the reader when it took the data
 	 * across a multiple of cfg_wakeup_bytes. */
 	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
@@ -224,48 +196,46 @@ static __always_inline void leave(long ret)
 			   BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
-SEC("tracepoint/syscalls/sys_enter_open")
-int enter_open(struct syscall_enter *ctx)
+/* The task's saved user registers, or NULL for an open that should not be reported. */
+static __always_inline struct syscall_regs *wanted(long ret)
 {
-	enter(ctx->args[0], ctx->args[1], CALL_OPEN);
-	return 0;
+	if (!wanted_process(bpf_get_current_pid_tgid()) || (cfg_failed_only && ret >= 0))
+		return NULL;
+	return (struct syscall_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
-SEC("tracepoint/syscalls/sys_enter_openat")
-int enter_openat(struct syscall_enter *ctx)
-{
-	enter(ctx->args[1], ctx->args[2], CALL_OPENAT);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_openat2")
-int enter_openat2(struct syscall_enter *ctx)
-{
-	__u64 flags = 0;
-
-	/* struct open_how starts with its u64 flags (UAPI). */
-	bpf_probe_read_user(&flags, sizeof(flags), (const void *)ctx->args[2]);
-	enter(ctx->args[1], flags, CALL_OPENAT2);
-	return 0;
-}
-
+#if defined(__TARGET_ARCH_x86)  /* arm64 has no open(2) */
 SEC("tracepoint/syscalls/sys_exit_open")
 int exit_open(struct syscall_exit *ctx)
 {
-	leave(ctx->ret);
+	struct syscall_regs *regs = wanted(ctx->ret);
+
+	if (regs)
+		opened(ctx->ret, ARG0(regs), ARG1(regs), CALL_OPEN);
 	return 0;
 }
+#endif
 
 SEC("tracepoint/syscalls/sys_exit_openat")
 int exit_openat(struct syscall_exit *ctx)
 {
-	leave(ctx->ret);
+	struct syscall_regs *regs = wanted(ctx->ret);
+
+	if (regs)
+		opened(ctx->ret, ARG1(regs), ARG2(regs), CALL_OPENAT);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat2")
 int exit_openat2(struct syscall_exit *ctx)
 {
-	leave(ctx->ret);
+	struct syscall_regs *regs = wanted(ctx->ret);
+	__u64 flags = 0;
+
+	if (!regs)
+		return 0;
+	/* struct open_how starts with its u64 flags (UAPI). */
+	bpf_probe_read_user(&flags, sizeof(flags), (const void *)ARG2(regs));
+	opened(ctx->ret, ARG1(regs), flags, CALL_OPENAT2);
 	return 0;
 }

@@ -1,10 +1,10 @@
-"""The open tracer: loads opensnoop.bpf.o with its filters frozen in .rodata, attaches it to the enter
-and exit tracepoints of open, openat and openat2 (those this kernel has: arm64 has no open), and
+"""The open tracer: loads opensnoop.bpf.o with its filters frozen in .rodata, attaches it to the exit
+tracepoints of open, openat and openat2 (those this kernel has: arm64 has no open), and
 reads what it streams through its ring buffer, or, in count mode, the per-comm counters it keeps.
 
 Every filter runs in the kernel; this module checks them, writes them, and turns records into
 `OpenEvent`s. The hot path stays in numpy: `poll()` returns the raw batch, and `json_lines()` and
-`text_lines()` format a whole batch with one pass over its columns."""
+`text_lines()` format each distinct record of a batch once (output.batchlines)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from types import TracebackType
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from ..errors import BpfscopeError, NotSupportedError
 from ..link import Link
 from ..mounts import ensure_tracefs
 from ..object import Object, ObjectSpec, tool_object
+from ..output.batchlines import clock_stamps, distinct, epoch_stamps, join_lines
 from ..ringbuf import RingBuffer
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
 COMM_BYTES = 16  # TASK_COMM_LEN, NUL included
 PATH_BYTES = 256  # PATH_BYTES in opensnoop.bpf.c, NUL included
 DEFAULT_RING_BYTES = 1 << 23  # 8 MiB: 25,000 events, most of 0.1 s of a tight open loop
-_CACHE_ENTRIES = 65_536  # formatted paths kept by json_lines before it starts afresh
 _WAKEUP_FRACTION = 8  # the kernel wakes the reader each time an eighth of the ring fills
 
 # O_ACCMODE's three values, then the flags worth naming, from this platform's own constants (arm64
@@ -125,7 +125,7 @@ class OpenEvent:
 
     def as_dict(self) -> dict[str, Any]:
         return {"time": round(self.time, 6), "pid": self.pid, "tid": self.tid, "comm": self.comm, "call": self.call,
-                "fd": self.fd, "errno": errno.errorcode.get(-self.ret, str(-self.ret)) if self.ret < 0 else None,
+                "fd": self.fd, "errno": _errno_name(self.ret) if self.ret < 0 else None,
                 "flags": flag_names(self.flags), "path": self.path}
 
 
@@ -144,6 +144,19 @@ def _json(raw: bytes) -> str:
     return encode_basestring_ascii(_text(raw))
 
 
+def _errno_name(ret: int) -> str:
+    return errno.errorcode.get(-ret, str(-ret))
+
+
+def _json_result(ret: int) -> str:
+    return f'"fd":{ret},"errno":null' if ret >= 0 else f'"fd":null,"errno":"{_errno_name(ret)}"'
+
+
+def _text_result(ret: int) -> str:
+    """The FD and ERR columns."""
+    return f"{ret:>4} {'':<7}" if ret >= 0 else f"{-1:>4} {_errno_name(ret):<7}"
+
+
 class Snoop:
     """`with Snoop(filters) as snoop:` loads and attaches; `poll()` gives batches of raw records
     (struct open_event); `events()`, `json_lines()` and `text_lines()` turn a batch into objects or
@@ -156,15 +169,10 @@ class Snoop:
         self.ring_bytes = ring_bytes
         self.calls: tuple[str, ...] = ()  # the syscalls traced: those whose tracepoints this kernel has
         self._call_names: dict[int, str] = {}  # enum open_call, from BTF
-        self.sides: tuple[str, ...] = ()  # "enter", "exit": the tracepoints of each call attached
         self._obj: Optional[Object] = None
         self._ring: Optional[RingBuffer] = None
         self._links: list[Link] = []
         self._clock_offset_ns = 0
-        # json_lines' formatted parts, by what they were made from
-        self._who: dict[tuple[int, int, bytes, int], str] = {}
-        self._result: dict[tuple[int, int], str] = {}
-        self._paths: dict[bytes, str] = {}
 
     # --- setting up ---
 
@@ -172,27 +180,21 @@ class Snoop:
         """Checks the filters, loads with them, attaches every open tracepoint this kernel has."""
         self.filters.check()  # an unknown pid or a bad filter stops here, before anything is loaded
         spec = ObjectSpec.open(tool_object("opensnoop"))
-        wanted = [name.removeprefix("enter_") for name in spec.programs if name.startswith("enter_")]
+        wanted = [name.removeprefix("exit_") for name in spec.programs if name.startswith("exit_")]
         calls = _present_calls(wanted)
         if not calls:
             raise NotSupportedError(f"syscall tracepoints for {', '.join(wanted)}",
                                     "none in tracefs events/syscalls (CONFIG_FTRACE_SYSCALLS off?)")
-        # Counting needs the path only to filter by it; without that, exit alone counts.
-        self.sides = ("exit",) if self.count and self.filters.path_prefix is None else ("enter", "exit")
         for call in wanted:
-            for side in ("enter", "exit"):
-                # As libbpf-tools' opensnoop does for a missing tracepoint (aarch64 has no open).
-                if call not in calls or side not in self.sides:
-                    spec.programs[f"{side}_{call}"].autoload = False
+            # As libbpf-tools' opensnoop does for a missing tracepoint.
+            spec.programs[f"exit_{call}"].autoload = call in calls
         self._configure(spec)
         self._obj = spec.load()
         try:
             names = self._obj.exported_type("call").python_type  # enum open_call: CALL_OPEN = 0, ...
             self._call_names = {int(n): n.name.removeprefix("CALL_").lower() for n in names}
             for call in calls:
-                for side in self.sides:
-                    program = self._obj.programs[f"{side}_{call}"]
-                    self._links.append(program.attach_tracepoint("syscalls", f"sys_{side}_{call}"))
+                self._links.append(self._obj.programs[f"exit_{call}"].attach_tracepoint("syscalls", f"sys_exit_{call}"))
             if not self.count:
                 self._ring = self._obj.ring_buffer("events")
         except BaseException:
@@ -228,14 +230,13 @@ class Snoop:
     # --- reading ---
 
     def poll(self, timeout_ms: int = 100) -> np.ndarray[Any, Any]:
-        """The records that arrived (struct open_event), waiting up to `timeout_ms` for them. The
-        kernel wakes the reader only when an eighth of the ring has filled, so at a low rate a
-        batch comes when the timeout ends."""
+        """The records (struct open_event) up to the next time the kernel wakes the reader, which it
+        does each time an eighth of the ring fills, or up to `timeout_ms` (0: what is there now)."""
         assert self._ring is not None, "open() first, without count=True"
-        return self._ring.poll(timeout_ms)
+        return self._ring.next_batch(timeout_ms)
 
     def _times(self, batch: np.ndarray[Any, Any]) -> list[float]:
-        return ((batch["time_ns"].astype(np.int64) + self._clock_offset_ns) / 1e9).tolist()  # type: ignore[no-any-return]
+        return (self._epoch_ns(batch) / 1e9).tolist()  # type: ignore[no-any-return]
 
     def events(self, batch: np.ndarray[Any, Any]) -> list[OpenEvent]:
         columns = [self._times(batch), batch["pid"].tolist(), batch["tid"].tolist(),
@@ -246,46 +247,34 @@ class Snoop:
     def _call(self, number: int) -> str:
         return self._call_names.get(number, str(number))
 
-    def json_lines(self, batch: np.ndarray[Any, Any]) -> str:
-        """One JSON object per record, each ending in a newline (the keys of OpenEvent.as_dict).
-        This is the command's hot path: the parts that repeat (who opened, the result and flags,
-        the path) are formatted once and then looked up."""
-        who, result, paths = self._who, self._result, self._paths
-        if len(paths) > _CACHE_ENTRIES:
-            for cache in (who, result, paths):
-                cache.clear()
-        out = []
-        for t, pid, tid, comm, call, ret, flags, path in zip(
-                self._times(batch), batch["pid"].tolist(), batch["tid"].tolist(), batch["comm"].tolist(),
-                batch["call"].tolist(), batch["ret"].tolist(), batch["flags"].tolist(), batch["path"].tolist()):
-            w = who.get((pid, tid, comm, call))
-            if w is None:
-                w = who[pid, tid, comm, call] = (f'"pid":{pid},"tid":{tid},"comm":{_json(comm)},'
-                                                  f'"call":"{self._call(call)}"')
-            r = result.get((ret, flags))
-            if r is None:
-                r = result[ret, flags] = (
-                    (f'"fd":{ret},"errno":null' if ret >= 0 else
-                     f'"fd":null,"errno":"{errno.errorcode.get(-ret, str(-ret))}"') + f',"flags":"{flag_names(flags)}"')
-            j = paths.get(path)
-            if j is None:
-                j = paths[path] = _json(path)
-            out.append(f'{{"time":{t:.6f},{w},{r},"path":{j}}}\n')
-        return "".join(out)
+    def json_lines(self, batch: np.ndarray[Any, Any]) -> bytes:
+        """One JSON object per record, each ending in a newline (the keys of OpenEvent.as_dict). This
+        is the command's hot path: each distinct record (all but its time) is formatted once, and
+        the time stamps for the whole batch at once."""
+        first, inverse = distinct(batch, ignore=("time_ns",))
+        rendered = [
+            f'"pid":{pid},"tid":{tid},"comm":{_json(comm)},"call":"{self._call(call)}",'
+            f'{_json_result(ret)},"flags":"{flag_names(flags)}","path":{_json(path)}}}\n'.encode()
+            for pid, tid, comm, call, ret, flags, path in self._columns(batch[first])]
+        return join_lines(epoch_stamps(self._epoch_ns(batch), b'{"time":', b","), rendered, inverse)
 
-    def text_lines(self, batch: np.ndarray[Any, Any]) -> str:
-        """One line per record under `HEADER`, each ending in a newline."""
-        out = []
-        for t, pid, tid, comm, ret, flags, path in zip(
-                self._times(batch), batch["pid"].tolist(), batch["tid"].tolist(), batch["comm"].tolist(),
-                batch["ret"].tolist(), batch["flags"].tolist(), batch["path"].tolist()):
-            stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1e6) % 1_000_000:06d}"
-            result = f"{ret:>4} {'':<7}" if ret >= 0 else f"{-1:>4} {errno.errorcode.get(-ret, str(-ret)):<7}"
-            out.append(f"{stamp} {pid:>7} {tid:>7} {_text(comm):<16} {result} {flag_names(flags):<24} "
-                       f"{_text(path)}\n")
-        return "".join(out)
+    def text_lines(self, batch: np.ndarray[Any, Any]) -> bytes:
+        """One line per record under `HEADER`, each ending in a newline; formatted as json_lines is."""
+        first, inverse = distinct(batch, ignore=("time_ns",))
+        rendered = [
+            f"{pid:>7} {tid:>7} {_text(comm):<16} {_text_result(ret)} {flag_names(flags):<24} {_text(path)}\n"
+            .encode("utf-8", "backslashreplace")
+            for pid, tid, comm, call, ret, flags, path in self._columns(batch[first])]
+        return join_lines(clock_stamps(self._epoch_ns(batch), after=b" "), rendered, inverse)
 
     HEADER = f"{'TIME':<15} {'PID':>7} {'TID':>7} {'COMM':<16} {'FD':>4} {'ERR':<7} {'FLAGS':<24} PATH"
+
+    @staticmethod
+    def _columns(rows: np.ndarray[Any, Any]) -> Iterator[tuple[Any, ...]]:
+        return zip(*(rows[name].tolist() for name in ("pid", "tid", "comm", "call", "ret", "flags", "path")))
+
+    def _epoch_ns(self, batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return batch["time_ns"].astype(np.int64) + self._clock_offset_ns
 
     def counts(self) -> list[CommCount]:
         """Opens and failed opens per comm, most opens first (count mode)."""
@@ -328,7 +317,6 @@ class Snoop:
 
 
 def _present_calls(calls: list[str]) -> tuple[str, ...]:
-    """Those of `calls` whose enter and exit tracepoints this kernel has (mounting tracefs if needed)."""
+    """Those of `calls` whose exit tracepoint this kernel has (mounting tracefs if needed)."""
     events = os.path.join(ensure_tracefs(), "events", "syscalls")
-    return tuple(call for call in calls
-                 if all(os.path.isdir(os.path.join(events, f"sys_{side}_{call}")) for side in ("enter", "exit")))
+    return tuple(call for call in calls if os.path.isdir(os.path.join(events, f"sys_exit_{call}")))
