@@ -108,13 +108,13 @@ def test_opensnoop() -> None:
 
     if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
         pytest.skip("no C compiler to build the openat loop")
-    figures = opensnoop.run(opens=2_000, rounds=1)
+    figures = opensnoop.run(opens=2_000, rounds=1, repeats=2)
     added = tuple(f.name for f in figures if f.name.endswith("added per open"))
     check(figures, "opensnoop", differences=added)
     by_name = {f.name: f for f in figures}
     assert by_name["bpfscope opensnoop (streaming): traced ÷ untraced"].target == opensnoop.STREAM_TARGET
     assert by_name["bpfscope opensnoop --count: traced ÷ untraced"].target == opensnoop.COUNT_TARGET
-    assert "received 2,000 of 2,000 opens" in by_name["bpfscope opensnoop --count: traced ÷ untraced"].note
+    assert "received 4,000 of 4,000 opens" in by_name["bpfscope opensnoop --count: traced ÷ untraced"].note
     if shutil.which("bpftrace"):
         assert by_name["bpfscope opensnoop --count: traced ÷ untraced"].reference == "bpftrace count()"
     shown = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
