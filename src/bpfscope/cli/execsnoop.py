@@ -4,21 +4,19 @@ returns: pid, parent, uid, comm, path, arguments, result and cgroup; until Ctrl-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import os
 import pwd
-import signal
 import sys
 import time
 from collections import deque
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from ..errors import BpfscopeError
 from ..mounts import mounts
 from ..output.jsonlines import emit
 from ..tools.execsnoop import ARG_BYTES, COMM_BYTES, DEFAULT_RING_BYTES, MAX_ARGS, Exec, ExecSnoop, Filters, Limits
-from .options import positive_float, ticks
+from .options import StopFlag, positive_float, ring_bytes, stop_flag, ticks
 
 SHOWN_EXECS = 20  # rows of the live view: the newest execs, scrolling up
 _HEADER = f"{'TIME':<8} {'PID':>7} {'PPID':>7} {'UID':>5} {'RET':>7} {'COMM':<15} COMMAND"
@@ -62,16 +60,6 @@ def arg_bytes(text: str) -> int:
     return _whole(text, 2, ARG_BYTES)
 
 
-def ring_bytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 4096 or value & (value - 1):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a power of 2 of at least 4096")
-    return value
-
-
 def cgroup_id(path: str) -> int:
     """The id of the cgroup v2 directory at `path`: its inode number, which is what
     bpf_get_current_cgroup_id returns."""
@@ -113,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                       name=args.name, failed_only=args.failed)
     limits = Limits(max_args=args.max_args, arg_bytes=args.arg_bytes)
     start = time.monotonic()
-    with _signals() as stop, ExecSnoop(filters=filters, limits=limits, ring_bytes=args.ring_bytes) as snoop:
+    with stop_flag() as stop, ExecSnoop(filters=filters, limits=limits, ring_bytes=args.ring_bytes) as snoop:
         live = not args.json and sys.stdout.isatty()
         if not live:  # the live view's title says it
             print(f"bpfscope execsnoop: tracing execve and execveat ({filters.describe()}) — Ctrl-C to stop",
@@ -133,29 +121,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Stop:
-    requested = False
-
-
-@contextlib.contextmanager
-def _signals() -> Iterator[_Stop]:
-    """SIGTERM and Ctrl-C only set a flag the loop checks between polls, so a stop never cuts a
-    line in half and every exec already read is printed and counted."""
-    flag = _Stop()
-
-    def stop(signum: int, frame: Any) -> None:
-        flag.requested = True
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 class _View:
-    def __init__(self, snoop: ExecSnoop, stop: _Stop, show: Optional[Callable[[Exec], None]]) -> None:
+    def __init__(self, snoop: ExecSnoop, stop: StopFlag, show: Optional[Callable[[Exec], None]]) -> None:
         self.snoop = snoop
         self.stop = stop
         self.show = show

@@ -5,17 +5,15 @@ summary per path: requests, status classes, latency percentiles."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from ..output.jsonlines import emit
 from ..tools.httptrace import DEFAULT_RING_BYTES, Request, Tracer, percentile
-from .options import positive_float, stop_on_sigterm, ticks
+from .options import StopFlag, pid_number, positive_float, ring_bytes, stop_flag, stop_on_sigterm, ticks
 
 SHOWN_REQUESTS = 20  # rows of the live view: the newest requests
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
@@ -31,16 +29,6 @@ def port_number(text: str) -> int:
     return value
 
 
-def pid_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a process id") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a process id (1 or more)")
-    return value
-
-
 def milliseconds(text: str) -> float:
     try:
         value = float(text)
@@ -48,16 +36,6 @@ def milliseconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
-
-
-def ring_bytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 4096 or value & (value - 1):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a power of 2 of at least 4096")
     return value
 
 
@@ -85,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"bpfscope httptrace on {_scope(tracer)} — Ctrl-C to stop", file=sys.stderr, flush=True)
             if not args.json:
                 print(_HEADER, flush=True)
-        with _stop_flag() as stop:
+        with stop_flag() as stop:
             view = _View(tracer, stop, args.min_latency / 1000,
                          None if live else _print_json if args.json else _print_line)
             if live:
@@ -99,27 +77,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_summary_text(summary))
     return 0
-
-
-class _Stop:
-    requested = False
-
-
-@contextlib.contextmanager
-def _stop_flag() -> Iterator[_Stop]:
-    """While requests flow, SIGTERM and Ctrl-C only set a flag the loop checks between polls, so a
-    stop never cuts a batch in half: what the kernel sent is still printed and summarized."""
-    flag = _Stop()
-
-    def stop(signum: int, frame: Any) -> None:
-        flag.requested = True
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _scope(tracer: Tracer) -> str:
@@ -137,7 +94,7 @@ class _PathStats:
 
 
 class _View:
-    def __init__(self, tracer: Tracer, stop: _Stop, min_latency: float,
+    def __init__(self, tracer: Tracer, stop: StopFlag, min_latency: float,
                  show: Optional[Callable[[Request], None]]) -> None:
         self.tracer = tracer
         self.stop = stop

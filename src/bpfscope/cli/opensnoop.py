@@ -5,28 +5,16 @@ printed at each --interval and at the end. Runs until Ctrl-C, SIGTERM or the end
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
 import time
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from ..output.jsonlines import emit
 from ..output.units import count_of
 from ..tools.opensnoop import COMM_BYTES, DEFAULT_RING_BYTES, PATH_BYTES, CommCount, Filters, Snoop
-from .options import positive_float
+from .options import StopFlag, pid_number, positive_float, ring_bytes, stop_flag
 
 TOP_COMMS = 20  # rows of the count table
-
-
-def pid(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a process id") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
 
 
 def comm(text: str) -> str:
@@ -41,18 +29,8 @@ def path_prefix(text: str) -> str:
     return text
 
 
-def ring_bytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 4096 or value & (value - 1):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a power of 2 of at least 4096")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pid", type=pid, metavar="PID", help="only this process (all its threads)")
+    parser.add_argument("--pid", type=pid_number, metavar="PID", help="only this process (all its threads)")
     parser.add_argument("--comm", type=comm, metavar="NAME",
                         help=f"only tasks whose comm is exactly NAME (at most {COMM_BYTES - 1} bytes)")
     parser.add_argument("--failed", action="store_true", help="only opens that failed")
@@ -73,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     filters = Filters(pid=args.pid, comm=args.comm, failed=args.failed, path_prefix=args.path_prefix)
     start = time.monotonic()
-    with _stop_flag() as stopped, Snoop(filters, count=args.count, ring_bytes=args.ring_bytes) as snoop:
+    with stop_flag() as stopped, Snoop(filters, count=args.count, ring_bytes=args.ring_bytes) as snoop:
         # On stderr, so stdout holds only events; a reader of stderr knows from it that tracing began.
         print(f"bpfscope opensnoop: {'counting' if args.count else 'tracing'} {', '.join(snoop.calls)}"
               f"{_describe(filters)} — Ctrl-C to stop", file=sys.stderr, flush=True)
@@ -87,31 +65,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Stopped:
-    def __init__(self) -> None:
-        self.value = False
-
-    def __bool__(self) -> bool:
-        return self.value
-
-
-@contextlib.contextmanager
-def _stop_flag() -> Iterator[_Stopped]:
-    """Ctrl-C and SIGTERM only set a flag the loop checks between batches: a stop never cuts a
-    line in half, and what the ring holds is still drained and counted."""
-    flag = _Stopped()
-
-    def stop(signum: int, frame: Any) -> None:
-        flag.value = True
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _describe(f: Filters) -> str:
     parts = [f"pid {f.pid}" if f.pid is not None else "", f"comm {f.comm!r}" if f.comm is not None else "",
              "failed only" if f.failed else "", f"paths under {f.path_prefix!r}" if f.path_prefix is not None else ""]
@@ -123,7 +76,7 @@ def _deadline(args: argparse.Namespace, start: float) -> float:
     return start + args.duration if args.duration else float("inf")
 
 
-def _stream(snoop: Snoop, args: argparse.Namespace, stopped: _Stopped, start: float) -> dict[str, Any]:
+def _stream(snoop: Snoop, args: argparse.Namespace, stopped: StopFlag, start: float) -> dict[str, Any]:
     out: BinaryIO = sys.stdout.buffer  # the formatters make bytes: no text layer per batch
     fmt = snoop.json_lines if args.json else snoop.text_lines
     if not args.json:
@@ -133,7 +86,7 @@ def _stream(snoop: Snoop, args: argparse.Namespace, stopped: _Stopped, start: fl
     try:
         while True:
             left = end - time.monotonic()
-            final = stopped or left <= 0
+            final = stopped.requested or left <= 0
             batch = snoop.poll(0 if final else int(min(left, 0.1) * 1000) + 1)
             if len(batch):
                 events += len(batch)
@@ -148,11 +101,11 @@ def _stream(snoop: Snoop, args: argparse.Namespace, stopped: _Stopped, start: fl
             "calls": list(snoop.calls), "events": events, "failed": failed, "lost": snoop.lost}
 
 
-def _count(snoop: Snoop, args: argparse.Namespace, stopped: _Stopped, start: float) -> dict[str, Any]:
+def _count(snoop: Snoop, args: argparse.Namespace, stopped: StopFlag, start: float) -> dict[str, Any]:
     end = _deadline(args, start)
     interval = args.interval or float("inf")
     next_print = start + interval
-    while not stopped:
+    while not stopped.requested:
         now = time.monotonic()
         if now >= end:
             break

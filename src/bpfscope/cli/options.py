@@ -19,6 +19,27 @@ def positive_float(text: str) -> float:
     return value
 
 
+def pid_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a process id") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def ring_bytes(text: str) -> int:
+    """A ring buffer's size in bytes: the kernel takes only a power of 2 that is a multiple of the page size."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 4096 or value & (value - 1):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a power of 2 of at least 4096")
+    return value
+
+
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[None]:
     """SIGTERM ends the run the way Ctrl-C does: through KeyboardInterrupt, so every `with` detaches."""
@@ -31,6 +52,38 @@ def stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class StopFlag:
+    """What the signals asked for, read by the loop between polls."""
+
+    def __init__(self) -> None:
+        self.requested = False  # SIGTERM or Ctrl-C: stop
+        self.hangup = False  # SIGHUP, when asked for: the loop clears it once it has acted on it
+
+
+@contextlib.contextmanager
+def stop_flag(*, hangup: bool = False) -> Iterator[StopFlag]:
+    """SIGTERM and Ctrl-C (and SIGHUP with `hangup`) only set a flag the loop checks between polls,
+    so a stop never cuts a line in half and what the ring holds is still read, printed and counted;
+    nothing is done inside a handler. The previous handlers come back on exit."""
+    flag = StopFlag()
+
+    def stop(signum: int, frame: Any) -> None:
+        flag.requested = True
+
+    def hang_up(signum: int, frame: Any) -> None:
+        flag.hangup = True
+
+    handlers = {signal.SIGTERM: stop, signal.SIGINT: stop}
+    if hangup:
+        handlers[signal.SIGHUP] = hang_up
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def ticks(interval: float, duration: Optional[float]) -> Iterator[None]:

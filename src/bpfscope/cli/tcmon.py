@@ -4,9 +4,7 @@ interface, from tc; events as they come until Ctrl-C or --duration. SIGHUP re-re
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
-import signal
 import sys
 import time
 from collections import Counter, deque
@@ -17,7 +15,7 @@ from ..netdev import default_route_interface, interfaces
 from ..output.jsonlines import emit
 from ..program import TcMode
 from ..tools.tcmon import DEFAULT_RING_BYTES, DEFAULT_RULES, Event, Monitor, RulesError, Thresholds, load_rules
-from .options import positive_float, stop_on_sigterm, ticks
+from .options import StopFlag, positive_float, ring_bytes, stop_flag, stop_on_sigterm, ticks
 
 SHOWN_EVENTS = 20  # rows of the live view: the newest events, scrolling up
 _DEFAULTS = Thresholds()
@@ -30,16 +28,6 @@ def port_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if not 1 <= value <= 1023:  # the kernel's bitmap has 1024 bits: one more must still fit
         raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to 1023")
-    return value
-
-
-def ring_bytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 4096 or value & (value - 1):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a power of 2 of at least 4096")
     return value
 
 
@@ -83,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         if not live:  # the live view's title says it
             print(f"bpfscope tcmon on {iface} (tc {monitor.mode.value}): {rules.summary()} from {args.rules} "
                   f"— Ctrl-C to stop", file=sys.stderr, flush=True)
-        with _signals() as signals:
+        # SIGHUP only sets a flag too: the rules are re-read between polls, never inside a handler.
+        with stop_flag(hangup=True) as signals:
             view = _View(monitor, args.rules, signals, None if live else _print_json if args.json else _print_line)
             if live:
                 view.show_live(args.interval, args.duration)
@@ -97,36 +86,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Signals:
-    def __init__(self) -> None:
-        self.hangup = False
-        self.stop = False
-
-
-@contextlib.contextmanager
-def _signals() -> Iterator[_Signals]:
-    """While events flow, SIGHUP, SIGTERM and Ctrl-C only set flags that the loop checks between
-    polls: the rules are never re-read inside a handler, and a stop never cuts an event's line in
-    half or leaves an event counted but not printed."""
-    flags = _Signals()
-
-    def hangup(signum: int, frame: Any) -> None:
-        flags.hangup = True
-
-    def stop(signum: int, frame: Any) -> None:
-        flags.stop = True
-
-    previous = {sig: signal.signal(sig, handler)
-                for sig, handler in ((signal.SIGHUP, hangup), (signal.SIGTERM, stop), (signal.SIGINT, stop))}
-    try:
-        yield flags
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 class _View:
-    def __init__(self, monitor: Monitor, rules_path: str, signals: _Signals,
+    def __init__(self, monitor: Monitor, rules_path: str, signals: StopFlag,
                  show: Optional[Callable[[Event], None]]) -> None:
         self.monitor = monitor
         self.show = show
@@ -162,7 +123,7 @@ class _View:
 
     def _polls(self, duration: Optional[float]) -> Iterator[list[Event]]:
         end = time.monotonic() + duration if duration else float("inf")
-        while not self.signals.stop:
+        while not self.signals.requested:
             left = end - time.monotonic()
             if left <= 0:
                 return
@@ -178,7 +139,7 @@ class _View:
         columns = ["time", "kind", "dir", "flow", "detail"]
         with LiveTable(self._title(), columns) as live:
             for _ in ticks(interval, duration):
-                if self.signals.stop:
+                if self.signals.requested:
                     return
                 while self.poll(0):
                     pass

@@ -8,19 +8,16 @@ and the caller's comm. A successful one returns in the new program, so its comm 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Optional
 
 from ..errors import BpfscopeError
-from ..link import Link
 from ..mounts import ensure_tracefs
-from ..object import Object, ObjectSpec, tool_object
-from ..ringbuf import RingBuffer
+from ..object import ObjectSpec, tool_object
+from ._attached import Attached
 
 __all__ = ["ARG_BYTES", "COMM_BYTES", "MAX_ARGS", "Exec", "ExecSnoop", "Filters", "Limits", "errno_name"]
 
@@ -151,18 +148,16 @@ def _quote(word: str) -> str:
     return "'" + word.replace("'", "'\"'\"'") + "'"
 
 
-class ExecSnoop:
+class ExecSnoop(Attached):
     """`with ExecSnoop(filters=Filters(name="curl")) as snoop: snoop.poll()`; detaches on exit."""
 
     def __init__(
         self, *, filters: Filters = Filters(), limits: Limits = Limits(), ring_bytes: int = DEFAULT_RING_BYTES
     ) -> None:
+        super().__init__()
         self.filters = filters
         self.limits = limits
         self.ring_bytes = ring_bytes
-        self._obj: Optional[Object] = None
-        self._ring: Optional[RingBuffer] = None
-        self._links: list[Link] = []
         self._syscalls: dict[int, str] = {}
         self._clock_offset_ns = 0
         self.hooks: tuple[str, ...] = ()  # the tracepoints attached, as category:name
@@ -209,11 +204,6 @@ class ExecSnoop:
         rodata["cfg_arg_bytes"] = self.limits.arg_bytes
         spec.maps["events"].max_entries = self.ring_bytes
 
-    @property
-    def obj(self) -> Object:
-        assert self._obj is not None, "open() first"
-        return self._obj
-
     # --- reading ---
 
     def poll(self, timeout_ms: int = 100) -> list[Exec]:
@@ -248,27 +238,3 @@ class ExecSnoop:
         """Execs that passed the filters but could not be reported: the ring was full, or more
         execs were in flight at once than the stash holds."""
         return self._ring.lost if self._ring is not None else 0
-
-    @property
-    def links(self) -> tuple[Link, ...]:
-        return tuple(self._links)
-
-    def close(self) -> None:
-        links, self._links = self._links, []
-        for link in links:
-            with contextlib.suppress(OSError):
-                link.close()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
-
-    def __enter__(self) -> ExecSnoop:
-        return self.open()
-
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()

@@ -18,14 +18,12 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Optional
 
 from ..errors import BpfscopeError
-from ..link import Link
-from ..object import Object, ObjectSpec, tool_object
+from ..object import ObjectSpec, tool_object
 from ..program import resolve_binary
-from ..ringbuf import RingBuffer
+from ._attached import Attached
 
 __all__ = ["DEFAULT_RING_BYTES", "Counts", "Request", "Tracer", "libssl_of", "percentile"]
 
@@ -110,7 +108,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[int(rank) - 1]
 
 
-class Tracer:
+class Tracer(Attached):
     """`with Tracer(pid=None, port=None) as t: t.poll()` → finished `Request`s; detaches on exit.
 
     `tls`: attach to OpenSSL as well (for `pid`: the libssl it has mapped, an error if none;
@@ -118,15 +116,13 @@ class Tracer:
 
     def __init__(self, *, pid: Optional[int] = None, port: Optional[int] = None, tls: bool = True,
                  ring_bytes: int = DEFAULT_RING_BYTES, idle_flush: float = 1.0) -> None:
+        super().__init__()
         self.pid = pid
         self.port = port
         self.tls = tls
         self.ring_bytes = ring_bytes
         self.idle_flush = idle_flush
         self.libssl: list[str] = []
-        self._obj: Optional[Object] = None
-        self._ring: Optional[RingBuffer] = None
-        self._links: list[Link] = []
         self._exchanges: dict[tuple[int, int, int], _Exchange] = {}
         self._clock_offset_ns = 0
 
@@ -175,11 +171,6 @@ class Tracer:
             return [resolve_binary("libssl")]
         except BpfscopeError:
             return []  # no OpenSSL on this system: plain HTTP only
-
-    @property
-    def obj(self) -> Object:
-        assert self._obj is not None, "open() first"
-        return self._obj
 
     # --- reading ---
 
@@ -276,27 +267,3 @@ class Tracer:
     @property
     def lost(self) -> int:
         return self._ring.lost if self._ring is not None else 0
-
-    @property
-    def links(self) -> tuple[Link, ...]:
-        return tuple(self._links)
-
-    def close(self) -> None:
-        links, self._links = self._links, []
-        for link in links:
-            with contextlib.suppress(OSError):
-                link.close()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
-
-    def __enter__(self) -> Tracer:
-        return self.open()
-
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()

@@ -8,23 +8,20 @@ Every filter runs in the kernel; this module checks them, writes them, and turns
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import time
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
-from types import TracebackType
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from ..errors import BpfscopeError, NotSupportedError
-from ..link import Link
 from ..mounts import ensure_tracefs
-from ..object import Object, ObjectSpec, tool_object
+from ..object import ObjectSpec, tool_object
 from ..output.batchlines import clock_stamps, distinct, epoch_stamps, join_lines
-from ..ringbuf import RingBuffer
+from ._attached import Attached
 
 __all__ = [
     "COMM_BYTES",
@@ -157,21 +154,19 @@ def _text_result(ret: int) -> str:
     return f"{ret:>4} {'':<7}" if ret >= 0 else f"{-1:>4} {_errno_name(ret):<7}"
 
 
-class Snoop:
+class Snoop(Attached):
     """`with Snoop(filters) as snoop:` loads and attaches; `poll()` gives batches of raw records
     (struct open_event); `events()`, `json_lines()` and `text_lines()` turn a batch into objects or
     output. With `count=True` nothing is streamed: `counts()` reads the per-comm counters."""
 
     def __init__(self, filters: Filters = Filters(), *, count: bool = False,
                  ring_bytes: int = DEFAULT_RING_BYTES) -> None:
+        super().__init__()
         self.filters = filters
         self.count = count
         self.ring_bytes = ring_bytes
         self.calls: tuple[str, ...] = ()  # the syscalls traced: those whose tracepoints this kernel has
         self._call_names: dict[int, str] = {}  # enum open_call, from BTF
-        self._obj: Optional[Object] = None
-        self._ring: Optional[RingBuffer] = None
-        self._links: list[Link] = []
         self._clock_offset_ns = 0
 
     # --- setting up ---
@@ -221,11 +216,6 @@ class Snoop:
         rodata["cfg_count"] = self.count
         rodata["cfg_wakeup_bytes"] = max(4096, self.ring_bytes // _WAKEUP_FRACTION)
         spec.maps["events"].max_entries = self.ring_bytes if not self.count else 4096
-
-    @property
-    def obj(self) -> Object:
-        assert self._obj is not None, "open() first"
-        return self._obj
 
     # --- reading ---
 
@@ -292,28 +282,6 @@ class Snoop:
     @property
     def received(self) -> int:
         return self._ring.received if self._ring is not None else 0
-
-    # --- tearing down ---
-
-    def close(self) -> None:
-        links, self._links = self._links, []
-        for link in links:
-            with contextlib.suppress(OSError):
-                link.close()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
-
-    def __enter__(self) -> Snoop:
-        return self.open()
-
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()
 
 
 def _present_calls(calls: list[str]) -> tuple[str, ...]:

@@ -9,13 +9,11 @@ the maps in place, so a running monitor takes new rules without detaching."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -23,10 +21,10 @@ import yaml
 
 from .. import netdev
 from ..errors import BpfscopeError
-from ..link import FdLink, Link
-from ..object import Object, ObjectSpec, tool_object
+from ..link import FdLink
+from ..object import ObjectSpec, tool_object
 from ..program import TcDirection, TcMode
-from ..ringbuf import RingBuffer
+from ._attached import Attached
 from .cidr import Network, cidr_key
 
 __all__ = [
@@ -356,21 +354,19 @@ def _address(raw: bytes) -> str:
     return str(address.ipv4_mapped or address)
 
 
-class Monitor:
+class Monitor(Attached):
     """`with Monitor("eth1", rules=load_rules(path)) as mon: mon.poll()`; detaches on exit."""
 
     def __init__(
         self, iface: str, *, rules: Rules, thresholds: Thresholds = Thresholds(), mode: TcMode = TcMode.AUTO,
         ring_bytes: int = DEFAULT_RING_BYTES,
     ) -> None:
+        super().__init__()
         self.iface = iface
         self.rules = rules
         self.thresholds = thresholds
         self.mode = mode
         self.ring_bytes = ring_bytes
-        self._obj: Optional[Object] = None
-        self._ring: Optional[RingBuffer] = None
-        self._links: list[Link] = []
         self._kinds: dict[int, str] = {}
         self._clock_offset_ns = 0
 
@@ -409,11 +405,6 @@ class Monitor:
             raise
         self._clock_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         return self
-
-    @property
-    def obj(self) -> Object:
-        assert self._obj is not None, "open() first"
-        return self._obj
 
     # --- rules ---
 
@@ -514,27 +505,3 @@ class Monitor:
     @property
     def lost(self) -> int:
         return self._ring.lost if self._ring is not None else 0
-
-    @property
-    def links(self) -> tuple[Link, ...]:
-        return tuple(self._links)
-
-    def close(self) -> None:
-        links, self._links = self._links, []
-        for link in links:
-            with contextlib.suppress(OSError):
-                link.close()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
-
-    def __enter__(self) -> Monitor:
-        return self.open()
-
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()

@@ -1,0 +1,83 @@
+"""The argument types and signal helpers the subcommands share, and the streaming tools' teardown."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+import pytest
+
+from bpfscope.cli.options import pid_number, ring_bytes, stop_flag
+from bpfscope.tools._attached import Attached
+
+
+@pytest.mark.parametrize("text, value", [("4096", 4096), ("8388608", 1 << 23)])
+def test_ring_bytes_takes_powers_of_2_from_4096(text, value):
+    assert ring_bytes(text) == value
+
+
+@pytest.mark.parametrize("text, message", [("2048", "power of 2"), ("5000", "power of 2"), ("big", "whole number")])
+def test_ring_bytes_refuses(text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        ring_bytes(text)
+
+
+@pytest.mark.parametrize("text, message", [("0", "must be greater than 0"), ("-3", "must be greater than 0"),
+                                           ("abc", "is not a process id")])
+def test_pid_number_refuses(text, message):
+    assert pid_number("1") == 1
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        pid_number(text)
+
+
+def test_stop_flag_turns_sigterm_and_sigint_into_a_flag_and_restores_the_handlers():
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with stop_flag() as flag:
+            assert signal.getsignal(signal.SIGHUP) == before[signal.SIGHUP]  # not asked for: left alone
+            assert not flag.requested
+            signal.raise_signal(sig)
+            assert flag.requested and not flag.hangup
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_stop_flag_with_hangup_records_sighup_apart():
+    before = signal.getsignal(signal.SIGHUP)
+    with stop_flag(hangup=True) as flag:
+        signal.raise_signal(signal.SIGHUP)
+        assert flag.hangup and not flag.requested
+    assert signal.getsignal(signal.SIGHUP) == before
+
+
+class _Part:
+    def __init__(self, name: str, closed: list[str], error: bool = False) -> None:
+        self.name, self.closed, self.error = name, closed, error
+
+    def close(self) -> None:
+        self.closed.append(self.name)
+        if self.error:
+            raise OSError(19, "no such device")
+
+
+class _Tool(Attached):
+    def __init__(self, closed: list[str]) -> None:
+        super().__init__()
+        self.closed = closed
+
+    def open(self) -> _Tool:
+        # Stand-ins that only record their close: the order is what is tested, not the kernel.
+        self._links = [_Part("link 1", self.closed, error=True), _Part("link 2", self.closed)]
+        self._ring = _Part("ring", self.closed)
+        self._obj = _Part("object", self.closed)
+        return self
+
+
+def test_attached_closes_links_then_ring_then_object_once():
+    closed: list[str] = []
+    with _Tool(closed) as tool:
+        assert len(tool.links) == 2
+    assert closed == ["link 1", "link 2", "ring", "object"]  # a link that fails does not stop the rest
+    tool.close()
+    assert closed == ["link 1", "link 2", "ring", "object"] and tool.links == ()
+    with pytest.raises(AssertionError, match="open"):
+        _ = tool.obj
