@@ -396,3 +396,15 @@ def test_cli_ends_when_the_traced_process_exits(worker):
     assert f"process {traced.pid} exited" in err
     final = json.loads(out.splitlines()[-1])
     assert final["final"] is True and final["count"] == 3 and final["pid"] == traced.pid
+
+
+def test_nothing_stays_loaded_after_a_kill(worker):
+    proc = subprocess.Popen([*BPFSCOPE, "funclatency", f"{worker}:work", "--duration", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("Tracing ")
+        assert all(name in loaded_programs() for name in PROGRAMS)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert not any(name in loaded_programs() for name in PROGRAMS)

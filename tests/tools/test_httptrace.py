@@ -426,3 +426,12 @@ def test_percentile_is_nearest_rank():
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
     assert percentile([3.0], 50) == 3.0 and percentile([2.0, 1.0], 99) == 2.0
+
+
+def test_nothing_stays_loaded_after_a_kill() -> None:
+    # Tracepoints and uprobes are attached through perf event fds: they go with the process.
+    proc = start_httptrace()
+    assert our_programs()
+    proc.kill()
+    proc.wait(timeout=10)
+    assert not our_programs()

@@ -358,3 +358,11 @@ def test_a_record_never_shows_an_older_records_path(tmp_path: Path) -> None:
         paths = [e.path for e in snoop.events(batch)]
         json_paths = [json.loads(line)["path"] for line in snoop.json_lines(batch).splitlines()]
     assert paths == json_paths == ([long_path] * 30 + [short_path] * 30) * 5
+
+
+def test_nothing_stays_loaded_after_a_kill() -> None:
+    proc = start()
+    assert programs_loaded()
+    proc.kill()
+    proc.wait(timeout=10)
+    assert not programs_loaded()
