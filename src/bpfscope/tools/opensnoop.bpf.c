@@ -158,15 +158,12 @@ static __always_inline void opened(long ret, __u64 filename, __u64 flags, enum o
 	struct open_event *e;
 	__u64 avail;
 
-	if (cfg_count) {
-		if (cfg_prefix_len) {
-			__u32 zero = 0;
-			char *buf = bpf_map_lookup_elem(&scratch, &zero);
+	if (cfg_count) {        /* with a prefix filter: done_early() counts the rest */
+		__u32 zero = 0;
+		char *buf = bpf_map_lookup_elem(&scratch, &zero);
 
-			if (!buf || !read_path(buf, filename))
-				return;
-		}
-		count(ret);
+		if (buf && read_path(buf, filename))
+			count(ret);
 		return;
 	}
 	e = RINGBUF_RESERVE(events);
@@ -196,11 +193,21 @@ static __always_inline void opened(long ret, __u64 filename, __u64 flags, enum o
 			   BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
-/* The task's saved user registers, or NULL for an open that should not be reported. */
-static __always_inline struct syscall_regs *wanted(long ret)
+/* True when this open needs nothing more: filtered out, or counted, where counting needs neither
+ * path nor flags (no prefix filter), so the arguments are never read. */
+static __always_inline bool done_early(long ret)
 {
 	if (!wanted_process(bpf_get_current_pid_tgid()) || (cfg_failed_only && ret >= 0))
-		return NULL;
+		return true;
+	if (cfg_count && !cfg_prefix_len) {
+		count(ret);
+		return true;
+	}
+	return false;
+}
+
+static __always_inline struct syscall_regs *saved_regs(void)
+{
 	return (struct syscall_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
@@ -208,10 +215,12 @@ static __always_inline struct syscall_regs *wanted(long ret)
 SEC("tracepoint/syscalls/sys_exit_open")
 int exit_open(struct syscall_exit *ctx)
 {
-	struct syscall_regs *regs = wanted(ctx->ret);
+	struct syscall_regs *regs;
 
-	if (regs)
-		opened(ctx->ret, ARG0(regs), ARG1(regs), CALL_OPEN);
+	if (done_early(ctx->ret))
+		return 0;
+	regs = saved_regs();
+	opened(ctx->ret, ARG0(regs), ARG1(regs), CALL_OPEN);
 	return 0;
 }
 #endif
@@ -219,21 +228,24 @@ int exit_open(struct syscall_exit *ctx)
 SEC("tracepoint/syscalls/sys_exit_openat")
 int exit_openat(struct syscall_exit *ctx)
 {
-	struct syscall_regs *regs = wanted(ctx->ret);
+	struct syscall_regs *regs;
 
-	if (regs)
-		opened(ctx->ret, ARG1(regs), ARG2(regs), CALL_OPENAT);
+	if (done_early(ctx->ret))
+		return 0;
+	regs = saved_regs();
+	opened(ctx->ret, ARG1(regs), ARG2(regs), CALL_OPENAT);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat2")
 int exit_openat2(struct syscall_exit *ctx)
 {
-	struct syscall_regs *regs = wanted(ctx->ret);
+	struct syscall_regs *regs;
 	__u64 flags = 0;
 
-	if (!regs)
+	if (done_early(ctx->ret))
 		return 0;
+	regs = saved_regs();
 	/* struct open_how starts with its u64 flags (UAPI). */
 	bpf_probe_read_user(&flags, sizeof(flags), (const void *)ARG2(regs));
 	opened(ctx->ret, ARG1(regs), flags, CALL_OPENAT2);
