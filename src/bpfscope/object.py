@@ -19,6 +19,7 @@ from . import _libbpf
 from .btf import Btf, Kind, TypeCodec
 from .errors import BpfscopeError, PermissionDeniedError, SyscallError, VerifierError
 from .maps import Map
+from .pin import ensure_pin_dir
 from .program import Program
 
 __all__ = ["ObjectSpec", "Object", "MapSpec", "ProgramSpec", "Config", "tool_object"]
@@ -57,6 +58,34 @@ class MapSpec:
     @max_entries.setter
     def max_entries(self, value: int) -> None:
         _libbpf.check(_libbpf.bpf_map__set_max_entries(self._ptr, value), f"resize map {self.name!r}")
+
+    def pin_to(self, path: str) -> bool:
+        """Keeps the map's contents past this process: at load, libbpf takes over the map pinned at
+        `path` (by an earlier run) or creates the map and pins it there. A pin that no longer fits
+        (its type, sizes or flags differ, as after an upgrade) is removed first, so the load starts
+        afresh; returns whether an earlier pin was taken over."""
+        ensure_pin_dir(path)
+        kept = os.path.exists(path) and self._pin_fits(path)
+        if os.path.exists(path) and not kept:
+            os.unlink(path)
+        _libbpf.check(_libbpf.bpf_map__set_pin_path(self._ptr, path.encode()), f"pin map {self.name!r} at {path}")
+        return kept
+
+    def _pin_fits(self, path: str) -> bool:
+        fd = _libbpf.bpf_obj_get(path.encode())
+        if fd < 0:
+            return False
+        try:
+            info = _libbpf.BpfMapInfo()
+            size = ctypes.c_uint32(ctypes.sizeof(info))
+            if _libbpf.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) < 0:
+                return False
+        finally:
+            os.close(fd)
+        ptr = self._ptr
+        return (info.type, info.key_size, info.value_size, info.max_entries, info.map_flags) == (
+            _libbpf.bpf_map__type(ptr), _libbpf.bpf_map__key_size(ptr), _libbpf.bpf_map__value_size(ptr),
+            _libbpf.bpf_map__max_entries(ptr), _libbpf.bpf_map__map_flags(ptr))
 
 
 class ProgramSpec:

@@ -102,3 +102,27 @@ def test_load_attach_close_100_times_leaks_no_fd(veth_pair):
         with load(tool_object("packets")) as obj, obj.programs["count_packets"].attach_xdp(veth_pair.host):
             pass
     assert bpf_fds() == before
+
+
+def test_a_pinned_map_keeps_its_counts_for_the_next_load(test_object, bpffs_dir):
+    pin = os.path.join(bpffs_dir, "per_cpu_small")
+    for run, expected in enumerate((3, 6)):
+        spec = ObjectSpec.open(test_object("map_types"))
+        assert spec.maps["per_cpu_small"].pin_to(pin) is (run == 1)  # the second load takes the first's map over
+        with spec.load() as obj:
+            obj.programs["bump_counters"].test_run(bytes(64), repeat=3)
+            assert sum(obj.maps["per_cpu_small"][0]) == expected
+    assert os.path.exists(pin)
+
+
+def test_a_pin_that_no_longer_fits_is_replaced(test_object, bpffs_dir):
+    pin = os.path.join(bpffs_dir, "per_cpu_small")
+    spec = ObjectSpec.open(test_object("map_types"))
+    spec.maps["per_cpu_small"].max_entries = 2
+    spec.maps["per_cpu_small"].pin_to(pin)
+    spec.load().close()
+    spec = ObjectSpec.open(test_object("map_types"))
+    assert spec.maps["per_cpu_small"].pin_to(pin) is False
+    with spec.load() as obj:
+        obj.programs["bump_counters"].test_run(bytes(64), repeat=1)
+        assert sum(obj.maps["per_cpu_small"][0]) == 1
