@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 
 TEST_OBJECTS = Path(__file__).resolve().parent / "bpf" / "build" / platform.machine()
-_KERNEL_DIRS = ("kernel", "tools", "packaging")
+_KERNEL_DIRS = ("kernel", "tools", "packaging", "agent")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,0 +1,384 @@
+"""The agent's configuration: YAML, checked field by field so a mistake is reported in one line
+that names the field (`tools.flows.top: must be an integer from 1 to 1000, not 'many'`).
+
+Without a file the agent counts packets on the default route's interface, file opens and execs."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar, Union
+
+import yaml
+
+from ..errors import BpfscopeError
+from ..pin import PIN_ROOT
+
+__all__ = [
+    "DEFAULT_LISTEN", "ConfigError", "Fields", "AgentConfig", "PacketsConfig", "FlowsConfig", "GuardConfig",
+    "CountsConfig", "FuncLatencyConfig", "HttpConfig", "CustomConfig", "OtlpConfig", "load_config", "parse_config",
+    "default_interface",
+]
+
+DEFAULT_LISTEN = "127.0.0.1:9435"
+DEFAULT_PIN_DIR = os.path.join(PIN_ROOT, "agent")
+
+T = TypeVar("T")
+
+
+class ConfigError(BpfscopeError):
+    """A config that cannot be used; the message names the file and the field."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(errno.EINVAL, f"{where}: {message}" if where else message)
+        self.where = where
+
+
+class Fields:
+    """One YAML mapping being read: typed getters that name the field on error, and a check that
+    nothing unknown was left over. `path` is where the mapping sits (`tools.flows`)."""
+
+    def __init__(self, value: Any, path: str, source: str = "") -> None:
+        self.path = path
+        self.source = source
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error("", f"must be a mapping, not {_shown(value)}")
+        self._values: dict[str, Any] = value
+        self._read: set[str] = set()
+        self._known: set[str] = set()  # every field asked about, present or not
+
+    def where(self, name: str) -> str:
+        inside = ".".join(p for p in (self.path, name) if p)
+        return f"{self.source}: {inside}" if self.source and inside else (self.source or inside)
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.where(name), message)
+
+    def has(self, name: str) -> bool:
+        self._known.add(name)
+        return name in self._values
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        self._known.add(name)
+        self._read.add(name)
+        return self._values.get(name, default)
+
+    def child(self, name: str) -> Fields:
+        return Fields(self.raw(name), ".".join(p for p in (self.path, name) if p), self.source)
+
+    def string(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        value = self.raw(name, default)
+        if value is not None and not isinstance(value, str):
+            raise self.error(name, f"must be a string, not {_shown(value)}")
+        return value
+
+    def required_string(self, name: str) -> str:
+        value = self.string(name)
+        if not value:
+            raise self.error(name, "is required")
+        return value
+
+    def integer(self, name: str, default: Optional[int], low: int, high: int) -> Optional[int]:
+        value = self.raw(name, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.error(name, f"must be an integer from {low:,} to {high:,}, not {_shown(value)}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self.raw(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise self.error(name, f"must be a number from {low:g} to {high:g}, not {_shown(value)}")
+        return float(value)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name, default)
+        if not isinstance(value, bool):
+            raise self.error(name, f"must be true or false, not {_shown(value)}")
+        return value
+
+    def strings(self, name: str, default: Optional[list[str]] = None) -> list[str]:
+        value = self.raw(name, default)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.error(name, f"must be a list of names, not {_shown(value)}")
+        return list(value)
+
+    def items(self, name: str, parse: Callable[[Fields], T]) -> list[T]:
+        """A list of mappings, each read by `parse`."""
+        value = self.raw(name, [])
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.error(name, f"must be a list, not {_shown(value)}")
+        base = ".".join(p for p in (self.path, name) if p)
+        return [parse(Fields(item, f"{base}[{i}]", self.source)) for i, item in enumerate(value)]
+
+    def done(self) -> None:
+        """Every key was read: anything else is a typo or belongs elsewhere."""
+        unknown = sorted(set(self._values) - self._read)
+        if unknown:
+            known = ", ".join(sorted(self._known))
+            raise self.error(unknown[0], f"unknown field (known here: {known})")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def default_interface() -> str:
+    """The interface of the default route, as `make run` picks it; lo if there is none."""
+    try:
+        with open("/proc/net/route") as routes:
+            for line in routes.readlines()[1:]:
+                parts = line.split()
+                if len(parts) > 1 and parts[1] == "00000000":
+                    return parts[0]
+    except OSError:
+        pass
+    return "lo"
+
+
+@dataclass(frozen=True)
+class PacketsConfig:
+    interfaces: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FlowsConfig:
+    interfaces: tuple[str, ...]
+    top: int = 20  # flows exported, by bytes: bounds the series per interface
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    interface: str
+    rate: int
+    burst: int
+    dry_run: bool = False
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CountsConfig:
+    """File opens or execs, counted per comm (and container)."""
+
+
+@dataclass(frozen=True)
+class FuncLatencyConfig:
+    target: str
+    symbol: str
+    pid: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    pid: Optional[int] = None
+    port: Optional[int] = None
+    tls: bool = True
+    max_routes: int = 100  # distinct routes before the rest are counted as route="other"
+
+
+@dataclass(frozen=True)
+class CustomConfig:
+    """A program of the user's: its `.bpf.c` or `.bpf.o`, and the YAML naming its metrics."""
+
+    object: Path
+    metrics: Path
+
+
+@dataclass(frozen=True)
+class OtlpConfig:
+    endpoint: str
+    interval: float = 15.0
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    listen: str = DEFAULT_LISTEN
+    pin_dir: str = DEFAULT_PIN_DIR
+    containers: bool = True  # cgroup → container id and pod uid labels
+    max_containers: int = 500  # distinct containers labelled before the rest are container="other"
+    ring_bytes: int = 1 << 22
+    packets: Optional[PacketsConfig] = None
+    flows: Optional[FlowsConfig] = None
+    guard: Optional[GuardConfig] = None
+    opens: Optional[CountsConfig] = None
+    execs: Optional[CountsConfig] = None
+    funclatency: tuple[FuncLatencyConfig, ...] = ()
+    http: Optional[HttpConfig] = None
+    custom: tuple[CustomConfig, ...] = ()
+    otlp: Optional[OtlpConfig] = None
+    source: str = ""  # the file it came from, "" for the default
+
+    @classmethod
+    def default(cls) -> AgentConfig:
+        iface = default_interface()
+        return cls(packets=PacketsConfig((iface,)), opens=CountsConfig(), execs=CountsConfig())
+
+
+def load_config(path: Union[str, os.PathLike[str], None]) -> AgentConfig:
+    """Reads and checks a config file; None gives the default config."""
+    if path is None:
+        return AgentConfig.default()
+    name = os.fspath(path)
+    try:
+        with open(name) as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(name, f"cannot read: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{name}:{mark.line + 1}" if mark is not None else name
+        raise ConfigError(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    return parse_config(document, source=name, base=Path(name).resolve().parent)
+
+
+def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None) -> AgentConfig:
+    """Checks a parsed YAML document; relative paths in it are taken from `base`."""
+    base = base or Path.cwd()
+    top = Fields(document, "", source)
+    listen = top.string("listen", DEFAULT_LISTEN) or DEFAULT_LISTEN
+    _check_listen(listen, top)
+    pin_dir = top.string("pin_dir", DEFAULT_PIN_DIR) or DEFAULT_PIN_DIR
+    if not os.path.isabs(pin_dir) or not pin_dir.startswith("/sys/fs/bpf/"):
+        raise top.error("pin_dir", f"must be a directory under /sys/fs/bpf, not {pin_dir!r}")
+    containers = top.boolean("containers", True)
+    max_containers = top.integer("max_containers", 500, 1, 100_000)
+    ring_bytes = top.integer("ring_bytes", 1 << 22, 1 << 12, 1 << 30)
+    assert max_containers is not None and ring_bytes is not None
+    if ring_bytes & (ring_bytes - 1):
+        raise top.error("ring_bytes", f"must be a power of two, not {ring_bytes:,}")
+
+    tools = top.child("tools")
+    packets = _interfaces_section(tools, "packets", lambda f, ifaces: PacketsConfig(ifaces))
+    flows = _interfaces_section(
+        tools, "flows", lambda f, ifaces: FlowsConfig(ifaces, f.integer("top", 20, 1, 1000) or 20))
+    guard = _guard(tools.child("guard")) if tools.has("guard") else None
+    opens = _counts(tools, "opens")
+    execs = _counts(tools, "execs")
+    funclatency = tuple(tools.items("funclatency", _funclatency))
+    http = _http(tools.child("http")) if tools.has("http") else None
+    tools.done()
+
+    custom = tuple(top.items("custom", lambda f: _custom(f, base)))
+    otlp = _otlp(top.child("otlp")) if top.has("otlp") else None
+    top.done()
+    if not any((packets, flows, guard, opens, execs, funclatency, http, custom)):
+        raise ConfigError(top.where("tools"), "no tool is enabled: nothing to export")
+    return AgentConfig(
+        listen=listen, pin_dir=pin_dir, containers=containers, max_containers=max_containers, ring_bytes=ring_bytes,
+        packets=packets, flows=flows, guard=guard, opens=opens, execs=execs, funclatency=funclatency, http=http,
+        custom=custom, otlp=otlp, source=source,
+    )
+
+
+def _check_listen(listen: str, top: Fields) -> None:
+    host, sep, port = listen.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        ok = bool(sep) and 0 <= int(port) <= 65535
+    except ValueError:
+        ok = False
+    if not ok:
+        raise top.error("listen", f"must be ADDRESS:PORT (as {DEFAULT_LISTEN}), not {listen!r}")
+
+
+def _interfaces_section(tools: Fields, name: str, build: Callable[[Fields, tuple[str, ...]], T]) -> Optional[T]:
+    if not tools.has(name):
+        return None
+    section = tools.child(name)
+    ifaces = tuple(section.strings("interfaces", [default_interface()]))
+    if not ifaces:
+        raise section.error("interfaces", "must name at least one interface")
+    if len(set(ifaces)) != len(ifaces):
+        raise section.error("interfaces", "names an interface twice")
+    result = build(section, ifaces)
+    section.done()
+    return result
+
+
+def _guard(f: Fields) -> GuardConfig:
+    rate = f.integer("rate", None, 1, 100_000_000)
+    if rate is None:
+        raise f.error("rate", "is required (packets per second per source)")
+    burst = f.integer("burst", rate, 1, 100_000_000)
+    assert burst is not None
+    config = GuardConfig(
+        interface=f.string("interface", default_interface()) or default_interface(), rate=rate, burst=burst,
+        dry_run=f.boolean("dry_run", False), allow=tuple(f.strings("allow", [])), deny=tuple(f.strings("deny", [])),
+    )
+    for which in ("allow", "deny"):
+        for i, text in enumerate(getattr(config, which)):
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise f.error(f"{which}[{i}]", f"not an address or network: {text!r}") from None
+    f.done()
+    return config
+
+
+def _counts(tools: Fields, name: str) -> Optional[CountsConfig]:
+    if not tools.has(name):
+        return None
+    value = tools.raw(name)
+    if value is False:
+        return None
+    if value is not True:
+        tools.child(name).done()  # room for options later; none today
+    return CountsConfig()
+
+
+def _funclatency(f: Fields) -> FuncLatencyConfig:
+    config = FuncLatencyConfig(f.required_string("target"), f.required_string("symbol"),
+                               f.integer("pid", None, 1, 1 << 22))
+    f.done()
+    return config
+
+
+def _http(f: Fields) -> HttpConfig:
+    config = HttpConfig(pid=f.integer("pid", None, 1, 1 << 22), port=f.integer("port", None, 1, 65535),
+                        tls=f.boolean("tls", True), max_routes=f.integer("max_routes", 100, 1, 10_000) or 100)
+    f.done()
+    return config
+
+
+def _custom(f: Fields, base: Path) -> CustomConfig:
+    """A program and its metrics share a basename (biolatency.bpf.c and biolatency.yaml), as in
+    ebpf_exporter; `metrics:` names another file."""
+    obj = base / f.required_string("object")
+    if not obj.name.endswith((".bpf.c", ".bpf.o")):
+        raise f.error("object", f"must end with .bpf.c or .bpf.o: {str(obj)!r}")
+    stem = obj.name[: -len(".bpf.c")]
+    metrics = base / (f.string("metrics") or str(obj.with_name(stem + ".yaml")))
+    for name, path in (("object", obj), ("metrics", metrics)):
+        if not path.is_file():
+            raise f.error(name, f"no such file: {str(path)!r}")
+    if not metrics.name.endswith((".yaml", ".yml")):
+        raise f.error("metrics", f"must end with .yaml or .yml: {str(metrics)!r}")
+    f.done()
+    return CustomConfig(obj, metrics)
+
+
+def _otlp(f: Fields) -> OtlpConfig:
+    endpoint = f.required_string("endpoint")
+    if not endpoint.startswith(("http://", "https://")):
+        raise f.error("endpoint", f"must be an http:// or https:// URL, not {endpoint!r}")
+    headers = f.raw("headers", {}) or {}
+    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise f.error("headers", "must map header names to strings")
+    config = OtlpConfig(endpoint, f.number("interval", 15.0, 1.0, 3600.0), tuple(sorted(headers.items())))
+    f.done()
+    return config
