@@ -11,7 +11,7 @@ import platform
 import re
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterator, Mapping, Optional, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
@@ -220,6 +220,13 @@ class ObjectSpec:
             raise _load_error(err, "\n".join(log), owner.path)
         self.rodata.frozen = True
         return Object(owner, self.btf, self.rodata)
+
+    def pin_maps(self, directory: Optional[str], names: Iterable[str]) -> None:
+        """`MapSpec.pin_to` for each map named, at `directory`/<name>; None pins nothing. What a tool
+        pins this way is its state: counters that carry on across restarts (the agent's)."""
+        if directory is not None:
+            for name in names:
+                self.maps[name].pin_to(os.path.join(directory, name))
 
     def close(self) -> None:
         self._owner.close()

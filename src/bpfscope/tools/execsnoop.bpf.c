@@ -55,6 +55,7 @@ const volatile char cfg_name[COMM_BYTES] = {};  /* "": any; else the program's n
 const volatile bool cfg_failed_only = false;
 const volatile __u32 cfg_max_args = MAX_ARGS;
 const volatile __u32 cfg_arg_bytes = ARG_BYTES;
+const volatile bool cfg_count = false;          /* count per comm and cgroup, emit nothing */
 
 DEFINE_RINGBUF(events, struct exec_event, 1 << 20);
 BTF_EXPORT(enum exec_syscall, syscall);
@@ -69,6 +70,24 @@ struct {
 	__type(key, __u32);             /* tid */
 	__type(value, struct exec_event);
 } execs SEC(".maps");
+
+struct exec_count_key {
+	char comm[COMM_BYTES];          /* the new program's after a successful exec, else the caller's */
+	__u64 cgroup_id;
+};
+
+struct exec_counts {
+	__u64 execs;                    /* every exec that passed the filters, failed ones included */
+	__u64 failures;
+};
+
+/* Count mode (the agent): per CPU, so no atomics; entries are never deleted by the kernel. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 10240);
+	__type(key, struct exec_count_key);
+	__type(value, struct exec_counts);
+} counts SEC(".maps");
 
 /* Zeroes to start a stash entry from; in .bss, so .rodata holds only the knobs. */
 static struct exec_event empty_event;
@@ -197,8 +216,30 @@ static __always_inline int stash(const char *path, const char *const *argv, enum
 	e->ppid = ppid;
 	e->uid = uid;
 	e->syscall = syscall;
-	read_args(e, argv);
+	if (!cfg_count)
+		read_args(e, argv);
 	return 0;
+}
+
+static __always_inline void count(const struct exec_event *stashed, long ret)
+{
+	struct exec_count_key key = {};
+	struct exec_counts *c, zero = {};
+
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	key.cgroup_id = stashed->cgroup_id;
+	c = bpf_map_lookup_elem(&counts, &key);
+	if (!c) {
+		bpf_map_update_elem(&counts, &key, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&counts, &key);
+		if (!c) {
+			count_lost();   /* the map is full */
+			return;
+		}
+	}
+	c->execs += 1;
+	if (ret < 0)
+		c->failures += 1;
 }
 
 static __always_inline int report(long ret)
@@ -210,7 +251,9 @@ static __always_inline int report(long ret)
 
 	if (!stashed)
 		return 0;
-	if (!cfg_failed_only || ret < 0) {
+	if (cfg_count) {
+		count(stashed, ret);
+	} else if (!cfg_failed_only || ret < 0) {
 		event = RINGBUF_RESERVE(events);
 		if (event) {
 			bpf_probe_read_kernel(event, sizeof(*event), stashed);

@@ -19,7 +19,7 @@ from ..mounts import ensure_tracefs
 from ..object import ObjectSpec, tool_object
 from ._attached import Attached
 
-__all__ = ["ARG_BYTES", "COMM_BYTES", "MAX_ARGS", "Exec", "ExecSnoop", "Filters", "Limits", "errno_name"]
+__all__ = ["ARG_BYTES", "COMM_BYTES", "MAX_ARGS", "Exec", "ExecCount", "ExecSnoop", "Filters", "Limits", "errno_name"]
 
 MAX_ARGS = 20  # MAX_ARGS, ARG_BYTES and COMM_BYTES in execsnoop.bpf.c
 ARG_BYTES = 128
@@ -148,13 +148,24 @@ def _quote(word: str) -> str:
     return "'" + word.replace("'", "'\"'\"'") + "'"
 
 
+@dataclass(frozen=True)
+class ExecCount:
+    comm: str
+    cgroup_id: int
+    execs: int
+    failures: int
+
+
 class ExecSnoop(Attached):
     """`with ExecSnoop(filters=Filters(name="curl")) as snoop: snoop.poll()`; detaches on exit."""
 
     def __init__(
-        self, *, filters: Filters = Filters(), limits: Limits = Limits(), ring_bytes: int = DEFAULT_RING_BYTES
+        self, *, filters: Filters = Filters(), limits: Limits = Limits(), ring_bytes: int = DEFAULT_RING_BYTES,
+        count: bool = False, pin_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
+        self.count = count
+        self.pin_dir = pin_dir  # counters pinned here carry on from an earlier run
         self.filters = filters
         self.limits = limits
         self.ring_bytes = ring_bytes
@@ -169,6 +180,7 @@ class ExecSnoop(Attached):
                    for category, name, program, _ in _HOOKS}
         spec = ObjectSpec.open(tool_object("execsnoop"))
         self._configure(spec)
+        spec.pin_maps(self.pin_dir, ["counts", "events_lost"])
         for _, _, program, required in _HOOKS:
             if not present[program] and not required:
                 spec.programs[program].autoload = False  # required ones fail at attach, naming the tracepoint
@@ -176,7 +188,8 @@ class ExecSnoop(Attached):
         try:
             syscalls = self._obj.exported_type("syscall").python_type  # enum exec_syscall: SYSCALL_EXECVE = 0
             self._syscalls = {int(s): s.name[len("SYSCALL_"):].lower() for s in syscalls}
-            self._ring = self._obj.ring_buffer("events")
+            if not self.count:
+                self._ring = self._obj.ring_buffer("events")
             hooks = []
             for category, name, program, _ in _HOOKS:
                 if program in self._obj.programs:
@@ -202,7 +215,8 @@ class ExecSnoop(Attached):
         rodata["cfg_failed_only"] = f.failed_only
         rodata["cfg_max_args"] = self.limits.max_args
         rodata["cfg_arg_bytes"] = self.limits.arg_bytes
-        spec.maps["events"].max_entries = self.ring_bytes
+        rodata["cfg_count"] = self.count
+        spec.maps["events"].max_entries = self.ring_bytes if not self.count else 4096
 
     # --- reading ---
 
@@ -233,8 +247,15 @@ class ExecSnoop(Attached):
             ))
         return execs
 
+    def counts(self) -> list[ExecCount]:
+        """Execs and failed execs per comm and cgroup, most execs first (count mode)."""
+        keys, values = self.obj.maps["counts"].lookup_batch_sum()  # type: ignore[attr-defined]
+        rows = [ExecCount(_text(bytes(k["comm"]).rstrip(b"\0")), int(k["cgroup_id"]), int(v["execs"]),
+                          int(v["failures"])) for k, v in zip(keys, values)]
+        return sorted(rows, key=lambda c: (-c.execs, c.comm, c.cgroup_id))
+
     @property
     def lost(self) -> int:
-        """Execs that passed the filters but could not be reported: the ring was full, or more
-        execs were in flight at once than the stash holds."""
-        return self._ring.lost if self._ring is not None else 0
+        """Execs that passed the filters but could not be reported: the ring was full, more execs
+        were in flight at once than the stash holds, or (count mode) the counters map was full."""
+        return sum(int(v) for v in self.obj.maps["events_lost"].lookup(0))

@@ -193,10 +193,12 @@ def _as_void(keys: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 class FlowTracker:
     """`with FlowTracker("eth0", max_flows=4096) as tracker: tracker.snapshot()`; detaches on exit."""
 
-    def __init__(self, iface: str, *, max_flows: int = DEFAULT_MAX_FLOWS, mode: TcMode = TcMode.AUTO) -> None:
+    def __init__(self, iface: str, *, max_flows: int = DEFAULT_MAX_FLOWS, mode: TcMode = TcMode.AUTO,
+                 pin_dir: Optional[str] = None) -> None:
         self.iface = iface
         self.max_flows = max_flows
         self.mode = mode
+        self.pin_dir = pin_dir  # flows pinned here carry on from an earlier run
         self._obj: Optional[Object] = None
         self._links: list[Link] = []
         self._families: dict[int, str] = {}
@@ -207,6 +209,7 @@ class FlowTracker:
         netdev.ifindex(self.iface)  # an unknown name fails here, before anything is loaded
         spec = ObjectSpec.open(tool_object("flows"))
         spec.maps["flows"].max_entries = self.max_flows
+        spec.pin_maps(self.pin_dir, ["flows"])
         obj = spec.load()
         try:
             for direction, program in ((TcDirection.INGRESS, "track_ingress"), (TcDirection.EGRESS, "track_egress")):

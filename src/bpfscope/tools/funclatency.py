@@ -118,12 +118,14 @@ class FunctionLatency:
     `target` is a path or a library name ("libc"); `pid` limits timing to one process (at attach
     and in the kernel); `unit` is the histogram's unit."""
 
-    def __init__(self, target: str, symbol: str, *, pid: Optional[int] = None, unit: Unit = Unit.USECS) -> None:
+    def __init__(self, target: str, symbol: str, *, pid: Optional[int] = None, unit: Unit = Unit.USECS,
+                 pin_dir: Optional[str] = None) -> None:
         self.path = resolve_binary(target)
         self.target = target
         self.symbol = symbol
         self.pid = pid
         self.unit = unit
+        self.pin_dir = pin_dir  # a histogram pinned here carries on from an earlier run
         self._obj: Optional[Object] = None
         self._links: list[Link] = []
 
@@ -135,6 +137,7 @@ class FunctionLatency:
         spec = ObjectSpec.open(tool_object("funclatency"))
         spec.rodata["cfg_tgid"] = self.pid or 0
         spec.rodata["cfg_unit_ns"] = self.unit.ns
+        spec.pin_maps(self.pin_dir, ["latencies"])
         obj = spec.load()
         try:
             # Return probe first: a call entered between the two attaches then has no entry to

@@ -106,10 +106,12 @@ class Offender:
     dropped_per_s: float
 
 
-def load_guard(limit: Limit, *, dry_run: bool = False) -> Object:
-    """guard.bpf.o loaded with its limit set; dry_run is frozen in .rodata, the limit stays writable."""
+def load_guard(limit: Limit, *, dry_run: bool = False, counts_pin_dir: Optional[str] = None) -> Object:
+    """guard.bpf.o loaded with its limit set; dry_run is frozen in .rodata, the limit stays writable.
+    With `counts_pin_dir`, the counters pinned there by an earlier run are taken over."""
     spec = ObjectSpec.open(tool_object("guard"))
     spec.rodata["cfg_dry_run"] = dry_run
+    spec.pin_maps(counts_pin_dir, ["counts"])
     obj = spec.load()
     try:
         obj.maps["settings"][0] = {"rate": limit.rate, "burst": limit.burst, "lists": 0}
@@ -206,9 +208,10 @@ class Guard(GuardControl):
 
     def __init__(
         self, iface: str, *, limit: Limit, dry_run: bool = False, mode: XdpMode = XdpMode.AUTO,
-        pin_dir: Optional[str] = None,
+        pin_dir: Optional[str] = None, keep_counts: bool = False,
     ) -> None:
         self.iface = iface
+        self.keep_counts = keep_counts  # the counters' pin outlives this guard, for the next (the agent's)
         self.initial_limit = limit
         self.dry_run = dry_run
         self.mode = mode
@@ -222,10 +225,12 @@ class Guard(GuardControl):
         netdev.ifindex(self.iface)  # an unknown interface fails before anything is pinned or loaded
         self._lock_pin_dir()
         try:
-            self._obj = load_guard(self.initial_limit, dry_run=self.dry_run)
+            self._obj = load_guard(self.initial_limit, dry_run=self.dry_run,
+                                   counts_pin_dir=self.pin_dir if self.keep_counts else None)
             self.maps = self._obj.maps
             for name in PINNED_MAPS:
-                self.maps[name].pin(os.path.join(self.pin_dir, name))
+                if not (self.keep_counts and name == "counts"):
+                    self.maps[name].pin(os.path.join(self.pin_dir, name))
             self._link = self._obj.programs["limit_sources"].attach_xdp(self.iface, mode=self.mode)
             self.mode = getattr(self._link, "mode", self.mode)
         except BaseException:
@@ -244,8 +249,12 @@ class Guard(GuardControl):
             self._lock = -1
             raise BpfscopeError(errno.EBUSY, "a guard is already running; change it with `bpfscope guard "
                                 "allow|deny|unlist|set`, or stop it first") from None
-        for name in os.listdir(self.pin_dir):  # pins of a guard that was killed
-            os.unlink(os.path.join(self.pin_dir, name))
+        self._unpin(keep=("counts",) if self.keep_counts else ())  # pins of a guard that was killed
+
+    def _unpin(self, keep: tuple[str, ...]) -> None:
+        for name in os.listdir(self.pin_dir):
+            if name not in keep:
+                os.unlink(os.path.join(self.pin_dir, name))
 
     def close(self) -> None:
         if self._link is not None:
@@ -256,7 +265,10 @@ class Guard(GuardControl):
             self._obj.close()
             self._obj = None
         if self._lock >= 0:
-            remove_pins(self.pin_dir)
+            if self.keep_counts:
+                self._unpin(keep=("counts",))
+            else:
+                remove_pins(self.pin_dir)
             os.close(self._lock)
             self._lock = -1
 

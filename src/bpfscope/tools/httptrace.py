@@ -115,8 +115,9 @@ class Tracer(Attached):
     system-wide: the system's libssl, skipped if there is none)."""
 
     def __init__(self, *, pid: Optional[int] = None, port: Optional[int] = None, tls: bool = True,
-                 ring_bytes: int = DEFAULT_RING_BYTES, idle_flush: float = 1.0) -> None:
+                 ring_bytes: int = DEFAULT_RING_BYTES, idle_flush: float = 1.0, pin_dir: Optional[str] = None) -> None:
         super().__init__()
+        self.pin_dir = pin_dir  # counters pinned here carry on from an earlier run
         self.pid = pid
         self.port = port
         self.tls = tls
@@ -137,6 +138,7 @@ class Tracer(Attached):
         spec.rodata["cfg_port"] = self.port or 0
         spec.rodata["cfg_tls"] = bool(self.libssl)
         spec.maps["events"].max_entries = self.ring_bytes
+        spec.pin_maps(self.pin_dir, ["counts", "events_lost"])
         if not self.libssl:
             for name in (*_SSL_ENTRIES.values(), "exit_ssl_io", "enter_ssl_free"):
                 spec.programs[name].autoload = False

@@ -160,8 +160,9 @@ class Snoop(Attached):
     output. With `count=True` nothing is streamed: `counts()` reads the per-comm counters."""
 
     def __init__(self, filters: Filters = Filters(), *, count: bool = False,
-                 ring_bytes: int = DEFAULT_RING_BYTES) -> None:
+                 ring_bytes: int = DEFAULT_RING_BYTES, pin_dir: Optional[str] = None) -> None:
         super().__init__()
+        self.pin_dir = pin_dir  # counters pinned here carry on from an earlier run
         self.filters = filters
         self.count = count
         self.ring_bytes = ring_bytes
@@ -184,6 +185,7 @@ class Snoop(Attached):
             # As libbpf-tools' opensnoop does for a missing tracepoint.
             spec.programs[f"exit_{call}"].autoload = call in calls
         self._configure(spec)
+        spec.pin_maps(self.pin_dir, ["counts", "events_lost"])
         self._obj = spec.load()
         try:
             names = self._obj.exported_type("call").python_type  # enum open_call: CALL_OPEN = 0, ...

@@ -48,15 +48,18 @@ class Snapshot:
 class PacketCounter:
     """`with PacketCounter("eth0") as counter: counter.snapshot()`; detaches on exit."""
 
-    def __init__(self, iface: str, *, mode: XdpMode = XdpMode.AUTO) -> None:
+    def __init__(self, iface: str, *, mode: XdpMode = XdpMode.AUTO, pin_dir: Optional[str] = None) -> None:
         self.iface = iface
         self.mode = mode
+        self.pin_dir = pin_dir  # counters pinned here carry on from an earlier run
         self._obj: Optional[Object] = None
         self._link: Optional[Link] = None
         self._names: dict[str, list[str]] = {}
 
     def open(self) -> PacketCounter:
-        obj = ObjectSpec.open(tool_object("packets")).load()
+        spec = ObjectSpec.open(tool_object("packets"))
+        spec.pin_maps(self.pin_dir, ["counts"])
+        obj = spec.load()
         try:
             self._link = obj.programs["count_packets"].attach_xdp(self.iface, mode=self.mode)
         except BaseException:
