@@ -31,7 +31,8 @@ class Source(abc.ABC):
     def collect(self) -> Iterable[Metric]: ...
 
     def pump(self, timeout_ms: int) -> None:
-        """Drains what streamed in, waiting up to `timeout_ms` for it; streaming sources override."""
+        """Drains what streamed in, waiting up to `timeout_ms` for it; only streaming sources have it."""
+        raise NotImplementedError(f"{self.name} does not stream")
 
     @abc.abstractmethod
     def close(self) -> None: ...

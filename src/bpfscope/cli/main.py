@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "execsnoop": ("execsnoop", "trace new programs: pid, ppid, uid, arguments, result (tracepoints)"),
     "funclatency": ("funclatency", "time a function in a binary or library as a log2 histogram (uprobes)"),
     "httptrace": ("httptrace", "trace HTTP/1.x requests of any process, plain and OpenSSL (tracepoints, uprobes)"),
+    "agent": ("agent", "run tools together and serve their metrics to Prometheus (and OTLP)"),
     "doctor": ("doctor", "check what this kernel and this process can run"),
     "build": ("build", "compile your own .bpf.c into a CO-RE object with bpfscope's headers"),
     "bench": ("bench", "measure bpfscope against its peers on this kernel"),

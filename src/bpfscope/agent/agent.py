@@ -1,0 +1,259 @@
+"""The agent: opens every configured source, serves their metrics on /metrics, drains the
+streaming ones on a reader thread, and reloads or stops on request.
+
+State lives in maps pinned under the config's `pin_dir`, one directory per source: a restart (or a
+reload) takes those maps over, so counters carry on. `stop()` removes the pins unless the agent was
+told to keep them. One agent runs per pin directory; it holds a lock on it while it lives."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import threading
+from typing import Callable, ContextManager, Iterable, Iterator, Optional
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from ..__about__ import __version__
+from ..errors import BpfscopeError
+from ..pin import PIN_ROOT, ensure_pin_dir
+from .config import AgentConfig
+from .containers import ContainerResolver
+from .source import Source
+from .sources import (
+    ExecsSource,
+    FlowsSource,
+    FuncLatencySource,
+    GuardSource,
+    HttpSource,
+    OpensSource,
+    PacketsSource,
+    pin_subdir,
+)
+
+__all__ = ["Agent", "build_sources"]
+
+log = logging.getLogger("bpfscope.agent")
+
+_PUMP_MS = 200  # the reader thread's longest wait, so stop() is heard within it
+
+
+def build_sources(config: AgentConfig, resolver: Optional[ContainerResolver]) -> list[Source]:
+    """One Source per thing the config enables, each with its own pin directory; nothing opened."""
+    pins = config.pin_dir
+    sources: list[Source] = []
+    if config.packets:
+        sources += [PacketsSource(iface, pin_subdir(pins, "packets", iface)) for iface in config.packets.interfaces]
+    if config.flows:
+        sources += [FlowsSource(iface, config.flows, pin_subdir(pins, "flows", iface))
+                    for iface in config.flows.interfaces]
+    if config.guard:
+        sources.append(GuardSource(config.guard, pin_subdir(pins, "guard")))
+    if config.opens:
+        sources.append(OpensSource(pin_subdir(pins, "opens")))
+    if config.execs:
+        sources.append(ExecsSource(pin_subdir(pins, "execs"), resolver))
+    for f in config.funclatency:
+        sources.append(FuncLatencySource(f, pin_subdir(pins, "funclatency", f.target, f.symbol, str(f.pid or ""))))
+    if config.http:
+        sources.append(HttpSource(config.http, pin_subdir(pins, "http"), config.ring_bytes))
+    if config.custom:
+        from .custom import CustomProgram  # its build and decoders only when configured
+
+    for custom in config.custom:
+        sources.append(CustomProgram(custom, pin_subdir(pins, "custom"), resolver=resolver))
+    return sources
+
+
+class _Collector:
+    """The registry's view of the agent: every source's families, merged by name so two sources
+    of one kind (packets on two interfaces) give one family with both series, as the exposition
+    format requires. A source that fails to read is logged and left out of that scrape."""
+
+    def __init__(self, sources: Callable[[], list[Source]]) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("bpfscope_agent_info", "The bpfscope agent running", labels=["version"])
+        info.add_metric([__version__], 1)
+        merged: dict[str, Metric] = {info.name: info}
+        for source in self._sources():
+            try:
+                families = list(source.collect())
+            except OSError as exc:
+                log.warning("%s: cannot read its maps: %s", source.name, exc)
+                continue
+            for family in families:
+                if family.name in merged:
+                    merged[family.name].samples.extend(family.samples)
+                else:
+                    merged[family.name] = family
+        yield from merged.values()
+
+
+class Agent:
+    """`agent.start()` opens everything (all or nothing); `serve()` starts the reader thread and the
+    HTTP server; `reload(config)` swaps sources keeping their counters; `stop()` detaches everything.
+    start() and serve() are two steps so that capabilities can be dropped between them: each thread
+    has its own, and threads started later inherit the dropped set."""
+
+    def __init__(self, config: AgentConfig, *, keep_pins: bool = False) -> None:
+        self.config = config
+        self.keep_pins = keep_pins
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(lambda: self._sources))
+        self._sources: list[Source] = []
+        self._resolver: Optional[ContainerResolver] = None
+        self._lock_fd = -1
+        self._owns_pins = False  # false while pins an earlier run kept are not yet ours to remove
+        self._server: Optional[object] = None
+        self._reader: Optional[threading.Thread] = None
+        self._reading = threading.Event()
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        return tuple(self._sources)
+
+    def start(self) -> None:
+        """Locks the pin directory and opens every source; fails with nothing attached if any
+        source fails to open."""
+        try:
+            self._lock_pins()
+            self._open(self.config)
+        except BaseException:
+            self.stop()
+            raise
+
+    def serve(self) -> None:
+        """Starts draining the streaming sources and serving /metrics."""
+        try:
+            self._start_reader()
+            self._serve()
+            self._owns_pins = True
+        except BaseException:
+            self.stop()
+            raise
+
+    def _lock_pins(self) -> None:
+        pins = self.config.pin_dir
+        ensure_pin_dir(os.path.join(pins, "x"))
+        os.makedirs(pins, exist_ok=True)
+        self._lock_fd = os.open(pins, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise BpfscopeError(errno.EBUSY, f"another agent runs with its pins at {pins}") from None
+        self._owns_pins = not os.listdir(pins)  # a failed start removes only pins it made itself
+
+    def _open(self, config: AgentConfig) -> None:
+        self._resolver = ContainerResolver(config.max_containers) if config.containers else None
+        sources = build_sources(config, self._resolver)
+        opened: list[Source] = []
+        try:
+            for source in sources:
+                source.open()
+                opened.append(source)
+        except BaseException:
+            _close_all(opened)
+            raise
+        self._remove_stale_pins(sources)
+        self._sources = sources
+
+    def _remove_stale_pins(self, sources: Iterable[Source]) -> None:
+        """Pins of sources the config no longer has: their counts are not wanted any more."""
+        wanted = {os.path.relpath(s.pin_dir, self.config.pin_dir).split(os.sep)[0] for s in sources}
+        for name in os.listdir(self.config.pin_dir):
+            if name not in wanted:
+                shutil.rmtree(os.path.join(self.config.pin_dir, name), ignore_errors=True)
+
+    def _start_reader(self) -> None:
+        streaming = [s for s in self._sources if s.streams]
+        if not streaming:
+            return
+        self._reading.set()
+
+        def read() -> None:
+            wait = max(1, _PUMP_MS // len(streaming))
+            while self._reading.is_set():
+                for source in streaming:
+                    try:
+                        source.pump(wait)
+                    except OSError as exc:
+                        log.warning("%s: cannot read its ring buffer: %s", source.name, exc)
+
+        self._reader = threading.Thread(target=read, name="bpfscope-agent-reader", daemon=True)
+        self._reader.start()
+
+    def _stop_reader(self) -> None:
+        self._reading.clear()
+        if self._reader is not None:
+            self._reader.join()
+            self._reader = None
+
+    def _serve(self) -> None:
+        host, _, port = self.config.listen.rpartition(":")
+        try:
+            self._server, _ = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        except OSError as exc:
+            raise BpfscopeError(exc.errno or errno.EADDRINUSE,
+                                f"cannot listen on {self.config.listen}: {exc.strerror}") from None
+
+    def reload(self, config: AgentConfig,
+               privileged: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> None:
+        """Closes the sources and opens those of `config` inside `privileged()` (which raises the
+        capabilities loading needs); counters carry on through the pins. If the new config fails to
+        open, the old one is opened again and the error raised."""
+        if config.listen != self.config.listen or config.pin_dir != self.config.pin_dir:
+            raise BpfscopeError(errno.EINVAL, "listen and pin_dir cannot change on reload: restart the agent")
+        self._stop_reader()
+        try:
+            with privileged():
+                _close_all(self._sources)
+                self._sources = []
+                try:
+                    self._open(config)
+                except BaseException:
+                    self._open(self.config)
+                    raise
+            self.config = config
+        finally:
+            self._start_reader()  # after privileged(): the thread must not inherit raised capabilities
+
+    def stop(self) -> None:
+        """Stops serving and reading, detaches every source, and unpins unless keep_pins."""
+        server, self._server = self._server, None
+        self._stop_reader()
+        sources, self._sources = self._sources, []
+        # Side by side: the server's loop notices shutdown only at its next poll (0.5 s), and each
+        # tracepoint detach waits for an RCU grace period; together they fit a SIGTERM's second.
+        closing = [threading.Thread(target=_close_all, args=([source],)) for source in sources]
+        if server is not None:
+            closing.append(threading.Thread(target=server.shutdown))  # type: ignore[attr-defined]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join()
+        if server is not None:
+            server.server_close()  # type: ignore[attr-defined]
+        if self._lock_fd >= 0:
+            if self._owns_pins and not self.keep_pins:
+                shutil.rmtree(self.config.pin_dir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.rmdir(PIN_ROOT)  # bpfscope's root, once nothing else of ours is pinned there
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _close_all(sources: Iterable[Source]) -> None:
+    for source in reversed(list(sources)):
+        try:
+            source.close()
+        except OSError as exc:  # one that cannot detach (its interface gone) must not hold up the rest
+            log.warning("%s: %s", source.name, exc)

@@ -1,0 +1,371 @@
+"""The built-in tools as agent sources. Each reads its kernel counters once per scrape (batch map
+lookups, summed over CPUs) and yields Prometheus metric families; nothing runs per event in
+Python except for HTTP, whose requests are parsed from the ring as `bpfscope httptrace` does.
+
+Names follow Prometheus conventions: `bpfscope_<what>_total` for counters, base units (bytes,
+seconds). Labels with unbounded values are bounded: flows to the top N by bytes, HTTP routes to
+`max_routes` (then "other"), containers by the resolver's own bound."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import threading
+from collections import defaultdict
+from typing import Iterable, Iterator, Optional
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from ..tools.execsnoop import ExecSnoop
+from ..tools.flows import FlowTracker, SortKey
+from ..tools.funclatency import FunctionLatency, Unit
+from ..tools.guard import Guard, Limit
+from ..tools.httptrace import Request, Tracer
+from ..tools.opensnoop import Snoop
+from ..tools.packets import PacketCounter
+from .config import FlowsConfig, FuncLatencyConfig, GuardConfig, HttpConfig
+from .containers import ContainerResolver
+from .source import Source
+
+__all__ = [
+    "PacketsSource", "FlowsSource", "GuardSource", "OpensSource", "ExecsSource", "FuncLatencySource", "HttpSource",
+    "lost_events", "normalize_route",
+]
+
+# funclatency slots are log2 of nanoseconds (slot i: [2^i, 2^(i+1)) ns); exported from 256 ns to
+# about 69 s, a fixed set so every scrape has the same buckets.
+_LATENCY_SLOTS = range(7, 36)
+# HTTP durations: prometheus_client's defaults, which cover 5 ms to 10 s.
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+def lost_events(tool: str, lost: int, ring: str = "events") -> CounterMetricFamily:
+    """What a tool's programs saw and could not deliver: its ring buffer was full (or, for tools that
+    count in the kernel, its counters map was)."""
+    family = CounterMetricFamily("bpfscope_ringbuf_lost_events", "Events the kernel could not deliver: "
+                                 "the ring buffer (or a counters map) was full", labels=["tool", "ring"])
+    family.add_metric([tool, ring], lost)
+    return family
+
+
+class PacketsSource(Source):
+    name = "packets"
+
+    def __init__(self, iface: str, pin_dir: str) -> None:
+        super().__init__(pin_dir)
+        self.iface = iface
+        self._counter: Optional[PacketCounter] = None
+
+    def open(self) -> None:
+        self._counter = PacketCounter(self.iface, pin_dir=self.pin_dir).open()
+
+    def collect(self) -> Iterator[Metric]:
+        assert self._counter is not None
+        snap = self._counter.snapshot()
+        for prefix, table, what in (("packet", snap.l3, "link-layer"), ("ip_packet", snap.l4, "IP")):
+            packets = CounterMetricFamily(f"bpfscope_{prefix}s", f"Packets received, by {what} protocol (XDP)",
+                                          labels=["interface", "protocol"])
+            size = CounterMetricFamily(f"bpfscope_{prefix}_bytes", f"Bytes received, by {what} protocol (XDP)",
+                                       labels=["interface", "protocol"])
+            for protocol, count in table.items():
+                packets.add_metric([self.iface, protocol], count.packets)
+                size.add_metric([self.iface, protocol], count.bytes)
+            yield packets
+            yield size
+
+    def close(self) -> None:
+        if self._counter is not None:
+            self._counter.close()
+            self._counter = None
+
+
+class FlowsSource(Source):
+    """The top flows by bytes (both directions), so the series stay bounded however many flows
+    there are; `bpfscope_flows` counts them all."""
+
+    name = "flows"
+
+    def __init__(self, iface: str, config: FlowsConfig, pin_dir: str) -> None:
+        super().__init__(pin_dir)
+        self.iface = iface
+        self.top = config.top
+        self._tracker: Optional[FlowTracker] = None
+
+    def open(self) -> None:
+        self._tracker = FlowTracker(self.iface, pin_dir=self.pin_dir).open()
+
+    def collect(self) -> Iterator[Metric]:
+        assert self._tracker is not None
+        snap = self._tracker.snapshot()
+        labels = ["interface", "protocol", "local", "local_port", "remote", "remote_port", "direction"]
+        size = CounterMetricFamily("bpfscope_flow_bytes", "Bytes of the top flows by bytes (tc)", labels=labels)
+        packets = CounterMetricFamily("bpfscope_flow_packets", "Packets of the top flows by bytes (tc)", labels=labels)
+        for flow in snap.top(self.top, SortKey.BYTES):
+            ends = [self.iface, flow.proto, flow.local, str(flow.local_port), flow.remote, str(flow.remote_port)]
+            for direction, nbytes, npackets in (("in", flow.bytes_in, flow.packets_in),
+                                                ("out", flow.bytes_out, flow.packets_out)):
+                size.add_metric([*ends, direction], nbytes)
+                packets.add_metric([*ends, direction], npackets)
+        tracked = GaugeMetricFamily("bpfscope_flows", "Flows tracked (tc)", labels=["interface"])
+        tracked.add_metric([self.iface], len(snap))
+        yield from (size, packets, tracked)
+
+    def close(self) -> None:
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
+
+
+class GuardSource(Source):
+    """The XDP rate limiter. Its pins are the guard's own, so `bpfscope guard allow|deny|set
+    --pin-dir` changes the agent's guard while it runs."""
+
+    name = "guard"
+
+    def __init__(self, config: GuardConfig, pin_dir: str) -> None:
+        super().__init__(pin_dir)
+        self.config = config
+        self._guard: Optional[Guard] = None
+
+    def open(self) -> None:
+        c = self.config
+        guard = Guard(c.interface, limit=Limit(c.rate, c.burst), dry_run=c.dry_run, pin_dir=self.pin_dir,
+                      keep_counts=True)
+        guard.open()
+        try:
+            for which, networks in (("allow", c.allow), ("deny", c.deny)):
+                for network in networks:
+                    guard.add(which, ipaddress.ip_network(network, strict=False))
+        except BaseException:
+            guard.close()
+            raise
+        self._guard = guard
+
+    def collect(self) -> Iterator[Metric]:
+        assert self._guard is not None
+        counts = self._guard.snapshot().counts
+        iface = self.config.interface
+        verdicts = CounterMetricFamily("bpfscope_guard_packets", "Packets the guard passed or dropped (XDP); "
+                                       "would_drop: over the limit in dry-run mode", labels=["interface", "verdict"])
+        for verdict in ("passed", "dropped", "would_drop"):
+            verdicts.add_metric([iface, verdict], getattr(counts, verdict))
+        lists = CounterMetricFamily("bpfscope_guard_list_matches", "Packets from an allowed or denied network",
+                                    labels=["interface", "list"])
+        lists.add_metric([iface, "allow"], counts.allowed)
+        lists.add_metric([iface, "deny"], counts.denied)
+        yield from (verdicts, lists)
+
+    def close(self) -> None:
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
+
+
+class OpensSource(Source):
+    """File opens per comm, counted in the kernel (opensnoop --count)."""
+
+    name = "opens"
+
+    def __init__(self, pin_dir: str) -> None:
+        super().__init__(pin_dir)
+        self._snoop: Optional[Snoop] = None
+
+    def open(self) -> None:
+        self._snoop = Snoop(count=True, pin_dir=self.pin_dir).open()
+
+    def collect(self) -> Iterator[Metric]:
+        assert self._snoop is not None
+        opens = CounterMetricFamily("bpfscope_file_opens", "Files opened (open, openat, openat2), by comm",
+                                    labels=["comm"])
+        errors = CounterMetricFamily("bpfscope_file_open_errors", "Opens that failed, by comm", labels=["comm"])
+        for row in self._snoop.counts():
+            opens.add_metric([row.comm], row.opens)
+            errors.add_metric([row.comm], row.failed)
+        yield from (opens, errors, lost_events(self.name, self._snoop.lost, "counts"))
+
+    def close(self) -> None:
+        if self._snoop is not None:
+            self._snoop.close()
+            self._snoop = None
+
+
+class ExecsSource(Source):
+    """Execs per comm and container, counted in the kernel by comm and cgroup id; cgroup ids become
+    container and pod labels here, at scrape time."""
+
+    name = "execs"
+
+    def __init__(self, pin_dir: str, resolver: Optional[ContainerResolver]) -> None:
+        super().__init__(pin_dir)
+        self.resolver = resolver
+        self._snoop: Optional[ExecSnoop] = None
+
+    def open(self) -> None:
+        self._snoop = ExecSnoop(count=True, pin_dir=self.pin_dir).open()
+
+    def collect(self) -> Iterator[Metric]:
+        assert self._snoop is not None
+        totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        for row in self._snoop.counts():
+            container, pod = self.resolver.labels(row.cgroup_id) if self.resolver else ("", "")
+            total = totals[(row.comm, container, pod)]
+            total[0] += row.execs
+            total[1] += row.failures
+        labels = ["comm", "container", "pod"]
+        execs = CounterMetricFamily("bpfscope_execs", "Programs executed (execve, execveat), by the new "
+                                    "program's comm and its container", labels=labels)
+        failures = CounterMetricFamily("bpfscope_exec_failures", "Execs that failed, by the caller's comm",
+                                       labels=labels)
+        for key, (n, failed) in sorted(totals.items()):
+            execs.add_metric(list(key), n)
+            failures.add_metric(list(key), failed)
+        yield from (execs, failures, lost_events(self.name, self._snoop.lost, "counts"))
+
+    def close(self) -> None:
+        if self._snoop is not None:
+            self._snoop.close()
+            self._snoop = None
+
+
+class FuncLatencySource(Source):
+    name = "funclatency"
+
+    def __init__(self, config: FuncLatencyConfig, pin_dir: str) -> None:
+        super().__init__(pin_dir)
+        self.config = config
+        self._timer: Optional[FunctionLatency] = None
+
+    def open(self) -> None:
+        c = self.config
+        self._timer = FunctionLatency(c.target, c.symbol, pid=c.pid, unit=Unit.NSECS, pin_dir=self.pin_dir).open()
+
+    def collect(self) -> Iterator[Metric]:
+        assert self._timer is not None
+        snap = self._timer.snapshot()
+        buckets: list[tuple[str, float]] = []
+        cumulative = sum(snap.slots[: _LATENCY_SLOTS.start])
+        for slot in _LATENCY_SLOTS:
+            cumulative += snap.slots[slot] if slot < len(snap.slots) else 0
+            buckets.append((repr((1 << (slot + 1)) / 1e9), cumulative))
+        buckets.append(("+Inf", sum(snap.slots)))
+        family = HistogramMetricFamily("bpfscope_function_latency_seconds", "Time from a function's entry to its "
+                                       "return (uprobes)", labels=["target", "symbol"])
+        family.add_metric([self.config.target, self.config.symbol], buckets, snap.sum_ns / 1e9)
+        yield family
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+
+_ID_SEGMENT = re.compile(r"^(?:\d+|[0-9a-fA-F]{8,}|[0-9a-fA-F-]{36})$")
+
+
+def normalize_route(path: str) -> str:
+    """A request path as a route: the query dropped, and segments that are ids (numbers, long hex,
+    UUIDs) replaced by `:id`, so /users/42/orders and /users/7/orders are one route."""
+    path = path.split("?", 1)[0].split("#", 1)[0] or "/"
+    return "/".join(":id" if _ID_SEGMENT.match(segment) else segment for segment in path.split("/"))
+
+
+class _Red:
+    """Requests, errors and a duration histogram of one (method, status class, route, side)."""
+
+    __slots__ = ("requests", "errors", "timed", "buckets", "seconds")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.timed = 0  # those with a response, whose duration is known
+        self.buckets = [0] * len(_HTTP_BUCKETS)
+        self.seconds = 0.0
+
+
+class HttpSource(Source):
+    """HTTP RED metrics from `bpfscope httptrace`'s requests. Requests are parsed from the ring in
+    batches by the agent's reader thread (`pump`); a scrape reads the totals under a lock."""
+
+    name = "http"
+    streams = True
+
+    def __init__(self, config: HttpConfig, pin_dir: str, ring_bytes: int) -> None:
+        super().__init__(pin_dir)
+        self.config = config
+        self.ring_bytes = ring_bytes
+        self._tracer: Optional[Tracer] = None
+        self._series: dict[tuple[str, str, str, str], _Red] = {}
+        self._routes: set[str] = set()
+        self._lock = threading.Lock()
+        self.received = 0
+
+    def open(self) -> None:
+        c = self.config
+        self._tracer = Tracer(pid=c.pid, port=c.port, tls=c.tls, ring_bytes=self.ring_bytes,
+                              pin_dir=self.pin_dir).open()
+
+    def pump(self, timeout_ms: int) -> None:
+        assert self._tracer is not None
+        requests = self._tracer.poll(timeout_ms)
+        if requests:
+            with self._lock:
+                for request in requests:
+                    self._add(request)
+
+    def _route(self, path: str) -> str:
+        route = normalize_route(path)
+        if route not in self._routes:
+            if len(self._routes) >= self.config.max_routes:
+                return "other"
+            self._routes.add(route)
+        return route
+
+    def _add(self, request: Request) -> None:
+        status_class = f"{request.status // 100}xx" if request.status else "none"
+        key = (request.method, status_class, self._route(request.path), request.side)
+        series = self._series.get(key) or self._series.setdefault(key, _Red())
+        series.requests += 1
+        if request.status is None or request.status >= 500:
+            series.errors += 1
+        if request.latency is not None:
+            series.timed += 1
+            series.seconds += request.latency
+            for i, bound in enumerate(_HTTP_BUCKETS):
+                if request.latency <= bound:
+                    series.buckets[i] += 1
+                    break
+
+    def collect(self) -> Iterable[Metric]:
+        assert self._tracer is not None
+        labels = ["method", "status_class", "route", "side"]
+        requests = CounterMetricFamily("bpfscope_http_requests", "HTTP requests seen, by method, status class "
+                                       "(none: no response) and route", labels=labels)
+        errors = CounterMetricFamily("bpfscope_http_request_errors", "HTTP requests answered 5xx or not at all",
+                                     labels=["method", "route", "side"])
+        durations = HistogramMetricFamily("bpfscope_http_request_duration_seconds", "From a request's first byte "
+                                          "to its response's first byte", labels=labels)
+        error_totals: dict[tuple[str, str, str], int] = defaultdict(int)
+        with self._lock:
+            for (method, status_class, route, side), red in sorted(self._series.items()):
+                requests.add_metric([method, status_class, route, side], red.requests)
+                error_totals[(method, route, side)] += red.errors
+                cumulative, buckets = 0, []
+                for bound, n in zip(_HTTP_BUCKETS, red.buckets):
+                    cumulative += n
+                    buckets.append((repr(bound), cumulative))
+                buckets.append(("+Inf", red.timed))
+                durations.add_metric([method, status_class, route, side], buckets, red.seconds)
+        for key, n in sorted(error_totals.items()):
+            errors.add_metric(list(key), n)
+        yield from (requests, errors, durations, lost_events(self.name, self._tracer.lost))
+
+    def close(self) -> None:
+        if self._tracer is not None:
+            self._tracer.close()
+            self._tracer = None
+
+
+def pin_subdir(pin_dir: str, *parts: str) -> str:
+    """A source's own directory under the agent's pins; names made safe for a path."""
+    return os.path.join(pin_dir, "-".join(re.sub(r"[^A-Za-z0-9_.-]", "_", p) for p in parts))

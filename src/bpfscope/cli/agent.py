@@ -1,0 +1,111 @@
+"""`bpfscope agent [--config agent.yaml]`: runs tools together and serves their metrics for
+Prometheus (and pushes them over OTLP when configured).
+
+After attaching, the agent keeps no capability in effect; it keeps in its permitted set only those
+it needs to load again on SIGHUP (`--keep-caps` keeps others in effect). SIGTERM or Ctrl-C:
+detach and exit; SIGHUP: read the config again, keeping the counters."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from typing import Optional
+
+from ..agent import caps
+from ..agent.agent import Agent
+from ..agent.config import AgentConfig, ConfigError, load_config, parse_config
+from ..errors import BpfscopeError
+from .options import positive_float, stop_flag
+
+_CHECK_EVERY = 0.1  # seconds between looks at the signal flags
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="agent.yaml (default: packets on the default route's "
+                        "interface, file opens, execs)")
+    parser.add_argument("--listen", metavar="ADDR:PORT", help="serve /metrics here (default: the config's "
+                        "listen, 127.0.0.1:9435)")
+    parser.add_argument("--keep-pins", action="store_true",
+                        help="leave the counters pinned at exit, so the next agent carries them on")
+    parser.add_argument("--keep-caps", metavar="CAPS", default="none", type=_capabilities,
+                        help="capabilities to keep in effect after attaching, as CAP_SYS_PTRACE,CAP_SYSLOG "
+                        "(default: none)")
+    parser.add_argument("--check", action="store_true", help="check the config and exit")
+    parser.add_argument("--duration", type=positive_float, metavar="SECONDS", help="stop after this long")
+
+
+def _capabilities(text: str) -> frozenset[int]:
+    try:
+        return caps.parse_caps(text)
+    except BpfscopeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    config = load_config(args.config)
+    if args.listen:
+        # Checked as the file's own `listen` would be.
+        listen = parse_config({"listen": args.listen, "tools": {"opens": True}}, source="--listen").listen
+        config = dataclasses.replace(config, listen=listen)
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(format="bpfscope agent: %(message)s", level=logging.INFO, stream=sys.stderr)
+    config = _config(args)
+    if args.check:
+        print(f"{args.config or 'default config'}: ok: {_describe(config)}")
+        return 0
+    agent = Agent(config, keep_pins=args.keep_pins)
+    exporter = None
+    with stop_flag(hangup=True) as flag:
+        agent.start()
+        try:
+            caps.drop_capabilities(keep_effective=args.keep_caps, keep_permitted=caps.RELOAD_CAPS)
+            agent.serve()
+            if config.otlp is not None:
+                from ..agent.otlp import OtlpExporter
+
+                exporter = OtlpExporter(agent.registry, config.otlp.endpoint, interval=config.otlp.interval,
+                                        headers=dict(config.otlp.headers))
+                exporter.start()
+            logging.info("serving http://%s/metrics: %s", config.listen, _describe(config))
+            end = time.monotonic() + args.duration if args.duration else None
+            while not flag.requested and (end is None or time.monotonic() < end):
+                time.sleep(_CHECK_EVERY)
+                if flag.hangup:
+                    flag.hangup = False
+                    _reload(agent, args)
+        finally:
+            if exporter is not None:
+                exporter.stop()
+            agent.stop()
+    return 0
+
+
+def _reload(agent: Agent, args: argparse.Namespace) -> None:
+    """A config that does not load leaves the running one in place; the error is one line."""
+    try:
+        config = _config(args)
+        agent.reload(config, privileged=lambda: caps.effective(caps.RELOAD_CAPS))
+    except (ConfigError, BpfscopeError, OSError) as exc:
+        logging.error("reload failed, still running the previous config: %s", exc)
+        return
+    logging.info("reloaded: %s", _describe(config))
+
+
+def _describe(config: AgentConfig) -> str:
+    parts: list[Optional[str]] = [
+        f"packets({', '.join(config.packets.interfaces)})" if config.packets else None,
+        f"flows({', '.join(config.flows.interfaces)})" if config.flows else None,
+        f"guard({config.guard.interface})" if config.guard else None,
+        "opens" if config.opens else None,
+        "execs" if config.execs else None,
+        *(f"funclatency({f.target}:{f.symbol})" for f in config.funclatency),
+        "http" if config.http else None,
+        *(f"custom({c.object.name})" for c in config.custom),
+    ]
+    return ", ".join(p for p in parts if p)
