@@ -276,6 +276,9 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     custom = tuple(top.items("custom", lambda f: _custom(f, base)))
     otlp = _otlp(top.child("otlp")) if top.has("otlp") else None
     top.done()
+    if guard and packets and guard.interface in packets.interfaces:
+        raise ConfigError(tools.where("guard.interface"), f"{guard.interface} already runs tools.packets: an "
+                          "interface has one XDP program, so count packets on another or use the guard's counts")
     if not any((packets, flows, guard, opens, execs, funclatency, http, custom)):
         raise ConfigError(top.where("tools"), "no tool is enabled: nothing to export")
     return AgentConfig(

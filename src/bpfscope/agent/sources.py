@@ -30,7 +30,7 @@ from .source import Source
 
 __all__ = [
     "PacketsSource", "FlowsSource", "GuardSource", "OpensSource", "ExecsSource", "FuncLatencySource", "HttpSource",
-    "lost_events", "normalize_route",
+    "lost_events", "received_events", "normalize_route",
 ]
 
 # funclatency slots are log2 of nanoseconds (slot i: [2^i, 2^(i+1)) ns); exported from 256 ns to
@@ -38,6 +38,14 @@ __all__ = [
 _LATENCY_SLOTS = range(7, 36)
 # HTTP durations: prometheus_client's defaults, which cover 5 ms to 10 s.
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+def received_events(tool: str, received: int, ring: str = "events") -> CounterMetricFamily:
+    """What the agent took from a tool's ring buffer: with the lost count, everything the kernel tried to send."""
+    family = CounterMetricFamily("bpfscope_ringbuf_received_events", "Events the agent read from the ring buffer "
+                                 "(since it started)", labels=["tool", "ring"])
+    family.add_metric([tool, ring], received)
+    return family
 
 
 def lost_events(tool: str, lost: int, ring: str = "events") -> CounterMetricFamily:
@@ -358,7 +366,8 @@ class HttpSource(Source):
                 durations.add_metric([method, status_class, route, side], buckets, red.seconds)
         for key, n in sorted(error_totals.items()):
             errors.add_metric(list(key), n)
-        yield from (requests, errors, durations, lost_events(self.name, self._tracer.lost))
+        yield from (requests, errors, durations, lost_events(self.name, self._tracer.lost),
+                    received_events(self.name, self._tracer.received))
 
     def close(self) -> None:
         if self._tracer is not None:

@@ -269,3 +269,8 @@ class Tracer(Attached):
     @property
     def lost(self) -> int:
         return self._ring.lost if self._ring is not None else 0
+
+    @property
+    def received(self) -> int:
+        """Records this reader took from the ring."""
+        return self._ring.received if self._ring is not None else 0

@@ -1,0 +1,125 @@
+"""Each tool through the agent: real traffic or calls, the agent's /metrics checked against what
+was sent, and OTLP export of the same metrics to a real OTLP/HTTP endpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .agentproc import AgentProcess, free_port
+from .test_agent import send_to_host
+from .test_otlp import Receiver, metrics_of
+
+NAP_C = Path(__file__).parent / "c" / "nap.c"
+
+
+@pytest.fixture
+def pins(bpffs_dir: Path) -> str:
+    return str(bpffs_dir / "agent")
+
+
+def test_guard_counts_what_it_passed_and_dropped(veth_pair, pins, tmp_path):
+    config = {"pin_dir": pins, "tools": {"guard": {"interface": veth_pair.host, "rate": 1, "burst": 10}}}
+    agent = AgentProcess(config, tmp_path)
+    try:
+        send_to_host(veth_pair, 200)
+        passed = agent.value("bpfscope_guard_packets_total", interface=veth_pair.host, verdict="passed")
+        dropped = agent.value("bpfscope_guard_packets_total", interface=veth_pair.host, verdict="dropped")
+        assert passed + dropped == 200
+        assert 10 <= passed <= 12 and dropped >= 188  # a burst of 10, then 1 per second
+    finally:
+        agent.stop()
+    assert agent.proc.returncode == 0, agent.stderr
+
+
+def test_flows_export_the_top_flows_with_bounded_series(veth_pair, pins, tmp_path):
+    config = {"pin_dir": pins, "tools": {"flows": {"interfaces": [veth_pair.host], "top": 2}}}
+    agent = AgentProcess(config, tmp_path)
+    try:
+        for dport, n in ((7001, 30), (7002, 20), (7003, 10)):
+            send_to_host(veth_pair, n, dport=dport)
+        samples = {dict(labels)["local_port"]: value for (name, labels), value in agent.metrics().items()
+                   if name == "bpfscope_flow_packets_total" and dict(labels)["direction"] == "in"}
+        assert samples == {"7001": 30, "7002": 20}, "the two largest flows, exactly what was sent"
+        assert agent.value("bpfscope_flows", interface=veth_pair.host) >= 3
+    finally:
+        agent.stop()
+
+
+def test_funclatency_is_a_prometheus_histogram(pins, tmp_path):
+    binary = tmp_path / "nap"
+    subprocess.run(["gcc", "-O1", "-o", str(binary), str(NAP_C)], check=True)
+    config = {"pin_dir": pins, "tools": {"funclatency": [{"target": str(binary), "symbol": "nap"}]}}
+    agent = AgentProcess(config, tmp_path)
+    try:
+        subprocess.run([str(binary), "1500", "5"], check=True, timeout=30)  # 1.5 ms: in (2^20, 2^21] ns
+        labels = {"target": str(binary), "symbol": "nap"}
+        assert agent.value("bpfscope_function_latency_seconds_count", **labels) == 5
+        assert agent.value("bpfscope_function_latency_seconds_bucket", le=str(2**20 / 1e9), **labels) == 0
+        assert agent.value("bpfscope_function_latency_seconds_bucket", le=str(2**21 / 1e9), **labels) == 5
+        assert 5 * 0.0015 <= agent.value("bpfscope_function_latency_seconds_sum", **labels) < 5 * 0.0021
+    finally:
+        agent.stop()
+
+
+def test_http_red_metrics_by_route_and_status_class(pins, tmp_path):
+    port = free_port()
+    (tmp_path / "users").mkdir()
+    for name in ("1", "2"):
+        (tmp_path / "users" / name).write_text("user\n")
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agent = AgentProcess({"pin_dir": pins, "tools": {"http": {"port": port, "tls": False}}}, tmp_path)
+    try:
+        for path in ("/users/1", "/users/2?x=1", "/missing"):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read()
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 404
+        deadline = time.monotonic() + 10
+        while agent.value("bpfscope_http_requests_total", side="server") < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        server_side = {"side": "server", "method": "GET"}
+        assert agent.value("bpfscope_http_requests_total", route="/users/:id", status_class="2xx", **server_side) == 2
+        assert agent.value("bpfscope_http_requests_total", route="/missing", status_class="4xx", **server_side) == 1
+        assert agent.value("bpfscope_http_request_errors_total", side="server") == 0
+        assert agent.value("bpfscope_http_request_duration_seconds_count", route="/users/:id", **server_side) == 2
+        assert agent.value("bpfscope_ringbuf_lost_events_total", tool="http") == 0
+    finally:
+        agent.stop()
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_otlp_export_of_the_agents_metrics(veth_pair, pins, tmp_path):
+    receiver = Receiver()
+    receiver.thread.start()
+    try:
+        config = {"pin_dir": pins, "tools": {"packets": {"interfaces": [veth_pair.host]}},
+                  "otlp": {"endpoint": f"{receiver.url}/v1/metrics", "interval": 1}}
+        agent = AgentProcess(config, tmp_path)
+        try:
+            send_to_host(veth_pair, 25)
+            seen = receiver.wait_for(1, timeout=10)
+            assert seen >= 1
+            deadline = time.monotonic() + 10
+            udp = 0.0
+            while time.monotonic() < deadline and udp != 25:
+                _, _, request = receiver.requests[-1]
+                points = metrics_of(request)["bpfscope_ip_packets"].sum.data_points
+                udp = sum(p.as_int or p.as_double for p in points
+                          if {a.key: a.value.string_value for a in p.attributes}.get("protocol") == "udp")
+                time.sleep(0.3)
+            assert udp == 25
+        finally:
+            agent.stop()
+        assert agent.proc.returncode == 0, agent.stderr
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
