@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -68,23 +69,42 @@ def test_funclatency_is_a_prometheus_histogram(pins, tmp_path):
         agent.stop()
 
 
-def test_http_red_metrics_by_route_and_status_class(pins, tmp_path):
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[int]:
+    """python -m http.server on 127.0.0.1, serving /users/1 and /users/2; yields its port."""
     port = free_port()
     (tmp_path / "users").mkdir()
     for name in ("1", "2"):
         (tmp_path / "users" / name).write_text("user\n")
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def get(port: int, *paths: str) -> None:
+    for path in paths:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read()
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+
+
+def wait_for_requests(agent: AgentProcess, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while agent.value("bpfscope_http_requests_total", side="server") < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_http_red_metrics_by_route_and_status_class(http_server, pins, tmp_path):
+    port = http_server
     agent = AgentProcess({"pin_dir": pins, "tools": {"http": {"port": port, "tls": False}}}, tmp_path)
     try:
-        for path in ("/users/1", "/users/2?x=1", "/missing"):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read()
-            except urllib.error.HTTPError as exc:
-                assert exc.code == 404
-        deadline = time.monotonic() + 10
-        while agent.value("bpfscope_http_requests_total", side="server") < 3 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        get(port, "/users/1", "/users/2?x=1", "/missing")
+        wait_for_requests(agent, 3)
         server_side = {"side": "server", "method": "GET"}
         assert agent.value("bpfscope_http_requests_total", route="/users/:id", status_class="2xx", **server_side) == 2
         assert agent.value("bpfscope_http_requests_total", route="/missing", status_class="4xx", **server_side) == 1
@@ -93,8 +113,29 @@ def test_http_red_metrics_by_route_and_status_class(pins, tmp_path):
         assert agent.value("bpfscope_ringbuf_lost_events_total", tool="http") == 0
     finally:
         agent.stop()
-        server.terminate()
-        server.wait(timeout=10)
+
+
+def test_http_series_carry_on_across_a_restart(http_server, pins, tmp_path):
+    port = http_server
+    config = {"pin_dir": pins, "tools": {"http": {"port": port, "tls": False}}}
+    route = {"side": "server", "route": "/users/:id", "status_class": "2xx"}
+    first = AgentProcess(config, tmp_path, "--keep-pins")
+    try:
+        get(port, "/users/1", "/users/2")
+        wait_for_requests(first, 2)
+        assert first.value("bpfscope_http_requests_total", **route) == 2
+    finally:
+        first.stop()
+    second = AgentProcess(config, tmp_path)
+    try:
+        assert second.value("bpfscope_http_requests_total", **route) == 2
+        assert second.value("bpfscope_http_request_duration_seconds_count", **route) == 2
+        get(port, "/users/1")
+        wait_for_requests(second, 3)
+        assert second.value("bpfscope_http_requests_total", **route) == 3
+    finally:
+        second.stop()
+    assert second.proc.returncode == 0, second.stderr
 
 
 def test_otlp_export_of_the_agents_metrics(veth_pair, pins, tmp_path):

@@ -9,14 +9,19 @@ seconds). Labels with unbounded values are bounded: flows to the top N by bytes,
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
+import struct
 import threading
 from collections import defaultdict
 from typing import Iterable, Iterator, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from .. import _libbpf
+from ..maps import Map, MapType
+from ..pin import ensure_pin_dir
 from ..tools.execsnoop import ExecSnoop
 from ..tools.flows import FlowTracker, SortKey
 from ..tools.funclatency import FunctionLatency, Unit
@@ -268,6 +273,7 @@ class FuncLatencySource(Source):
             self._timer = None
 
 
+_ROUTE_BYTES = 160  # a route label's longest, so the series keys fit their pinned map
 _ID_SEGMENT = re.compile(r"^(?:\d+|[0-9a-fA-F]{8,}|[0-9a-fA-F-]{36})$")
 
 
@@ -291,6 +297,52 @@ class _Red:
         self.seconds = 0.0
 
 
+class _PinnedSeries:
+    """The HTTP series are counted here in Python, not in the kernel, so they are kept in a hash map
+    the agent makes and pins itself (no program writes it): a restart takes them over as it takes
+    over the tools' maps. They are written back at each scrape and at close."""
+
+    KEY_BYTES = 192  # method, status class, route and side, NUL-separated
+    VALUE = struct.Struct(f"<{3 + len(_HTTP_BUCKETS)}Qd")  # requests, errors, timed, buckets, seconds
+    ENTRIES = 16384
+
+    def __init__(self, path: str) -> None:
+        if not os.path.exists(path):
+            fd = _libbpf.check(_libbpf.bpf_map_create(MapType.HASH, b"bpfscope_http", self.KEY_BYTES,
+                                                      self.VALUE.size, self.ENTRIES, None), "create a map for HTTP")
+            try:
+                ensure_pin_dir(path)
+                _libbpf.check(_libbpf.bpf_obj_pin(fd, path.encode()), f"pin the HTTP series at {path}")
+            finally:
+                os.close(fd)
+        self.map = Map.from_pin(path)
+
+    def load(self) -> dict[tuple[str, str, str, str], _Red]:
+        series = {}
+        for raw_key, raw_value in self.map.items():
+            parts = bytes(raw_key).rstrip(b"\0").decode().split("\0")
+            if len(parts) != 4:
+                continue
+            red, values = _Red(), self.VALUE.unpack(bytes(raw_value))
+            red.requests, red.errors, red.timed = values[:3]
+            red.buckets, red.seconds = list(values[3:-1]), values[-1]
+            series[(parts[0], parts[1], parts[2], parts[3])] = red
+        return series
+
+    def save(self, series: dict[tuple[str, str, str, str], _Red]) -> None:
+        for key, red in series.items():
+            raw_key = "\0".join(key).encode()[: self.KEY_BYTES].ljust(self.KEY_BYTES, b"\0")
+            value = self.VALUE.pack(red.requests, red.errors, red.timed, *red.buckets, red.seconds)
+            try:
+                self.map.update(raw_key, value)
+            except OSError as exc:  # full: the series stays counted in memory, not carried over
+                logging.getLogger("bpfscope.agent").warning("http: cannot keep a series: %s", exc)
+                return
+
+    def close(self) -> None:
+        self.map.close()
+
+
 class HttpSource(Source):
     """HTTP RED metrics from `bpfscope httptrace`'s requests. Requests are parsed from the ring in
     batches by the agent's reader thread (`pump`); a scrape reads the totals under a lock."""
@@ -303,6 +355,7 @@ class HttpSource(Source):
         self.config = config
         self.ring_bytes = ring_bytes
         self._tracer: Optional[Tracer] = None
+        self._store: Optional[_PinnedSeries] = None
         self._series: dict[tuple[str, str, str, str], _Red] = {}
         self._routes: set[str] = set()
         self._lock = threading.Lock()
@@ -312,6 +365,13 @@ class HttpSource(Source):
         c = self.config
         self._tracer = Tracer(pid=c.pid, port=c.port, tls=c.tls, ring_bytes=self.ring_bytes,
                               pin_dir=self.pin_dir).open()
+        try:
+            self._store = _PinnedSeries(os.path.join(self.pin_dir, "series"))
+            self._series = self._store.load()
+        except BaseException:
+            self.close()
+            raise
+        self._routes = {route for _, _, route, _ in self._series if route != "other"}
 
     def pump(self, timeout_ms: int) -> None:
         assert self._tracer is not None
@@ -322,7 +382,7 @@ class HttpSource(Source):
                     self._add(request)
 
     def _route(self, path: str) -> str:
-        route = normalize_route(path)
+        route = normalize_route(path)[:_ROUTE_BYTES]
         if route not in self._routes:
             if len(self._routes) >= self.config.max_routes:
                 return "other"
@@ -355,6 +415,8 @@ class HttpSource(Source):
                                           "to its response's first byte", labels=labels)
         error_totals: dict[tuple[str, str, str], int] = defaultdict(int)
         with self._lock:
+            if self._store is not None:
+                self._store.save(self._series)
             for (method, status_class, route, side), red in sorted(self._series.items()):
                 requests.add_metric([method, status_class, route, side], red.requests)
                 error_totals[(method, route, side)] += red.errors
@@ -373,6 +435,11 @@ class HttpSource(Source):
         if self._tracer is not None:
             self._tracer.close()
             self._tracer = None
+        if self._store is not None:
+            with self._lock:
+                self._store.save(self._series)
+            self._store.close()
+            self._store = None
 
 
 def pin_subdir(pin_dir: str, *parts: str) -> str:
