@@ -34,6 +34,12 @@ def test_guard_counts_what_it_passed_and_dropped(veth_pair, pins, tmp_path):
         dropped = agent.value("bpfscope_guard_packets_total", interface=veth_pair.host, verdict="dropped")
         assert passed + dropped == 200
         assert 10 <= passed <= 12 and dropped >= 188  # a burst of 10, then 1 per second
+        # The agent's guard is changed from another shell as a standalone one is, through its pins.
+        subprocess.run([sys.executable, "-m", "bpfscope.cli.main", "guard", "--pin-dir", f"{pins}/guard",
+                        "allow", f"{veth_pair.peer_ip}/32"], check=True, capture_output=True)
+        send_to_host(veth_pair, 50)
+        assert agent.value("bpfscope_guard_list_matches_total", interface=veth_pair.host, list="allow") == 50
+        assert agent.value("bpfscope_guard_packets_total", interface=veth_pair.host, verdict="passed") == passed + 50
     finally:
         agent.stop()
     assert agent.proc.returncode == 0, agent.stderr

@@ -131,8 +131,8 @@ class FlowsSource(Source):
 
 
 class GuardSource(Source):
-    """The XDP rate limiter. Its pins are the guard's own, so `bpfscope guard allow|deny|set
-    --pin-dir` changes the agent's guard while it runs."""
+    """The XDP rate limiter. Its pins are the guard's own, so `bpfscope guard --pin-dir
+    PIN_DIR/guard allow|deny|unlist|set` changes the agent's guard while it runs."""
 
     name = "guard"
 

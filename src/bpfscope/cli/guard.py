@@ -15,6 +15,7 @@ from ..output.jsonlines import emit
 from ..output.units import si
 from ..program import XdpMode
 from ..tools.cidr import Network
+from ..pin import tool_pin_dir
 from ..tools.guard import MAX_RATE, Guard, Limit, RunningGuard, Snapshot, top_offenders
 from .options import positive_float, stop_on_sigterm, ticks
 
@@ -54,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between updates (default: 1)")
     parser.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     parser.add_argument("--json", action="store_true", help="one JSON object per interval, and a final one")
+    parser.add_argument("--pin-dir", metavar="DIR", help=f"where the guard's maps are pinned (default: "
+                        f"{tool_pin_dir('guard')}; the agent's guard: its pin_dir/guard)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION",
                                     title="change the running guard (from another shell)")
     for name, text in (("allow", "let CIDR through unlimited"), ("deny", "drop everything from CIDR"),
@@ -79,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.rate is None:
         raise BpfscopeError(errno.EINVAL, "give --rate: packets per second per source")
     limit = Limit(args.rate, args.burst or args.rate)
-    with stop_on_sigterm(), Guard(args.iface, limit=limit, dry_run=args.dry_run, mode=XdpMode(args.mode)) as guard:
+    with stop_on_sigterm(), Guard(args.iface, limit=limit, dry_run=args.dry_run, mode=XdpMode(args.mode),
+                                  pin_dir=args.pin_dir) as guard:
         first = guard.snapshot()
         try:
             if args.json:
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace) -> int:
-    with RunningGuard() as guard:
+    with RunningGuard(args.pin_dir) as guard:
         if args.action == "set":
             if args.rate is None and args.burst is None:
                 raise BpfscopeError(errno.EINVAL, "give --rate, --burst or both")
