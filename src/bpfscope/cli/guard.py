@@ -13,9 +13,9 @@ from typing import Any, Optional
 from ..errors import BpfscopeError
 from ..output.jsonlines import emit
 from ..output.units import si
+from ..pin import tool_pin_dir
 from ..program import XdpMode
 from ..tools.cidr import Network
-from ..pin import tool_pin_dir
 from ..tools.guard import MAX_RATE, Guard, Limit, RunningGuard, Snapshot, top_offenders
 from .options import positive_float, stop_on_sigterm, ticks
 
