@@ -16,6 +16,7 @@ from bpfscope.agent import caps
 from bpfscope.testing import packets as pk
 from bpfscope.testing.netns import VethPair
 
+from .agentproc import BPFSCOPE as BPFSCOPE_CMD
 from .agentproc import AgentProcess, Prometheus, loaded_program_names, status_caps, xdp_attached
 
 TOOL_PROGRAMS = {"count_packets", "track_ingress", "track_egress", "exit_openat", "report_execve"}
@@ -212,3 +213,13 @@ def test_a_bad_config_is_one_line_naming_the_field(text, field, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and field in lines[0] and "Traceback" not in result.stderr, result.stderr
     assert not (TOOL_PROGRAMS & (loaded_program_names() - before))
+
+
+def test_without_root_it_says_what_it_needs(tmp_path):
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             *BPFSCOPE_CMD, "agent", "--listen", "127.0.0.1:0", "--duration", "1"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "bpfscope agent: cannot make the agent's pins at /sys/fs/bpf/bpfscope/agent: it needs root, or "
+        "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN"]
