@@ -135,9 +135,11 @@ def parse_caps(text: str) -> frozenset[int]:
 
 def drop_capabilities(keep_effective: frozenset[int], keep_permitted: frozenset[int]) -> None:
     """Leaves the calling thread `keep_effective` in effect and `keep_permitted | keep_effective` permitted,
-    none inheritable (so none ambient), and drops from the bounding set all that is not permitted, which
-    needs CAP_SETPCAP in effect. It cannot be undone, and threads started before keep what they had:
-    it refuses (EBUSY) while another Python thread runs, and (EPERM) to keep what is not permitted.
+    none inheritable (so none ambient), and drops from the bounding set all that is not permitted where
+    it may (that needs CAP_SETPCAP in effect; a container granted only what the agent uses lacks it, and
+    no_new_privs below then does the bounding set's job for this process). It cannot be undone, and
+    threads started before keep what they had: it refuses (EBUSY) while another Python thread runs, and
+    (EPERM) to keep what is not permitted.
 
     It also sets no_new_privs. The agent never execs, so this costs nothing; should anything in it exec,
     the new program cannot gain privileges through set-user-ID bits, file capabilities or an LSM's domain
@@ -156,8 +158,8 @@ def drop_capabilities(keep_effective: frozenset[int], keep_permitted: frozenset[
         last = int(f.read())
     bounding = [cap for cap in range(last + 1)
                 if cap not in permitted and _prctl_checked(_PR_CAPBSET_READ, cap, "prctl(PR_CAPBSET_READ)")]
-    if bounding and not eff >> CAPABILITIES["CAP_SETPCAP"] & 1:  # checked first: nothing is half done
-        raise BpfscopeError(errno.EPERM, f"dropping {_names(bounding)} from the bounding set needs CAP_SETPCAP")
+    if not eff >> CAPABILITIES["CAP_SETPCAP"] & 1:
+        bounding = []
     for cap in bounding:
         _prctl_checked(_PR_CAPBSET_DROP, cap, "prctl(PR_CAPBSET_DROP)")
     _prctl_checked(_PR_SET_NO_NEW_PRIVS, 1, "prctl(PR_SET_NO_NEW_PRIVS)")
