@@ -9,7 +9,9 @@
  * memory under a flood of new flows: the least recently used entry makes room for the new one. */
 #include "packet.bpf.h"
 
-#define TC_ACT_OK 0
+/* TC_ACT_UNSPEC (TCX_NEXT on tcx): the verdict is left to the programs after this one, or the
+ * default (pass): a watcher must not end the chain before a network plugin's own programs. */
+#define TC_ACT_UNSPEC (-1)
 
 enum flow_direction {
 	FLOW_IN = 0,
@@ -108,12 +110,12 @@ SEC("tc")
 int track_ingress(struct __sk_buff *ctx)
 {
 	track(ctx, FLOW_IN);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 SEC("tc")
 int track_egress(struct __sk_buff *ctx)
 {
 	track(ctx, FLOW_OUT);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }

@@ -1,6 +1,6 @@
 /* bpfscope tcmon: port scans, SYN floods, denied addresses and ports, and payload patterns, seen
  * from tc on ingress and egress of one interface and streamed as typed events through a ring
- * buffer. Every packet passes unchanged (TC_ACT_OK): this watches, it never filters.
+ * buffer. Every packet passes unchanged (TC_ACT_UNSPEC): this watches, it never filters.
  *
  * The kernel does the detecting; Python only writes the rules and prints what arrives. Knobs
  * that never change while it runs (thresholds, window) are .rodata; the rules, which SIGHUP
@@ -10,7 +10,9 @@
  * key type serve both families. */
 #include "packet.bpf.h"
 
-#define TC_ACT_OK 0
+/* TC_ACT_UNSPEC (TCX_NEXT on tcx): the verdict is left to the programs after this one, or the
+ * default (pass): a watcher must not end the chain before a network plugin's own programs. */
+#define TC_ACT_UNSPEC (-1)
 #define SCAN_BITS 1024                  /* distinct-port bitmap per source: 16 u64 words */
 #define SCAN_WORDS (SCAN_BITS / 64)
 #define MAX_PATTERNS 16
@@ -500,12 +502,12 @@ SEC("tc")
 int watch_ingress(struct __sk_buff *ctx)
 {
 	watch(ctx, DIRECTION_INGRESS);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 SEC("tc")
 int watch_egress(struct __sk_buff *ctx)
 {
 	watch(ctx, DIRECTION_EGRESS);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
