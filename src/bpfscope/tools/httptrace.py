@@ -97,8 +97,9 @@ def libssl_of(pid: int) -> list[str]:
         path = fields[5] if len(fields) == 6 else ""
         if _LIBSSL.search(path) and path not in found:
             found.append(path)
-    # Through the process's root, which also works when it runs in another mount namespace.
-    return [p if os.path.isfile(p) else f"/proc/{pid}/root{p}" for p in found]
+    # Through the process's root: in another mount namespace (a container, or the agent in one) the
+    # same path here may name another file, or none.
+    return [f"/proc/{pid}/root{p}" for p in found]
 
 
 def percentile(values: list[float], q: float) -> float:
