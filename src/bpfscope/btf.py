@@ -288,6 +288,14 @@ class TypeCodec:
             return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": t.size})
         raise TypeMismatchError(f"BTF type {btf.type_name(type_id)} ({t.kind.name}) has no fixed layout")
 
+    def fields(self) -> dict[str, int]:
+        """Field name → BTF type id of a struct or union (anonymous members flattened, as the dtype
+        has them); {} for any other type."""
+        t = self.btf.resolve(self.type_id)
+        if t.kind not in (Kind.STRUCT, Kind.UNION):
+            return {}
+        return {name: type_id for name, type_id, _ in self._fields(t)}
+
     def _fields(self, t: BtfType, base: int = 0) -> Iterator[tuple[str, int, int]]:
         """(name, type id, byte offset) of each member; anonymous structs and unions are flattened
         as C does, bitfields are left out (numpy cannot address bits)."""

@@ -52,6 +52,11 @@ class MapSpec:
         self.value: Optional[TypeCodec] = btf.codec(value_id) if value_id else None
 
     @property
+    def type(self) -> int:
+        """BPF_MAP_TYPE_*, as maps.MapType has them."""
+        return int(_libbpf.bpf_map__type(self._ptr))
+
+    @property
     def max_entries(self) -> int:
         return int(_libbpf.bpf_map__max_entries(self._ptr))
 

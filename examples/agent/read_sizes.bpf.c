@@ -1,0 +1,74 @@
+/* Sizes read(2) returned, as a log2 histogram by command (read_sizes.yaml exports it). At each
+ * return from read() that is not an error, the count of the (comm, slot) pair grows by one and its
+ * byte total by the size; slot is floor(log2(size)), 0 for sizes 0 and 1. Per-CPU hash: one lookup
+ * per read, no atomics. */
+#include "bpfscope.bpf.h"
+
+/* The record of a syscall exit tracepoint (events/syscalls/sys_exit_read/format), declared here
+ * rather than taken from vmlinux.h: one CO-RE relocation makes libbpf load the kernel's whole BTF. */
+struct syscall_exit {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__s64 ret;
+};
+
+struct size_key {
+	char comm[16];
+	__u32 slot;
+};
+
+struct size_count {
+	__u64 count;
+	__u64 bytes;            /* the histogram's exact _sum */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);             /* (comm, slot) pairs; when full, new pairs go uncounted */
+	__type(key, struct size_key);
+	__type(value, struct size_count);
+} read_sizes SEC(".maps");
+
+static __always_inline __u32 log2_u32(__u32 v)
+{
+	__u32 r, shift;
+
+	r = (v > 0xFFFF) << 4; v >>= r;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	return r | (v >> 1);
+}
+
+static __always_inline __u32 log2_u64(__u64 v)
+{
+	__u32 hi = v >> 32;
+
+	return hi ? log2_u32(hi) + 32 : log2_u32(v);
+}
+
+SEC("tracepoint/syscalls/sys_exit_read")
+int count_read_size(struct syscall_exit *ctx)
+{
+	struct size_key key = {};
+	struct size_count *slot;
+	__s64 size = ctx->ret;
+
+	if (size < 0)
+		return 0;
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	key.slot = log2_u64(size);
+	slot = bpf_map_lookup_elem(&read_sizes, &key);
+	if (!slot) {
+		struct size_count zero = {};
+
+		bpf_map_update_elem(&read_sizes, &key, &zero, BPF_NOEXIST);
+		slot = bpf_map_lookup_elem(&read_sizes, &key);
+		if (!slot)
+			return 0;
+	}
+	slot->count += 1;
+	slot->bytes += size;
+	return 0;
+}
