@@ -170,3 +170,34 @@ def test_otlp_export_of_the_agents_metrics(veth_pair, pins, tmp_path):
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "agent"
+
+
+def test_a_custom_program_through_the_agent(pins, tmp_path):
+    config = {"pin_dir": pins, "tools": {}, "custom": [{"object": str(EXAMPLES / "read_sizes.bpf.c")}]}
+    agent = AgentProcess(config, tmp_path)
+    try:
+        data = tmp_path / "data"
+        data.write_bytes(b"x" * 100)
+        for _ in range(3):
+            subprocess.run(["cat", str(data)], check=True, capture_output=True)
+        # Each cat reads 100 bytes, then 0 at the end: slots 6 (64-127) and 0.
+        assert agent.value("bpfscope_read_size_bytes_bucket", comm="cat", le="127.0") >= 6
+        assert agent.value("bpfscope_read_size_bytes_sum", comm="cat") >= 300
+    finally:
+        agent.stop()
+    assert agent.proc.returncode == 0, agent.stderr
+
+
+def test_check_reads_custom_metrics_against_btf_without_loading(tmp_path):
+    (tmp_path / "read_sizes.bpf.c").write_text((EXAMPLES / "read_sizes.bpf.c").read_text())
+    (tmp_path / "read_sizes.yaml").write_text((EXAMPLES / "read_sizes.yaml").read_text().replace(
+        "map: read_sizes", "map: no_such_map"))
+    (tmp_path / "agent.yaml").write_text("tools: {}\ncustom: [{object: read_sizes.bpf.c}]\n")
+    result = subprocess.run([sys.executable, "-m", "bpfscope.cli.main", "agent", "--check", "--config",
+                             str(tmp_path / "agent.yaml")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no_such_map" in lines[0] and "read_sizes" in lines[0], result.stderr

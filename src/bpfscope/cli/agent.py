@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(format="bpfscope agent: %(message)s", level=logging.INFO, stream=sys.stderr)
     config = _config(args)
     if args.check:
+        _check_custom(config)
         print(f"{args.config or 'default config'}: ok: {_describe(config)}")
         return 0
     agent = Agent(config, keep_pins=args.keep_pins)
@@ -84,6 +85,22 @@ def run(args: argparse.Namespace) -> int:
                 exporter.stop()
             agent.stop()
     return 0
+
+
+def _check_custom(config: AgentConfig) -> None:
+    """Each custom program's metrics YAML against its object's BTF: no kernel needed."""
+    if not config.custom:
+        return
+    from ..agent.custom import build_cached, load_metrics
+    from ..object import ObjectSpec
+
+    for custom in config.custom:
+        path = build_cached(custom.object) if custom.object.name.endswith(".c") else custom.object
+        spec = ObjectSpec.open(path)
+        try:
+            load_metrics(custom.metrics, spec)
+        finally:
+            spec.close()
 
 
 def _reload(agent: Agent, args: argparse.Namespace) -> None:
