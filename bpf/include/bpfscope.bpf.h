@@ -39,6 +39,26 @@ struct xdp_bounds {
 	__u32 data_end;
 };
 
+/* floor(log2(v)), 0 for 0 and 1: the slot of a log2 histogram (slot i counts 2^i to 2^(i+1)-1),
+ * without a loop, so the verifier sees straight-line code. */
+static __always_inline __u32 log2_u32(__u32 v)
+{
+	__u32 r, shift;
+
+	r = (v > 0xFFFF) << 4; v >>= r;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	return r | (v >> 1);
+}
+
+static __always_inline __u32 log2_u64(__u64 v)
+{
+	__u32 hi = v >> 32;
+
+	return hi ? log2_u32(hi) + 32 : log2_u32(v);
+}
+
 static __always_inline void *xdp_data(struct xdp_md *ctx)
 {
 	return (void *)(long)((struct xdp_bounds *)ctx)->data;

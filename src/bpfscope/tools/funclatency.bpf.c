@@ -42,24 +42,6 @@ struct {
 const volatile __u32 cfg_tgid = 0;        /* only this process; 0: every process */
 const volatile __u64 cfg_unit_ns = 1000;  /* histogram unit: 1 ns, 1000 us, 1000000 ms */
 
-static __always_inline __u32 log2_u32(__u32 v)
-{
-	__u32 r, shift;
-
-	r = (v > 0xFFFF) << 4; v >>= r;
-	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
-	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
-	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
-	return r | (v >> 1);
-}
-
-static __always_inline __u32 log2_u64(__u64 v)
-{
-	__u32 hi = v >> 32;
-
-	return hi ? log2_u32(hi) + 32 : log2_u32(v);
-}
-
 static __always_inline struct latency_hist *hist(void)
 {
 	__u32 zero = 0;
