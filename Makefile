@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The main job watches the interface of the default route unless IFACE= says otherwise.
 IFACE ?= $(shell awk '$$2 == "00000000" { print $$1; exit }' /proc/net/route)
 DURATION ?=
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 python3-venv gcc make nftables bpftrace nginx curl openssl prometheus
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 python3-venv gcc make nftables bpftrace nginx curl openssl prometheus prometheus-node-exporter
 PYTEST_ARGS ?=
 
 .PHONY: run test bpf deps wheel lint bench clean

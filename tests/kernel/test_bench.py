@@ -121,6 +121,27 @@ def test_opensnoop() -> None:
     assert not any(p.get("name") in ("exit_openat", "enter_openat") for p in json.loads(shown))
 
 
+def test_agent() -> None:
+    import glob
+    import shutil
+
+    from bpfscope.benchmarks import agent
+    from bpfscope.testing.netns import own_leftovers
+
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        pytest.skip("no C compiler to build the openat loop")
+    figures = agent.run(idle=2, load=2, settle=0.5, bare=1, windows=1)
+    # CPU over a second or two is a few 10 ms ticks: zero, or below the idle rate, is possible
+    cpu = tuple(f.name for f in figures if f.unit in ("% of a core", "ms", "µs/request") and "scrape of" not in f.name)
+    check(figures, "agent", differences=cpu)
+    by_name = {f.name: f for f in figures}
+    assert by_name["idle: agent CPU, scraped every 1 s"].target == agent.CPU_TARGET
+    assert by_name["idle: agent RSS (VmRSS)"].target == agent.RSS_TARGET
+    assert "the agent counted 0 " not in by_name["load: execs of /bin/true"].note
+    assert not own_leftovers()
+    assert not glob.glob(agent.PIN_PREFIX + "*")
+
+
 def test_table_puts_target_and_reference_side_by_side() -> None:
     figures = [
         Figure("maps", "batch read", 12.5, "ms", False, target=30.0, reference="per-key read",

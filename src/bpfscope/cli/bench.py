@@ -1,5 +1,5 @@
-"""`bpfscope bench ringbuf|maps|xdp|startup|guard|opensnoop|all [--json]`: measures on this kernel, each figure beside
-its target and its reference from the same run. A missed target is a result, not an error: the exit
+"""`bpfscope bench ringbuf|maps|xdp|startup|guard|opensnoop|agent|all [--json]`: measures on this kernel,
+each figure beside its target and its reference from the same run. A missed target is a result, not an error: the exit
 status is 1 only when a benchmark could not run."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import BpfscopeError
 
-BENCHMARKS = ("ringbuf", "maps", "xdp", "startup", "guard", "opensnoop")
+BENCHMARKS = ("ringbuf", "maps", "xdp", "startup", "guard", "opensnoop", "agent")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
