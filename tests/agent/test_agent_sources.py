@@ -60,7 +60,7 @@ def test_flows_export_the_top_flows_with_bounded_series(veth_pair, pins, tmp_pat
 
 
 def test_funclatency_is_a_prometheus_histogram(pins, tmp_path):
-    binary = tmp_path / "nap"
+    binary = tmp_path / "nap.v1"  # a dot, as in libc.so.6: bpffs refuses one in a pin's name
     subprocess.run(["gcc", "-O1", "-o", str(binary), str(NAP_C)], check=True)
     config = {"pin_dir": pins, "tools": {"funclatency": [{"target": str(binary), "symbol": "nap"}]}}
     agent = AgentProcess(config, tmp_path)

@@ -105,6 +105,7 @@ from ..program import Program, TcDirection, XdpMode, resolve_binary
 from .config import ConfigError, CustomConfig, Fields
 from .containers import ContainerResolver
 from .source import Source
+from .sources import pin_subdir
 
 __all__ = [
     "DECODERS", "AttachSpec", "Buckets", "CustomProgram", "LabelSpec", "MetricSpec", "MetricsSpec", "build_cached",
@@ -768,7 +769,7 @@ class CustomProgram(Source):
     @property
     def maps_pin_dir(self) -> str:
         """Where the maps the metrics read are pinned."""
-        return os.path.join(self.pin_dir, self.name)
+        return pin_subdir(self.pin_dir, self.name)
 
     def open(self) -> None:
         if self._obj is not None:

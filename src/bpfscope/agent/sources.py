@@ -443,5 +443,6 @@ class HttpSource(Source):
 
 
 def pin_subdir(pin_dir: str, *parts: str) -> str:
-    """A source's own directory under the agent's pins; names made safe for a path."""
-    return os.path.join(pin_dir, "-".join(re.sub(r"[^A-Za-z0-9_.-]", "_", p) for p in parts))
+    """A source's own directory under the agent's pins. bpffs refuses names with a dot (EPERM), so a
+    path (libc.so.6, eth0.100) keeps only letters, digits, - and _."""
+    return os.path.join(pin_dir, "-".join(re.sub(r"[^A-Za-z0-9_-]", "_", p) for p in parts))
