@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
 import time
 from typing import Optional
@@ -18,9 +19,10 @@ from ..agent import caps
 from ..agent.agent import Agent
 from ..agent.config import AgentConfig, ConfigError, load_config, parse_config
 from ..errors import BpfscopeError
-from .options import positive_float, stop_flag
+from .options import positive_float
 
-_CHECK_EVERY = 0.1  # seconds between looks at the signal flags
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # stop, stop, reload
+_FOREVER = 86400.0  # seconds: sigtimedwait's wait when there is no --duration
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,28 +64,32 @@ def run(args: argparse.Namespace) -> int:
         return 0
     agent = Agent(config, keep_pins=args.keep_pins)
     exporter = None
-    with stop_flag(hangup=True) as flag:
+    # The signals wait in the kernel until the main thread takes them, so at rest it sleeps rather than
+    # polls; blocked before any thread starts, as threads inherit the mask.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
         agent.start()
-        try:
-            caps.drop_capabilities(keep_effective=args.keep_caps, keep_permitted=caps.RELOAD_CAPS)
-            agent.serve()
-            if config.otlp is not None:
-                from ..agent.otlp import OtlpExporter
+        caps.drop_capabilities(keep_effective=args.keep_caps, keep_permitted=caps.RELOAD_CAPS)
+        agent.serve()
+        if config.otlp is not None:
+            from ..agent.otlp import OtlpExporter
 
-                exporter = OtlpExporter(agent.registry, config.otlp.endpoint, interval=config.otlp.interval,
-                                        headers=dict(config.otlp.headers))
-                exporter.start()
-            logging.info("serving http://%s/metrics: %s", config.listen, _describe(config))
-            end = time.monotonic() + args.duration if args.duration else None
-            while not flag.requested and (end is None or time.monotonic() < end):
-                time.sleep(_CHECK_EVERY)
-                if flag.hangup:
-                    flag.hangup = False
-                    _reload(agent, args)
-        finally:
-            if exporter is not None:
-                exporter.stop()
-            agent.stop()
+            exporter = OtlpExporter(agent.registry, config.otlp.endpoint, interval=config.otlp.interval,
+                                    headers=dict(config.otlp.headers))
+            exporter.start()
+        logging.info("serving http://%s/metrics: %s", config.listen, _describe(config))
+        end = time.monotonic() + args.duration if args.duration else None
+        while True:
+            left = end - time.monotonic() if end is not None else _FOREVER
+            received = signal.sigtimedwait(_SIGNALS, left) if left > 0 else None
+            if received is None or received.si_signo != signal.SIGHUP:
+                break
+            _reload(agent, args)
+    finally:
+        if exporter is not None:
+            exporter.stop()
+        agent.stop()
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return 0
 
 
