@@ -273,6 +273,7 @@ class FuncLatencySource(Source):
             self._timer = None
 
 
+_ROUTE_CACHE = 4096  # paths remembered with their route
 _ROUTE_BYTES = 160  # a route label's longest, so the series keys fit their pinned map
 _ID_SEGMENT = re.compile(r"^(?:\d+|[0-9a-fA-F]{8,}|[0-9a-fA-F-]{36})$")
 
@@ -358,6 +359,7 @@ class HttpSource(Source):
         self._store: Optional[_PinnedSeries] = None
         self._series: dict[tuple[str, str, str, str], _Red] = {}
         self._routes: set[str] = set()
+        self._route_of: dict[str, str] = {}  # path → route, so a busy path is normalized once
         self._lock = threading.Lock()
         self.received = 0
 
@@ -382,7 +384,11 @@ class HttpSource(Source):
                     self._add(request)
 
     def _route(self, path: str) -> str:
-        route = normalize_route(path)[:_ROUTE_BYTES]
+        route = self._route_of.get(path)
+        if route is None:
+            if len(self._route_of) >= _ROUTE_CACHE:
+                self._route_of.clear()
+            route = self._route_of[path] = normalize_route(path)[:_ROUTE_BYTES]
         if route not in self._routes:
             if len(self._routes) >= self.config.max_routes:
                 return "other"

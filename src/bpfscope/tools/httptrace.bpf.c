@@ -78,6 +78,9 @@ struct http_event {
 	__u8 head[HEAD_BYTES];
 };
 
+/* A record's bytes in the ring: the 8-byte header, rounded up to 8. */
+#define RECORD_SLOT ((sizeof(struct http_event) + 8 + 7) & ~7UL)
+
 struct io_args {
 	__u64 buf;
 	__u64 start_ns;
@@ -110,6 +113,9 @@ struct httptrace_counts {
 const volatile __u32 cfg_tgid = 0;      /* only this process; 0: every process */
 const volatile __u16 cfg_port = 0;      /* only sockets with this local or remote port; 0: any */
 const volatile bool cfg_tls = false;    /* the SSL uprobes are attached: map SSL * → fd */
+/* Records are submitted without waking the reader, which polls on a timeout, except when the
+ * ring's unread data crosses a multiple of this: one wakeup per that many bytes at any rate. */
+const volatile __u64 cfg_wakeup_bytes = 1 << 17;
 
 DEFINE_RINGBUF(events, struct http_event, 1 << 20);
 BTF_EXPORT(enum event_kind, kind);
@@ -229,6 +235,7 @@ static __always_inline void emit(enum event_kind kind, struct conn_key *key, str
 {
 	struct http_event *e = RINGBUF_RESERVE(events);
 	__u32 captured = head_len < HEAD_BYTES ? head_len : HEAD_BYTES;
+	__u64 avail;
 
 	if (!e)
 		return;
@@ -253,7 +260,9 @@ static __always_inline void emit(enum event_kind kind, struct conn_key *key, str
 		 bpf_probe_read_user(e->head, captured & (HEAD_BYTES - 1), (void *)buf))
 		captured = 0;
 	e->captured = captured;
-	bpf_ringbuf_submit(e, 0);
+	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, avail / cfg_wakeup_bytes != (avail - RECORD_SLOT) / cfg_wakeup_bytes ?
+			   BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* One buffer `len` bytes long moved by `op` on connection `key`; its first `head_len` bytes are at
