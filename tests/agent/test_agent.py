@@ -223,3 +223,9 @@ def test_without_root_it_says_what_it_needs(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "bpfscope agent: cannot make the agent's pins at /sys/fs/bpf/bpfscope/agent: it needs root, or "
         "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN"]
+
+
+def test_the_default_config_needs_no_file():
+    result = subprocess.run([*BPFSCOPE_CMD, "agent", "--check"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("default config: ok: packets(") and "opens, execs" in result.stdout
