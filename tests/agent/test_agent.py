@@ -229,3 +229,22 @@ def test_the_default_config_needs_no_file():
     result = subprocess.run([*BPFSCOPE_CMD, "agent", "--check"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("default config: ok: packets(") and "opens, execs" in result.stdout
+
+
+def test_kill_9_leaves_nothing_attached_and_the_next_agent_carries_on(veth_pair, pins, tmp_path):
+    config = packets_config(veth_pair, pins, opens=True, execs=True)
+    first = AgentProcess(config, tmp_path)
+    send_to_host(veth_pair, 30)
+    assert first.value("bpfscope_ip_packets_total", interface=veth_pair.host, protocol="udp") == 30
+    first.kill()
+    deadline = time.monotonic() + 5
+    while (xdp_attached(veth_pair.host) or TOOL_PROGRAMS & loaded_program_names()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the kernel releases a dead process's links from a worker, a moment after
+    assert not xdp_attached(veth_pair.host)
+    assert not (TOOL_PROGRAMS & loaded_program_names())
+    second = AgentProcess(config, tmp_path)  # the flock died with the first; its pins are taken over
+    try:
+        assert second.value("bpfscope_ip_packets_total", interface=veth_pair.host, protocol="udp") == 30
+    finally:
+        second.stop()
+    assert second.proc.returncode == 0, second.stderr
