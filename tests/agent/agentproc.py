@@ -156,9 +156,10 @@ def loaded_program_names() -> set[str]:
     return {p.get("name", "") for p in json.loads(out)}
 
 
-def status_caps(pid: int) -> dict[str, int]:
+def status_caps(pid: int, tid: Optional[str] = None) -> dict[str, int]:
+    """The Cap* lines of a process's (or one of its threads') status."""
     caps = {}
-    with open(f"/proc/{pid}/status") as f:
+    with open(f"/proc/{pid}/task/{tid}/status" if tid else f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
             if key.startswith("Cap"):

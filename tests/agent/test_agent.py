@@ -137,9 +137,12 @@ def test_a_reload_that_fails_keeps_the_running_config(veth_pair, pins, tmp_path)
 def test_capabilities_are_dropped_after_attaching(veth_pair, pins, tmp_path):
     agent = AgentProcess(packets_config(veth_pair, pins), tmp_path)
     try:
-        held = status_caps(agent.pid)
-        assert held["CapEff"] == 0, f"CapEff {held['CapEff']:#x}"
-        assert held["CapPrm"] == sum(1 << c for c in caps.RELOAD_CAPS)
+        threads = os.listdir(f"/proc/{agent.pid}/task")
+        assert len(threads) >= 2  # the main thread and the HTTP server's, at least
+        for tid in threads:  # capabilities are per thread: every one of them dropped its own
+            held = status_caps(agent.pid, tid)
+            assert held["CapEff"] == 0, f"thread {tid}: CapEff {held['CapEff']:#x}"
+            assert held["CapPrm"] == held["CapBnd"] == sum(1 << c for c in caps.RELOAD_CAPS)
         send_to_host(veth_pair, 3)  # and it still reads its maps
         assert agent.value("bpfscope_ip_packets_total", interface=veth_pair.host, protocol="udp") == 3
     finally:
@@ -194,6 +197,10 @@ BAD_CONFIGS = {
     "listen: nowhere\ntools: {opens: {}}\n": "listen",
     "tools:\n  guard: {interface: lo}\n": "tools.guard.rate",
     "tools: {packets: {interfaces: [lo]}}\npin_dir: /tmp/pins\n": "pin_dir",
+    "tools: {opens: {}}\npin_dir: /sys/fs/bpf/\n": "pin_dir: must be a directory of the agent's own",
+    "tools:\n  opens: {}\n  8080: x\n": "tools.8080",
+    "tools:\n  funclatency: [{target: libc, symbol: free}, {target: libc, symbol: free, pid: 1}]\n":
+        "tools.funclatency[1]",
     "tools: {}\n": "tools",
     "tools: [\n": "agent.yaml:2",
     "tools:\n  funclatency: [{target: libc}]\n": "tools.funclatency[0].symbol",
@@ -248,3 +255,16 @@ def test_kill_9_leaves_nothing_attached_and_the_next_agent_carries_on(veth_pair,
     finally:
         second.stop()
     assert second.proc.returncode == 0, second.stderr
+
+
+def test_pins_not_of_the_agents_making_stay(veth_pair, pins, tmp_path):
+    """A pin directory may hold another tool's pins: the agent removes only its own."""
+    foreign = Path(pins) / "other_tool"
+    foreign.mkdir(parents=True)
+    subprocess.run(["bpftool", "map", "create", str(foreign / "m"), "type", "array", "key", "4", "value", "4",
+                    "entries", "1", "name", "other_tool"], check=True)
+    agent = AgentProcess(packets_config(veth_pair, pins), tmp_path)
+    assert (foreign / "m").exists(), "not removed as a stale source of the agent's"
+    agent.stop()
+    assert agent.proc.returncode == 0, agent.stderr
+    assert (foreign / "m").exists() and os.listdir(pins) == ["other_tool"]

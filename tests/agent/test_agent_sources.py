@@ -3,6 +3,8 @@ was sent, and OTLP export of the same metrics to a real OTLP/HTTP endpoint."""
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from .agentproc import AgentProcess, free_port
+from .agentproc import AgentProcess, free_port, xdp_attached
 from .test_agent import send_to_host
 from .test_otlp import Receiver, metrics_of
 
@@ -201,3 +203,40 @@ def test_check_reads_custom_metrics_against_btf_without_loading(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no_such_map" in lines[0] and "read_sizes" in lines[0], result.stderr
+
+
+def test_a_reload_with_a_broken_custom_yaml_keeps_everything_running(pins, tmp_path):
+    program = tmp_path / "read_sizes.bpf.c"
+    program.write_text((EXAMPLES / "read_sizes.bpf.c").read_text())
+    metrics = tmp_path / "read_sizes.yaml"
+    metrics.write_text((EXAMPLES / "read_sizes.yaml").read_text())
+    config = {"pin_dir": pins, "tools": {"opens": True}, "custom": [{"object": str(program)}]}
+    agent = AgentProcess(config, tmp_path)
+    try:
+        metrics.write_text(metrics.read_text().replace("map: read_sizes", "map: no_such_map"))
+        agent.proc.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        before = agent.value("bpfscope_file_opens_total")
+        subprocess.run(["cat", str(program)], check=True, capture_output=True)
+        assert agent.value("bpfscope_file_opens_total") > before, "opens still counted"
+        assert agent.value("bpfscope_read_size_bytes_count", comm="cat") >= 1, "the custom program still runs"
+    finally:
+        agent.stop()
+    assert "reload failed, still running the previous config" in agent.stderr and "no_such_map" in agent.stderr
+
+
+def test_sigterm_detaches_within_a_second_even_if_the_collector_hangs(veth_pair, pins, tmp_path):
+    hanging = socket.socket()
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(8)  # accepts connections, never answers
+    try:
+        config = {"pin_dir": pins, "tools": {"packets": {"interfaces": [veth_pair.host]}},
+                  "otlp": {"endpoint": f"http://127.0.0.1:{hanging.getsockname()[1]}/v1/metrics", "interval": 1}}
+        agent = AgentProcess(config, tmp_path)
+        time.sleep(1.2)  # an export is under way, waiting on the collector
+        took = agent.stop()
+        assert agent.proc.returncode == 0, agent.stderr
+        assert took < 1.0, f"{took:.2f} s from SIGTERM to exit"
+        assert not xdp_attached(veth_pair.host)
+    finally:
+        hanging.close()

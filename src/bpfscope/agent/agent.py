@@ -12,6 +12,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import shutil
 import threading
 from typing import Callable, ContextManager, Iterable, Iterator, Optional
@@ -36,10 +37,12 @@ from .sources import (
     pin_subdir,
 )
 
-__all__ = ["Agent", "build_sources"]
+__all__ = ["Agent", "ReloadError", "build_sources", "check_custom"]
 
 log = logging.getLogger("bpfscope.agent")
 
+# The directories build_sources makes under the pin directory (pin_subdir names).
+_OWN_PIN_DIR = re.compile(r"^(?:packets-|flows-|funclatency-|custom-|guard$|opens$|execs$|http$)")
 _PUMP_MS = 200  # the reader thread's longest wait, so stop() is heard within it
 
 
@@ -66,8 +69,33 @@ def build_sources(config: AgentConfig, resolver: Optional[ContainerResolver]) ->
         from .custom import CustomProgram  # its build and decoders only when configured
 
     for custom in config.custom:
-        sources.append(CustomProgram(custom, pin_subdir(pins, "custom"), resolver=resolver))
+        sources.append(CustomProgram(custom, pin_subdir(pins, "custom", custom.object.name.split(".")[0]),
+                                     resolver=resolver))
     return sources
+
+
+class ReloadError(BpfscopeError):
+    """A reload failed and the previous config would not open again either: nothing runs."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
+
+
+def check_custom(config: AgentConfig) -> None:
+    """Each custom program's metrics YAML against its object's BTF (built if it is a .bpf.c); nothing
+    reaches the kernel."""
+    if not config.custom:
+        return
+    from ..object import ObjectSpec
+    from .custom import build_cached, load_metrics
+
+    for custom in config.custom:
+        path = build_cached(custom.object) if custom.object.name.endswith(".c") else custom.object
+        spec = ObjectSpec.open(path)
+        try:
+            load_metrics(custom.metrics, spec)
+        finally:
+            spec.close()
 
 
 class _Collector:
@@ -75,24 +103,30 @@ class _Collector:
     of one kind (packets on two interfaces) give one family with both series, as the exposition
     format requires. A source that fails to read is logged and left out of that scrape."""
 
-    def __init__(self, sources: Callable[[], list[Source]]) -> None:
+    def __init__(self, sources: Callable[[], list[Source]], lock: threading.RLock) -> None:
         self._sources = sources
+        self._lock = lock  # held by reload and stop while they swap sources
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("bpfscope_agent_info", "The bpfscope agent running", labels=["version"])
         info.add_metric([__version__], 1)
         merged: dict[str, Metric] = {info.name: info}
-        for source in self._sources():
-            try:
-                families = list(source.collect())
-            except OSError as exc:
-                log.warning("%s: cannot read its maps: %s", source.name, exc)
-                continue
-            for family in families:
-                if family.name in merged:
-                    merged[family.name].samples.extend(family.samples)
-                else:
-                    merged[family.name] = family
+        with self._lock:
+            for source in self._sources():
+                try:
+                    families = list(source.collect())
+                except Exception as exc:  # one source's failure must not cost the others their scrape
+                    log.warning("%s: cannot read its maps: %s", source.name, exc)
+                    continue
+                for family in families:
+                    known = merged.get(family.name)
+                    if known is None:
+                        merged[family.name] = family
+                    elif known.type == family.type:
+                        known.samples.extend(family.samples)
+                    else:
+                        log.warning("%s: %s is already a %s, not a %s: left out", source.name, family.name,
+                                    known.type, family.type)
         yield from merged.values()
 
 
@@ -106,7 +140,8 @@ class Agent:
         self.config = config
         self.keep_pins = keep_pins
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(lambda: self._sources))
+        self._sources_lock = threading.RLock()
+        self.registry.register(_Collector(lambda: self._sources, self._sources_lock))
         self._sources: list[Source] = []
         self._resolver: Optional[ContainerResolver] = None
         self._lock_fd = -1
@@ -157,7 +192,14 @@ class Agent:
         self._owns_pins = not os.listdir(pins)  # a failed start removes only pins it made itself
 
     def _open(self, config: AgentConfig) -> None:
-        self._resolver = ContainerResolver(config.max_containers) if config.containers else None
+        if not config.containers:
+            self._resolver = None
+        elif self._resolver is None or self._resolver.max_containers != config.max_containers:
+            try:
+                self._resolver = ContainerResolver(config.max_containers)  # else kept: labels stay as they were
+            except BpfscopeError as exc:
+                log.warning("no container labels: %s", exc)
+                self._resolver = None
         sources = build_sources(config, self._resolver)
         opened: list[Source] = []
         try:
@@ -173,9 +215,18 @@ class Agent:
     def _remove_stale_pins(self, sources: Iterable[Source]) -> None:
         """Pins of sources the config no longer has: their counts are not wanted any more."""
         wanted = {os.path.relpath(s.pin_dir, self.config.pin_dir).split(os.sep)[0] for s in sources}
-        for name in os.listdir(self.config.pin_dir):
-            if name not in wanted:
-                shutil.rmtree(os.path.join(self.config.pin_dir, name), ignore_errors=True)
+        self._remove_own_pins(keep=wanted)
+
+    def _remove_own_pins(self, keep: Iterable[str] = ()) -> None:
+        """Removes the source directories the agent makes in its pin directory, and that directory
+        once empty; anything else there is someone else's and stays."""
+        pins, kept = self.config.pin_dir, set(keep)
+        for name in os.listdir(pins):
+            if _OWN_PIN_DIR.match(name) and name not in kept:
+                shutil.rmtree(os.path.join(pins, name), ignore_errors=True)
+        for directory in (pins, PIN_ROOT):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)  # only if empty: another tool's pins may still be there
 
     def _start_reader(self) -> None:
         streaming = [s for s in self._sources if s.streams]
@@ -216,15 +267,19 @@ class Agent:
         open, the old one is opened again and the error raised."""
         if config.listen != self.config.listen or config.pin_dir != self.config.pin_dir:
             raise BpfscopeError(errno.EINVAL, "listen and pin_dir cannot change on reload: restart the agent")
+        check_custom(config)  # a mistake in a metrics YAML is found before anything is closed
         self._stop_reader()
         try:
-            with privileged():
+            with privileged(), self._sources_lock:
                 _close_all(self._sources)
                 self._sources = []
                 try:
                     self._open(config)
-                except BaseException:
-                    self._open(self.config)
+                except BaseException as failed:
+                    try:
+                        self._open(self.config)
+                    except BaseException as again:
+                        raise ReloadError(f"{failed}; and the previous config no longer opens: {again}") from None
                     raise
             self.config = config
         finally:
@@ -234,7 +289,8 @@ class Agent:
         """Stops serving and reading, detaches every source, and unpins unless keep_pins."""
         server, self._server = self._server, None
         self._stop_reader()
-        sources, self._sources = self._sources, []
+        with self._sources_lock:  # a scrape under way finishes first; later ones find no source
+            sources, self._sources = self._sources, []
         # Side by side: the server's loop notices shutdown only at its next poll (0.5 s), and each
         # tracepoint detach waits for an RCU grace period; together they fit a SIGTERM's second.
         closing = [threading.Thread(target=_close_all, args=([source],)) for source in sources]
@@ -248,9 +304,7 @@ class Agent:
             server.server_close()  # type: ignore[attr-defined]
         if self._lock_fd >= 0:
             if self._owns_pins and not self.keep_pins:
-                shutil.rmtree(self.config.pin_dir, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    os.rmdir(PIN_ROOT)  # bpfscope's root, once nothing else of ours is pinned there
+                self._remove_own_pins()
             os.close(self._lock_fd)
             self._lock_fd = -1
 

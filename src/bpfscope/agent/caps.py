@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import threading
+import os
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -151,9 +151,11 @@ def drop_capabilities(keep_effective: frozenset[int], keep_permitted: frozenset[
     if missing:
         raise BpfscopeError(errno.EPERM, f"cannot keep {_names(missing)}: not permitted to this process "
                                          f"(it has {_names(_caps(have))})")
-    if threading.active_count() > 1:
-        raise BpfscopeError(errno.EBUSY, "drop capabilities before starting threads: each thread has its own, "
-                                         f"and the {threading.active_count() - 1} running would keep theirs")
+    native = len(os.listdir("/proc/thread-self/.."))  # every thread of the process, those Python did not start too
+    if native > 1:
+        raise BpfscopeError(errno.EBUSY, f"drop capabilities before starting threads: each thread has its own, "
+                                         f"and the {native - 1} running would keep theirs (numpy's OpenBLAS "
+                                         "starts some unless OPENBLAS_NUM_THREADS=1)")
     with open("/proc/sys/kernel/cap_last_cap") as f:
         last = int(f.read())
     bounding = [cap for cap in range(last + 1)

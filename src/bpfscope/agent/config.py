@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 import yaml
 
 from ..errors import BpfscopeError
-from ..pin import PIN_ROOT
+from ..pin import BPFFS, PIN_ROOT
 
 __all__ = [
     "DEFAULT_LISTEN", "ConfigError", "Fields", "AgentConfig", "PacketsConfig", "FlowsConfig", "GuardConfig",
@@ -48,6 +48,9 @@ class Fields:
             value = {}
         if not isinstance(value, dict):
             raise self.error("", f"must be a mapping, not {_shown(value)}")
+        for key in value:
+            if not isinstance(key, str):  # YAML makes 8080: or on: a number or a boolean
+                raise self.error(str(key), f"a field name must be text, not {_shown(key)}: quote it")
         self._values: dict[str, Any] = value
         self._read: set[str] = set()
         self._known: set[str] = set()  # every field asked about, present or not
@@ -253,8 +256,11 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     listen = top.string("listen", DEFAULT_LISTEN) or DEFAULT_LISTEN
     _check_listen(listen, top)
     pin_dir = top.string("pin_dir", DEFAULT_PIN_DIR) or DEFAULT_PIN_DIR
-    if not os.path.isabs(pin_dir) or not pin_dir.startswith("/sys/fs/bpf/"):
-        raise top.error("pin_dir", f"must be a directory under /sys/fs/bpf, not {pin_dir!r}")
+    if (os.path.normpath(pin_dir) != pin_dir or not pin_dir.startswith(f"{BPFFS}/")
+            or pin_dir in (BPFFS, PIN_ROOT) or pin_dir.startswith(f"{BPFFS}/tc")):
+        # The agent removes what it pinned there: a directory of its own, never bpffs or bpfscope's root.
+        raise top.error("pin_dir", f"must be a directory of the agent's own under {BPFFS} (as {DEFAULT_PIN_DIR}), "
+                        f"not {pin_dir!r}")
     containers = top.boolean("containers", True)
     max_containers = top.integer("max_containers", 500, 1, 100_000)
     ring_bytes = top.integer("ring_bytes", 1 << 22, 1 << 12, 1 << 30)
@@ -270,10 +276,12 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     opens = _counts(tools, "opens")
     execs = _counts(tools, "execs")
     funclatency = tuple(tools.items("funclatency", _funclatency))
+    _no_repeats(tools, "funclatency", [(f.target, f.symbol) for f in funclatency], "target and symbol")
     http = _http(tools.child("http")) if tools.has("http") else None
     tools.done()
 
     custom = tuple(top.items("custom", lambda f: _custom(f, base)))
+    _no_repeats(top, "custom", [c.object.name.split(".")[0] for c in custom], "program name")
     otlp = _otlp(top.child("otlp")) if top.has("otlp") else None
     top.done()
     if guard and packets and guard.interface in packets.interfaces:
@@ -286,6 +294,13 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
         packets=packets, flows=flows, guard=guard, opens=opens, execs=execs, funclatency=funclatency, http=http,
         custom=custom, otlp=otlp, source=source,
     )
+
+
+def _no_repeats(f: Fields, name: str, keys: list[Any], what: str) -> None:
+    """Two entries of one list that would export the same series."""
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            raise f.error(f"{name}[{i}]", f"the same {what} as {name}[{keys.index(key)}]: their series would clash")
 
 
 def _check_listen(listen: str, top: Fields) -> None:

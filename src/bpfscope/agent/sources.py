@@ -213,6 +213,19 @@ class ExecsSource(Source):
         super().__init__(pin_dir)
         self.resolver = resolver
         self._snoop: Optional[ExecSnoop] = None
+        # A cgroup's labels once known, kept after its container is gone (and the resolver forgets
+        # it), so its counts stay in the same series rather than moving to the host's.
+        self._labels: dict[int, tuple[str, str]] = {}
+
+    def _labels_of(self, cgroup_id: int) -> tuple[str, str]:
+        labels = self._labels.get(cgroup_id)
+        if labels is None:
+            if self.resolver is None:
+                return ("", "")
+            labels = self.resolver.labels(cgroup_id)
+            if labels[0] or self.resolver.path(cgroup_id):  # not merely unknown yet
+                self._labels[cgroup_id] = labels
+        return labels
 
     def open(self) -> None:
         self._snoop = ExecSnoop(count=True, pin_dir=self.pin_dir).open()
@@ -221,7 +234,7 @@ class ExecsSource(Source):
         assert self._snoop is not None
         totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
         for row in self._snoop.counts():
-            container, pod = self.resolver.labels(row.cgroup_id) if self.resolver else ("", "")
+            container, pod = self._labels_of(row.cgroup_id)
             total = totals[(row.comm, container, pod)]
             total[0] += row.execs
             total[1] += row.failures

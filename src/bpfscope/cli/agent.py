@@ -8,18 +8,23 @@ detach and exit; SIGHUP: read the config again, keeping the counters."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import signal
 import sys
+import threading
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..agent import caps
-from ..agent.agent import Agent
-from ..agent.config import AgentConfig, ConfigError, load_config, parse_config
+from ..agent.agent import Agent, ReloadError, check_custom
+from ..agent.config import AgentConfig, ConfigError, OtlpConfig, load_config, parse_config
 from ..errors import BpfscopeError
 from .options import positive_float
+
+if TYPE_CHECKING:
+    from ..agent.otlp import OtlpExporter
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # stop, stop, reload
 _FOREVER = 86400.0  # seconds: sigtimedwait's wait when there is no --duration
@@ -59,24 +64,21 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(format="bpfscope agent: %(message)s", level=logging.INFO, stream=sys.stderr)
     config = _config(args)
     if args.check:
-        _check_custom(config)
+        check_custom(config)
         print(f"{args.config or 'default config'}: ok: {_describe(config)}")
         return 0
     agent = Agent(config, keep_pins=args.keep_pins)
-    exporter = None
+    otlp = _Otlp(agent)
+    dropped = False
     # The signals wait in the kernel until the main thread takes them, so at rest it sleeps rather than
     # polls; blocked before any thread starts, as threads inherit the mask.
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     try:
         agent.start()
         caps.drop_capabilities(keep_effective=args.keep_caps, keep_permitted=caps.RELOAD_CAPS)
+        dropped = True
         agent.serve()
-        if config.otlp is not None:
-            from ..agent.otlp import OtlpExporter
-
-            exporter = OtlpExporter(agent.registry, config.otlp.endpoint, interval=config.otlp.interval,
-                                    headers=dict(config.otlp.headers))
-            exporter.start()
+        otlp.update(config.otlp)
         logging.info("serving http://%s/metrics: %s", config.listen, _describe(config))
         end = time.monotonic() + args.duration if args.duration else None
         while True:
@@ -84,39 +86,61 @@ def run(args: argparse.Namespace) -> int:
             received = signal.sigtimedwait(_SIGNALS, left) if left > 0 else None
             if received is None or received.si_signo != signal.SIGHUP:
                 break
-            _reload(agent, args)
+            _reload(agent, otlp, args)
     finally:
-        if exporter is not None:
-            exporter.stop()
-        agent.stop()
+        otlp.stop()
+        # Detaching needs no capability with links; tc filters of clsact (kernels before 6.6) need NET_ADMIN.
+        with caps.effective(caps.RELOAD_CAPS) if dropped else contextlib.nullcontext():
+            agent.stop()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return 0
 
 
-def _check_custom(config: AgentConfig) -> None:
-    """Each custom program's metrics YAML against its object's BTF: no kernel needed."""
-    if not config.custom:
-        return
-    from ..agent.custom import build_cached, load_metrics
-    from ..object import ObjectSpec
+class _Otlp:
+    """The OTLP exporter, when the config has one: started, replaced on a reload that changes it,
+    and stopped with a last export that may not hold up a SIGTERM's detach for long."""
 
-    for custom in config.custom:
-        path = build_cached(custom.object) if custom.object.name.endswith(".c") else custom.object
-        spec = ObjectSpec.open(path)
-        try:
-            load_metrics(custom.metrics, spec)
-        finally:
-            spec.close()
+    FLUSH_SECONDS = 0.3
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._config: Optional[OtlpConfig] = None
+        self._exporter: Optional[OtlpExporter] = None
+
+    def update(self, config: Optional[OtlpConfig]) -> None:
+        if config == self._config:
+            return
+        self.stop()
+        if config is not None:
+            from ..agent.otlp import OtlpExporter
+
+            self._exporter = OtlpExporter(self._agent.registry, config.endpoint, interval=config.interval,
+                                          headers=dict(config.headers))
+            self._exporter.start()
+        self._config = config
+
+    def stop(self) -> None:
+        exporter, self._exporter, self._config = self._exporter, None, None
+        if exporter is not None:
+            # A collector that is slow or gone must not keep the programs attached: the last export
+            # gets FLUSH_SECONDS, then goes on (or not) in a daemon thread.
+            flushing = threading.Thread(target=exporter.stop, name="bpfscope-otlp-flush", daemon=True)
+            flushing.start()
+            flushing.join(self.FLUSH_SECONDS)
 
 
-def _reload(agent: Agent, args: argparse.Namespace) -> None:
-    """A config that does not load leaves the running one in place; the error is one line."""
+def _reload(agent: Agent, otlp: _Otlp, args: argparse.Namespace) -> None:
+    """A config that does not load leaves the running one in place; the error is one line. If the
+    running one cannot be opened again either, the agent stops (ReloadError)."""
     try:
         config = _config(args)
         agent.reload(config, privileged=lambda: caps.effective(caps.RELOAD_CAPS))
+    except ReloadError:
+        raise
     except (ConfigError, BpfscopeError, OSError) as exc:
         logging.error("reload failed, still running the previous config: %s", exc)
         return
+    otlp.update(config.otlp)
     logging.info("reloaded: %s", _describe(config))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
@@ -53,6 +54,9 @@ def _parser(selected: Optional[str]) -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # numpy's OpenBLAS starts a thread per CPU at import; bpfscope does no linear algebra, and the agent
+    # must have no thread of its own before it drops capabilities (each thread keeps its own).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     selected = next((a for a in argv if a in SUBCOMMANDS), None)
     args = _parser(selected).parse_args(argv)
     from ..errors import BpfscopeError, VerifierError
