@@ -176,8 +176,10 @@ def test_recursion_times_every_level(worker):
     assert snap.count == depth and (snap.too_deep, snap.unmatched) == (0, 0)
     assert used(snap.slots) == buckets(measured), measured
     # Level d lasts about d x 2 ms (30 ms in all, not 5 x 2 ms): each level timed from its own entry.
-    # Each level reads its clock inside the function, the kernel just outside it: close, either side.
-    assert abs(snap.sum_ns - sum(measured)) < depth * 200_000
+    # Each level reads its clock inside the function, the kernel just outside it, on the same clock:
+    # the kernel's span holds the function's own, and exceeds it by the probes' cost and whatever
+    # preemption fell between (a busy machine: up to a millisecond or two a level).
+    assert 0 <= snap.sum_ns - sum(measured) < depth * 2_000_000
 
 
 def test_recursion_deeper_than_the_stack_is_counted_not_timed(worker):
