@@ -25,6 +25,8 @@ SUBCOMMANDS = {
     "agent": ("agent", "run tools together and serve their metrics to Prometheus (and OTLP)"),
     "doctor": ("doctor", "check what this kernel and this process can run"),
     "build": ("build", "compile your own .bpf.c into a CO-RE object with bpfscope's headers"),
+    "gen": ("gen", "compile a .bpf.c and write a typed Python module for it (the bpf2go step)"),
+    "inspect": ("inspect", "what is loaded: programs, maps, links, pins, network attachments; verify an object"),
     "bench": ("bench", "measure bpfscope against its peers on this kernel"),
 }
 
