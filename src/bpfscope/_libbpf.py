@@ -19,9 +19,11 @@ from ctypes import (
     c_char,
     c_char_p,
     c_int,
+    c_int32,
     c_long,
     c_size_t,
     c_uint,
+    c_uint8,
     c_uint32,
     c_uint64,
     c_void_p,
@@ -186,6 +188,165 @@ class BpfMapInfo(Structure):
     ]
 
 
+class BpfProgInfo(Structure):
+    """struct bpf_prog_info from linux/bpf.h (all of it, as of Linux 6.18); pointer fields are
+    addresses of caller buffers the kernel fills when their counts are set."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("tag", c_uint8 * 8),
+        ("jited_prog_len", c_uint32),
+        ("xlated_prog_len", c_uint32),
+        ("jited_prog_insns", c_uint64),
+        ("xlated_prog_insns", c_uint64),
+        ("load_time", c_uint64),  # ns since boot
+        ("created_by_uid", c_uint32),
+        ("nr_map_ids", c_uint32),
+        ("map_ids", c_uint64),
+        ("name", c_char * 16),
+        ("ifindex", c_uint32),
+        ("gpl_compatible", c_uint32),
+        ("netns_dev", c_uint64),
+        ("netns_ino", c_uint64),
+        ("nr_jited_ksyms", c_uint32),
+        ("nr_jited_func_lens", c_uint32),
+        ("jited_ksyms", c_uint64),
+        ("jited_func_lens", c_uint64),
+        ("btf_id", c_uint32),
+        ("func_info_rec_size", c_uint32),
+        ("func_info", c_uint64),
+        ("nr_func_info", c_uint32),
+        ("nr_line_info", c_uint32),
+        ("line_info", c_uint64),
+        ("jited_line_info", c_uint64),
+        ("nr_jited_line_info", c_uint32),
+        ("line_info_rec_size", c_uint32),
+        ("jited_line_info_rec_size", c_uint32),
+        ("nr_prog_tags", c_uint32),
+        ("prog_tags", c_uint64),
+        ("run_time_ns", c_uint64),  # counted only while BPF stats are enabled
+        ("run_cnt", c_uint64),
+        ("recursion_misses", c_uint64),
+        ("verified_insns", c_uint32),
+        ("attach_btf_obj_id", c_uint32),
+        ("attach_btf_id", c_uint32),
+        ("_spare", c_uint32 * 9),  # room for fields newer kernels add
+    ]
+
+
+class _LinkTarget(Structure):
+    """The members of bpf_link_info's union that hold an (ifindex or id, attach_type) pair: xdp, tcx,
+    netkit, netns, sockmap, struct_ops."""
+
+    _fields_ = [("ifindex", c_uint32), ("attach_type", c_uint32)]
+
+
+class _LinkName(Structure):
+    """raw_tracepoint and iter: a name the kernel copies into a caller buffer."""
+
+    _fields_ = [("name", c_uint64), ("name_len", c_uint32)]
+
+
+class _LinkTracing(Structure):
+    _fields_ = [("attach_type", c_uint32), ("target_obj_id", c_uint32), ("target_btf_id", c_uint32)]
+
+
+class _LinkCgroup(Structure):
+    _fields_ = [("cgroup_id", c_uint64), ("attach_type", c_uint32)]
+
+
+class _LinkNetfilter(Structure):
+    _fields_ = [("pf", c_uint32), ("hooknum", c_uint32), ("priority", c_int32), ("flags", c_uint32)]
+
+
+class _LinkKprobeMulti(Structure):
+    _fields_ = [("addrs", c_uint64), ("count", c_uint32), ("flags", c_uint32)]
+
+
+class _LinkUprobeMulti(Structure):
+    _fields_ = [
+        ("path", c_uint64),
+        ("offsets", c_uint64),
+        ("ref_ctr_offsets", c_uint64),
+        ("cookies", c_uint64),
+        ("path_size", c_uint32),
+        ("count", c_uint32),
+        ("flags", c_uint32),
+        ("pid", c_uint32),
+    ]
+
+
+class _PerfEventProbe(Structure):
+    """uprobe, kprobe and tracepoint of a perf_event link share this head: a name buffer, its size,
+    the probe's offset, then an address (kprobe) or cookie."""
+
+    _fields_ = [("name", c_uint64), ("name_len", c_uint32), ("offset", c_uint32), ("addr", c_uint64)]
+
+
+class _PerfEventCounter(Structure):
+    _fields_ = [("config", c_uint64), ("type", c_uint32)]
+
+
+class _PerfEventUnion(Union):
+    _fields_ = [("probe", _PerfEventProbe), ("event", _PerfEventCounter)]
+
+
+class _LinkPerfEvent(Structure):
+    _fields_ = [("type", c_uint32), ("_pad", c_uint32), ("u", _PerfEventUnion)]
+
+
+class _LinkInfoUnion(Union):
+    _fields_ = [
+        ("target", _LinkTarget),
+        ("named", _LinkName),
+        ("tracing", _LinkTracing),
+        ("cgroup", _LinkCgroup),
+        ("netfilter", _LinkNetfilter),
+        ("kprobe_multi", _LinkKprobeMulti),
+        ("uprobe_multi", _LinkUprobeMulti),
+        ("perf_event", _LinkPerfEvent),
+        ("_spare", c_uint64 * 10),
+    ]
+
+
+class BpfLinkInfo(Structure):
+    """struct bpf_link_info from linux/bpf.h; `u` is the union, read by `type` (enum bpf_link_type)."""
+
+    _fields_ = [("type", c_uint32), ("id", c_uint32), ("prog_id", c_uint32), ("_pad", c_uint32),
+                ("u", _LinkInfoUnion)]
+
+
+class BpfXdpQueryOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("prog_id", c_uint32),
+        ("drv_prog_id", c_uint32),
+        ("hw_prog_id", c_uint32),
+        ("skb_prog_id", c_uint32),
+        ("attach_mode", c_uint8),  # XDP_ATTACHED_*
+    ]
+
+
+class BpfProgQueryAttr(Structure):
+    """union bpf_attr for BPF_PROG_QUERY as Linux 6.6 has it: libbpf 1.1's bpf_prog_query_opts
+    predates `link_ids`, which tells the tcx links on an interface apart."""
+
+    _fields_ = [
+        ("target", c_uint32),  # an fd, or the ifindex for tcx
+        ("attach_type", c_uint32),
+        ("query_flags", c_uint32),
+        ("attach_flags", c_uint32),
+        ("prog_ids", c_uint64),
+        ("count", c_uint32),
+        ("_pad", c_uint32),
+        ("prog_attach_flags", c_uint64),
+        ("link_ids", c_uint64),
+        ("link_attach_flags", c_uint64),
+        ("revision", c_uint64),
+    ]
+
+
 # --- functions ---
 
 PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
@@ -268,6 +429,21 @@ bpf_obj_get = _fn("bpf_obj_get", c_int, c_char_p)
 bpf_obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, POINTER(c_uint32))
 bpf_prog_test_run_opts = _fn("bpf_prog_test_run_opts", c_int, c_int, POINTER(BpfTestRunOpts))
 
+bpf_prog_get_next_id = _fn("bpf_prog_get_next_id", c_int, c_uint32, POINTER(c_uint32))
+bpf_map_get_next_id = _fn("bpf_map_get_next_id", c_int, c_uint32, POINTER(c_uint32))
+bpf_link_get_next_id = _fn("bpf_link_get_next_id", c_int, c_uint32, POINTER(c_uint32))
+bpf_prog_get_fd_by_id = _fn("bpf_prog_get_fd_by_id", c_int, c_uint32)
+bpf_map_get_fd_by_id = _fn("bpf_map_get_fd_by_id", c_int, c_uint32)
+bpf_link_get_fd_by_id = _fn("bpf_link_get_fd_by_id", c_int, c_uint32)
+bpf_enable_stats = _fn("bpf_enable_stats", c_int, c_int)
+bpf_xdp_query = _fn("bpf_xdp_query", c_int, c_int, c_int, POINTER(BpfXdpQueryOpts))
+bpf_program__set_log_level = _fn("bpf_program__set_log_level", c_int, c_void_p, c_uint32)
+bpf_program__set_log_buf = _fn("bpf_program__set_log_buf", c_int, c_void_p, c_void_p, c_size_t)
+libbpf_bpf_prog_type_str = _fn("libbpf_bpf_prog_type_str", c_char_p, c_int)
+libbpf_bpf_map_type_str = _fn("libbpf_bpf_map_type_str", c_char_p, c_int)
+libbpf_bpf_link_type_str = _fn("libbpf_bpf_link_type_str", c_char_p, c_int)
+libbpf_bpf_attach_type_str = _fn("libbpf_bpf_attach_type_str", c_char_p, c_int)
+
 bpf_tc_hook_create = _fn("bpf_tc_hook_create", c_int, POINTER(BpfTcHook))
 bpf_tc_hook_destroy = _fn("bpf_tc_hook_destroy", c_int, POINTER(BpfTcHook))
 bpf_tc_attach = _fn("bpf_tc_attach", c_int, POINTER(BpfTcHook), POINTER(BpfTcOpts))
@@ -324,6 +500,17 @@ def check_ptr(ptr: int | None, op: str, capability: str = "CAP_BPF") -> int:
     if not ptr:
         raise error(ctypes.get_errno() or errno.EINVAL, op, capability)
     return ptr
+
+
+_NR_BPF = {"x86_64": 321, "aarch64": 280}[platform.machine()]
+BPF_PROG_QUERY = 16
+
+
+def bpf(cmd: int, attr: Structure) -> int:
+    """The bpf() syscall itself, for commands libbpf 1.1 has no wrapper for; -errno on failure, as
+    libbpf returns, so `check` applies."""
+    ret = int(_syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
+    return -(ctypes.get_errno() or errno.EINVAL) if ret < 0 else ret
 
 
 def syscall(number: int, *args: Any) -> int:
