@@ -91,6 +91,7 @@ class Btf:
         self._strings = raw[hdr_len + str_off : hdr_len + str_off + str_len]
         self.types: list[Optional[BtfType]] = [None]
         self._by_name: dict[tuple[str, Kind], int] = {}
+        self._classes: dict[int, Any] = {}
         self._decode(raw[hdr_len + type_off : hdr_len + type_off + type_len])
 
     def _string(self, offset: int) -> str:
@@ -226,6 +227,12 @@ class Btf:
         """The numpy dtype and Python conversions of a type."""
         return TypeCodec(self, type_id)
 
+    def use_class(self, type_id: int, cls: Any) -> None:
+        """Makes single values of this struct, union or enum into `cls` (a dataclass taking the fields
+        as keywords, an IntEnum) instead of the class bpfscope would make: a module written by
+        `bpfscope gen` binds its own classes this way, before any value is converted."""
+        self._classes[self.resolve(type_id).id] = cls
+
 
 def frozen_record(name: str, fields: list[str]) -> type:
     """A frozen dataclass whose __init__ fills the instance __dict__ directly. The generated one
@@ -360,7 +367,8 @@ class TypeCodec:
     def _class_for(self, type_id: int) -> Any:
         t = self.btf.resolve(type_id)
         if t.id not in self._classes:
-            self._classes[t.id] = self._python_type(t.id)
+            bound = self.btf._classes.get(t.id)
+            self._classes[t.id] = bound if bound is not None else self._python_type(t.id)
         return self._classes[t.id]
 
     def to_bytes(self, value: Any) -> bytes:

@@ -57,6 +57,16 @@ class MapSpec:
         return int(_libbpf.bpf_map__type(self._ptr))
 
     @property
+    def key_size(self) -> int:
+        """Bytes of a key, whether or not BTF types it."""
+        return int(_libbpf.bpf_map__key_size(self._ptr))
+
+    @property
+    def value_size(self) -> int:
+        """Bytes of a value, whether or not BTF types it."""
+        return int(_libbpf.bpf_map__value_size(self._ptr))
+
+    @property
     def max_entries(self) -> int:
         return int(_libbpf.bpf_map__max_entries(self._ptr))
 

@@ -1,0 +1,217 @@
+"""Every program the project ships, through the module `bpfscope gen` writes for it, on the real
+kernel: generated, imported, loaded (nothing attached), its maps and rings read as the module's
+types; map_types and ringbuf_events used for real through test_run; and mypy --strict over all of
+the generated code."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+import bpfscope
+from bpfscope.build import find_clang
+from bpfscope.errors import BpfscopeError, VerifierError
+from bpfscope.gen import TypedMap, TypedPerCpuMap, TypedRingBuffer, generate
+from bpfscope.maps import ArrayMap, Map, MapType, possible_cpus
+from bpfscope.program import XdpAction
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = sorted(
+    path
+    for pattern in ("src/bpfscope/tools/*.bpf.c", "src/bpfscope/benchmarks/*.bpf.c", "tests/bpf/*.bpf.c",
+                    "examples/agent/*.bpf.c")
+    for path in ROOT.glob(pattern)
+)
+NAMES = [path.name.removesuffix(".bpf.c") for path in SOURCES]
+PACKET = bytes(64)
+
+# What an object needs before it loads here; everything else loads as it is.
+PREPARE: dict[str, Callable[[Any], None]] = {
+    # Its one program is there to be rejected (tests/kernel/test_objects.py); its map still loads.
+    "verifier_reject": lambda spec: setattr(spec.programs.unchecked_lookup, "autoload", False),
+}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        find_clang()
+    except BpfscopeError as exc:
+        pytest.skip(str(exc))
+    directory = tmp_path_factory.mktemp("generated")
+    for source, name in zip(SOURCES, NAMES):
+        generate(source, directory / f"{name}.py")
+    return directory
+
+
+def _import(directory: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The generated module, from its file (dataclasses look the module up while it runs)."""
+    spec = importlib.util.spec_from_file_location(name, directory / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _object_class(module: ModuleType, name: str) -> Any:
+    return getattr(module, "".join(word[:1].upper() + word[1:] for word in name.split("_")))
+
+
+def _is_generated(value: object, module: ModuleType) -> bool:
+    """Whether every struct and enum in `value` is an instance of the module's own classes."""
+    if isinstance(value, tuple):
+        return all(_is_generated(item, module) for item in value)
+    if dataclasses.is_dataclass(value):
+        return type(value).__module__ == module.__name__ and all(
+            _is_generated(getattr(value, field.name), module) for field in dataclasses.fields(value))
+    if isinstance(value, enum.Enum):
+        return type(value).__module__ == module.__name__
+    return True
+
+
+def test_every_shipped_program_has_a_module() -> None:
+    assert len(SOURCES) >= 20 and "map_types" in NAMES and "opensnoop" in NAMES and "signals" in NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loads_and_reads_through_its_generated_module(
+    generated: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _import(generated, name, monkeypatch)
+    spec = _object_class(module, name).open()
+    PREPARE.get(name, lambda spec: None)(spec)
+    with spec.load() as obj:
+        maps = vars(obj.maps)
+        assert set(maps) == {map_name for map_name in obj.object.maps if "." not in map_name}
+        for map_name, typed in maps.items():
+            if isinstance(typed, Map):  # a ring buffer: read through obj.rings
+                assert typed.type == MapType.RINGBUF
+                continue
+            assert isinstance(typed, (TypedMap, TypedPerCpuMap))
+            keys, values = typed.lookup_batch()
+            assert keys.dtype == typed.map.key.dtype and len(keys) == len(values)
+            entries = typed.items()
+            if isinstance(typed.map, ArrayMap):
+                assert len(entries) == typed.map.max_entries
+                entries.append((0, typed[0]))
+            assert all(_is_generated(key, module) and _is_generated(value, module) for key, value in entries), (
+                map_name)
+        for ring_name, attribute in vars(type(obj.rings)).items():
+            if isinstance(attribute, property):
+                reader = getattr(obj.rings, ring_name)
+                assert isinstance(reader, TypedRingBuffer)
+                assert len(reader.drain()) == 0 and reader.lost == 0
+        programs = [attribute for attribute, member in vars(type(obj.programs)).items() if isinstance(member, property)]
+        assert sorted(programs) == sorted(spec.spec.programs)
+        for program in programs:
+            if spec.spec.programs[program].autoload:
+                assert getattr(obj.programs, program).fd >= 0
+
+
+def test_a_program_the_verifier_rejects_fails_to_load(generated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _import(generated, "verifier_reject", monkeypatch)
+    with pytest.raises(VerifierError, match="unchecked_lookup"):
+        module.VerifierReject.load()
+    spec = module.VerifierReject.open()
+    spec.programs.unchecked_lookup.autoload = False
+    with spec.load() as obj, pytest.raises(BpfscopeError, match="autoload was off"):
+        _ = obj.programs.unchecked_lookup
+
+
+def test_map_types_run_and_read_as_generated_classes(generated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _import(generated, "map_types", monkeypatch)
+    with module.MapTypes.load(cfg_increment=3) as obj:
+        assert obj.config.cfg_increment == 3
+        for _ in range(5):
+            assert obj.programs.bump_counters.test_run(PACKET).action == XdpAction.PASS
+        assert obj.maps.per_cpu_small.sum(0) == 15  # each run adds cfg_increment on its CPU
+
+        key = module.TestFlowKey(saddr=0x0A000001, sport=443, proto=6)
+        value = module.FlowCounters(packets=2, bytes=120, comm=b"curl", delta=-5,
+                                    state=module.TestFlowState.TEST_FLOW_ESTABLISHED)
+        flows = obj.maps.flows
+        flows[key] = value
+        found = flows[key]
+        assert found == value and type(found) is module.FlowCounters
+        assert found.state is module.TestFlowState.TEST_FLOW_ESTABLISHED
+        assert flows.items() == [(key, value)] and key in flows
+        keys, values = flows.lookup_batch()
+        assert keys.dtype == module.TEST_FLOW_KEY_DTYPE and values.dtype == module.FLOW_COUNTERS_DTYPE
+        assert (keys["sport"].tolist(), values["comm"].tolist()) == ([443], [b"curl"])
+        del flows[key]
+        assert key not in flows and flows.lookup(key) is None
+
+        cpus = possible_cpus()
+        obj.maps.per_cpu_flows[1] = value
+        assert obj.maps.per_cpu_flows[1] == (value,) * cpus
+        assert obj.maps.per_cpu_flows.sum(1).packets == 2 * cpus
+
+        obj.maps.prefixes[module.LpmV4Key(prefixlen=24, addr=(10, 1, 2, 0))] = 7
+        assert obj.maps.prefixes.lookup(module.LpmV4Key(prefixlen=32, addr=(10, 1, 2, 99))) == 7
+        assert obj.maps.prefixes.lookup(module.LpmV4Key(prefixlen=32, addr=(10, 1, 3, 1))) is None
+
+
+def test_ringbuf_events_arrive_as_the_generated_event_class(
+    generated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _import(generated, "ringbuf_events", monkeypatch)
+    with module.RingbufEvents.load(cfg_per_run=4) as obj:
+        for _ in range(2):
+            obj.programs.emit_events.test_run(PACKET)
+        with obj.rings.events as events:
+            records = list(events.records(timeout_ms=0))
+        assert [type(record) for record in records] == [module.TestEvent] * 8
+        assert [record.seq for record in records] == list(range(8))
+        assert {(record.magic, record.tag) for record in records} == {(0xB0F5C0DE, b"bpfscop")}
+        assert events.received == 8 and events.lost == 0
+        # The `with` closed that reader; the next access makes a new one, kept until the object closes.
+        assert events.closed and obj.rings.events is not events and obj.rings.events is obj.rings.events
+        obj.programs.emit_wide.test_run(PACKET)
+        batch = obj.rings.wide_events.poll(timeout_ms=0)
+        assert batch.dtype == module.WIDE_EVENT_DTYPE and batch["seq"].tolist() == [8, 9, 10, 11]
+
+
+def test_nested_values_go_into_the_kernel_and_come_back(generated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    packets = _import(generated, "packets", monkeypatch)
+    counts = packets.PacketCounts(l3=tuple(packets.ProtoCount(packets=n, bytes=10 * n) for n in range(4)),
+                                  l4=(packets.ProtoCount(packets=0, bytes=0),) * 4)
+    cpus = possible_cpus()
+    with packets.Packets.load() as obj:
+        obj.maps.counts[0] = counts  # arrays of structs, on every CPU
+        assert obj.maps.counts[0] == (counts,) * cpus
+        assert obj.maps.counts.sum(0).l3[3] == packets.ProtoCount(packets=3 * cpus, bytes=30 * cpus)
+    guard = _import(generated, "guard", monkeypatch)
+    source = guard.Cidr(prefixlen=128, addr=tuple(range(16)))
+    with guard.Guard.load() as obj:
+        obj.maps.sources[source] = guard.SourceState(tat=1, passed=2, dropped=3)
+        assert obj.maps.sources.items() == [(source, guard.SourceState(tat=1, passed=2, dropped=3))]
+        assert obj.maps.sources.delete(source) and len(obj.maps.sources) == 0
+
+
+@pytest.mark.slow
+def test_mypy_strict_accepts_every_generated_module_and_stub(generated: Path, tmp_path: Path) -> None:
+    pytest.importorskip("mypy")
+    # The .py files alone (no stub beside them), then the stubs: both must pass --strict.
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for name in NAMES:
+        (sources / f"{name}.py").write_text((generated / f"{name}.py").read_text())
+    env = {**os.environ, "MYPYPATH": str(Path(bpfscope.__file__).parents[1])}  # bpfscope has no py.typed
+    for directory, suffix in ((sources, ".py"), (generated, ".pyi")):
+        files = [str(directory / f"{name}{suffix}") for name in NAMES]
+        result = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", *files],
+                                capture_output=True, text=True, cwd=directory, env=env, check=False)
+        assert result.returncode == 0, result.stdout
