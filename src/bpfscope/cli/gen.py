@@ -4,13 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
-from ..build import ARCHES, CompileError, CompileWarning
+from .build import add_compile_arguments, clang_messages
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,16 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "go beside it")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if the module or its .pyi differs from what gen would write")
-    parser.add_argument("--arch", choices=sorted(ARCHES),
-                        help="the kernel's architecture (default: this machine's)")
-    parser.add_argument("-I", dest="include_dirs", metavar="DIR", type=Path, action="append", default=[],
-                        help="also look for headers in DIR, ahead of bpfscope's (repeatable)")
+    add_compile_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..gen import generate, stale
 
-    with _clang_messages():
+    with clang_messages():
         if not args.check:
             print(generate(args.source, args.output, arch=args.arch, include_dirs=args.include_dirs))
             return 0
@@ -40,22 +34,3 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
-
-
-@contextlib.contextmanager
-def _clang_messages() -> Iterator[None]:
-    """clang's diagnostics on stderr, as `bpfscope build` shows them: in full when it fails (then
-    the error's one line), as they are when it only warns."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CompileWarning)
-        try:
-            yield
-        except CompileError as exc:
-            sys.stderr.write(exc.diagnostics)
-            raise
-        finally:
-            for warning in caught:
-                if issubclass(warning.category, CompileWarning):
-                    sys.stderr.write(str(warning.message))
-                else:
-                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
