@@ -4,9 +4,8 @@
 
 import os
 from pathlib import Path
-from types import TracebackType
 
-from bpfscope.gen import Knobs, Members, ProgramT, Rings, TypedPerCpuMap
+from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
 
@@ -48,10 +47,9 @@ class SyscallsRings(Rings):
     """Ring buffer readers, made on first use, closed with the object; records are this module's."""
 
 
-class SyscallsSpec:
+class SyscallsSpec(OpenedSpec):
     """syscalls.bpf.o opened, nothing in the kernel yet: set config, map sizes and autoload, then load()."""
 
-    spec: ObjectSpec
     config: SyscallsConfig
     programs: SyscallsPrograms[ProgramSpec]
     maps: SyscallsMapSpecs
@@ -60,14 +58,11 @@ class SyscallsSpec:
 
     def load(self) -> Syscalls: ...
 
-    def close(self) -> None: ...
 
-
-class Syscalls:
+class Syscalls(LoadedObject):
     """syscalls.bpf.o loaded: its programs, maps and ring buffers by name, typed. Close it (or use `with`) to release
     every fd."""
 
-    object: Object
     config: SyscallsConfig
     programs: SyscallsPrograms[Program]
     maps: SyscallsMaps
@@ -80,11 +75,3 @@ class Syscalls:
 
     @staticmethod
     def load(path: str | os.PathLike[str] | None = None, /) -> Syscalls: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Syscalls: ...
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...

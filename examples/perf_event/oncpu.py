@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
-from bpfscope.gen import Knobs, Members, ProgramT, Rings, TypedPerCpuMap, bind, record, struct_dtype
+from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap, record, struct_dtype
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
 
@@ -73,16 +72,11 @@ class OncpuRings(Rings):
     """Ring buffer readers, made on first use, closed with the object; records are this module's."""
 
 
-class OncpuSpec:
+class OncpuSpec(OpenedSpec):
     """oncpu.bpf.o opened, nothing in the kernel yet: set config, map sizes and autoload, then load()."""
 
     def __init__(self, spec: ObjectSpec) -> None:
-        try:
-            bind(spec, _TYPES)
-        except BaseException:
-            spec.close()
-            raise
-        self.spec = spec
+        super().__init__(spec, _TYPES)
         self.config = OncpuConfig(spec.rodata)
         self.programs: OncpuPrograms[ProgramSpec] = OncpuPrograms(spec.programs, "program")
         self.maps = OncpuMapSpecs(spec.maps, "map")
@@ -91,12 +85,8 @@ class OncpuSpec:
         """Loads the programs whose autoload is on and creates the maps; the spec is used up."""
         return Oncpu(self.spec.load())
 
-    def close(self) -> None:
-        """Drops the spec without loading it."""
-        self.spec.close()
 
-
-class Oncpu:
+class Oncpu(LoadedObject):
     """oncpu.bpf.o loaded: its programs, maps and ring buffers by name, typed. Close it (or use `with`) to release every
     fd."""
 
@@ -121,15 +111,3 @@ class Oncpu:
         """open(), then each knob given set, then load()."""
         spec = Oncpu.open(path)
         return spec.load()
-
-    def close(self) -> None:
-        self.rings.close()
-        self.object.close()
-
-    def __enter__(self) -> Oncpu:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

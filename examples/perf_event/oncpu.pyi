@@ -5,10 +5,9 @@
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
-from bpfscope.gen import Knobs, Members, ProgramT, Rings, TypedPerCpuMap
+from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
 
@@ -59,10 +58,9 @@ class OncpuRings(Rings):
     """Ring buffer readers, made on first use, closed with the object; records are this module's."""
 
 
-class OncpuSpec:
+class OncpuSpec(OpenedSpec):
     """oncpu.bpf.o opened, nothing in the kernel yet: set config, map sizes and autoload, then load()."""
 
-    spec: ObjectSpec
     config: OncpuConfig
     programs: OncpuPrograms[ProgramSpec]
     maps: OncpuMapSpecs
@@ -71,14 +69,11 @@ class OncpuSpec:
 
     def load(self) -> Oncpu: ...
 
-    def close(self) -> None: ...
 
-
-class Oncpu:
+class Oncpu(LoadedObject):
     """oncpu.bpf.o loaded: its programs, maps and ring buffers by name, typed. Close it (or use `with`) to release every
     fd."""
 
-    object: Object
     config: OncpuConfig
     programs: OncpuPrograms[Program]
     maps: OncpuMaps
@@ -91,11 +86,3 @@ class Oncpu:
 
     @staticmethod
     def load(path: str | os.PathLike[str] | None = None, /) -> Oncpu: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Oncpu: ...
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...

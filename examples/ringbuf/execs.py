@@ -7,11 +7,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
-from bpfscope.gen import Knobs, Members, ProgramT, Rings, TypedPerCpuMap, TypedRingBuffer, bind, record, struct_dtype
+from bpfscope.gen import (
+    Knobs,
+    LoadedObject,
+    Members,
+    OpenedSpec,
+    ProgramT,
+    Rings,
+    TypedPerCpuMap,
+    TypedRingBuffer,
+    record,
+    struct_dtype,
+)
 from bpfscope.maps import Map
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
@@ -89,16 +99,11 @@ class ExecsRings(Rings):
         return self._reader("events", EXEC_EVENT_DTYPE)
 
 
-class ExecsSpec:
+class ExecsSpec(OpenedSpec):
     """execs.bpf.o opened, nothing in the kernel yet: set config, map sizes and autoload, then load()."""
 
     def __init__(self, spec: ObjectSpec) -> None:
-        try:
-            bind(spec, _TYPES)
-        except BaseException:
-            spec.close()
-            raise
-        self.spec = spec
+        super().__init__(spec, _TYPES)
         self.config = ExecsConfig(spec.rodata)
         self.programs: ExecsPrograms[ProgramSpec] = ExecsPrograms(spec.programs, "program")
         self.maps = ExecsMapSpecs(spec.maps, "map")
@@ -107,12 +112,8 @@ class ExecsSpec:
         """Loads the programs whose autoload is on and creates the maps; the spec is used up."""
         return Execs(self.spec.load())
 
-    def close(self) -> None:
-        """Drops the spec without loading it."""
-        self.spec.close()
 
-
-class Execs:
+class Execs(LoadedObject):
     """execs.bpf.o loaded: its programs, maps and ring buffers by name, typed. Close it (or use `with`) to release every
     fd."""
 
@@ -137,15 +138,3 @@ class Execs:
         """open(), then each knob given set, then load()."""
         spec = Execs.open(path)
         return spec.load()
-
-    def close(self) -> None:
-        self.rings.close()
-        self.object.close()
-
-    def __enter__(self) -> Execs:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

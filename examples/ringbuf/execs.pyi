@@ -5,10 +5,9 @@
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
-from bpfscope.gen import Knobs, Members, ProgramT, Rings, TypedPerCpuMap, TypedRingBuffer
+from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap, TypedRingBuffer
 from bpfscope.maps import Map
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
@@ -70,10 +69,9 @@ class ExecsRings(Rings):
     def events(self) -> TypedRingBuffer[ExecEvent]: ...
 
 
-class ExecsSpec:
+class ExecsSpec(OpenedSpec):
     """execs.bpf.o opened, nothing in the kernel yet: set config, map sizes and autoload, then load()."""
 
-    spec: ObjectSpec
     config: ExecsConfig
     programs: ExecsPrograms[ProgramSpec]
     maps: ExecsMapSpecs
@@ -82,14 +80,11 @@ class ExecsSpec:
 
     def load(self) -> Execs: ...
 
-    def close(self) -> None: ...
 
-
-class Execs:
+class Execs(LoadedObject):
     """execs.bpf.o loaded: its programs, maps and ring buffers by name, typed. Close it (or use `with`) to release every
     fd."""
 
-    object: Object
     config: ExecsConfig
     programs: ExecsPrograms[Program]
     maps: ExecsMaps
@@ -102,11 +97,3 @@ class Execs:
 
     @staticmethod
     def load(path: str | os.PathLike[str] | None = None, /) -> Execs: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Execs: ...
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...

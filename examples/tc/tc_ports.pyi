@@ -4,9 +4,8 @@
 
 import os
 from pathlib import Path
-from types import TracebackType
 
-from bpfscope.gen import Knobs, Members, ProgramT, Rings, TypedPerCpuMap
+from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
 
@@ -48,10 +47,9 @@ class TcPortsRings(Rings):
     """Ring buffer readers, made on first use, closed with the object; records are this module's."""
 
 
-class TcPortsSpec:
+class TcPortsSpec(OpenedSpec):
     """tc_ports.bpf.o opened, nothing in the kernel yet: set config, map sizes and autoload, then load()."""
 
-    spec: ObjectSpec
     config: TcPortsConfig
     programs: TcPortsPrograms[ProgramSpec]
     maps: TcPortsMapSpecs
@@ -60,14 +58,11 @@ class TcPortsSpec:
 
     def load(self) -> TcPorts: ...
 
-    def close(self) -> None: ...
 
-
-class TcPorts:
+class TcPorts(LoadedObject):
     """tc_ports.bpf.o loaded: its programs, maps and ring buffers by name, typed. Close it (or use `with`) to release
     every fd."""
 
-    object: Object
     config: TcPortsConfig
     programs: TcPortsPrograms[Program]
     maps: TcPortsMaps
@@ -80,11 +75,3 @@ class TcPorts:
 
     @staticmethod
     def load(path: str | os.PathLike[str] | None = None, /) -> TcPorts: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> TcPorts: ...
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...

@@ -7,11 +7,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
-from bpfscope.gen import Knob, Knobs, Members, ProgramT, Rings, TypedPerCpuMap, bind, record, struct_dtype
+from bpfscope.gen import (
+    Knob,
+    Knobs,
+    LoadedObject,
+    Members,
+    OpenedSpec,
+    ProgramT,
+    Rings,
+    TypedPerCpuMap,
+    record,
+    struct_dtype,
+)
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
 
@@ -75,16 +85,11 @@ class OpensRings(Rings):
     """Ring buffer readers, made on first use, closed with the object; records are this module's."""
 
 
-class OpensSpec:
+class OpensSpec(OpenedSpec):
     """opens.bpf.o opened, nothing in the kernel yet: set config, map sizes and autoload, then load()."""
 
     def __init__(self, spec: ObjectSpec) -> None:
-        try:
-            bind(spec, _TYPES)
-        except BaseException:
-            spec.close()
-            raise
-        self.spec = spec
+        super().__init__(spec, _TYPES)
         self.config = OpensConfig(spec.rodata)
         self.programs: OpensPrograms[ProgramSpec] = OpensPrograms(spec.programs, "program")
         self.maps = OpensMapSpecs(spec.maps, "map")
@@ -93,12 +98,8 @@ class OpensSpec:
         """Loads the programs whose autoload is on and creates the maps; the spec is used up."""
         return Opens(self.spec.load())
 
-    def close(self) -> None:
-        """Drops the spec without loading it."""
-        self.spec.close()
 
-
-class Opens:
+class Opens(LoadedObject):
     """opens.bpf.o loaded: its programs, maps and ring buffers by name, typed. Close it (or use `with`) to release every
     fd."""
 
@@ -125,15 +126,3 @@ class Opens:
         if cfg_tgid is not None:
             spec.config.cfg_tgid = cfg_tgid
         return spec.load()
-
-    def close(self) -> None:
-        self.rings.close()
-        self.object.close()
-
-    def __enter__(self) -> Opens:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -5,10 +5,9 @@
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
-from bpfscope.gen import Knobs, Members, ProgramT, Rings, TypedPerCpuMap
+from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
 
@@ -61,10 +60,9 @@ class OpensRings(Rings):
     """Ring buffer readers, made on first use, closed with the object; records are this module's."""
 
 
-class OpensSpec:
+class OpensSpec(OpenedSpec):
     """opens.bpf.o opened, nothing in the kernel yet: set config, map sizes and autoload, then load()."""
 
-    spec: ObjectSpec
     config: OpensConfig
     programs: OpensPrograms[ProgramSpec]
     maps: OpensMapSpecs
@@ -73,14 +71,11 @@ class OpensSpec:
 
     def load(self) -> Opens: ...
 
-    def close(self) -> None: ...
 
-
-class Opens:
+class Opens(LoadedObject):
     """opens.bpf.o loaded: its programs, maps and ring buffers by name, typed. Close it (or use `with`) to release every
     fd."""
 
-    object: Object
     config: OpensConfig
     programs: OpensPrograms[Program]
     maps: OpensMaps
@@ -93,11 +88,3 @@ class Opens:
 
     @staticmethod
     def load(path: str | os.PathLike[str] | None = None, /, *, cfg_tgid: int | None = None) -> Opens: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Opens: ...
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
-from bpfscope.gen import Knobs, Members, ProgramT, Rings, TypedPerCpuMap, bind
+from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
 
@@ -58,16 +57,11 @@ class MallocSizesRings(Rings):
     """Ring buffer readers, made on first use, closed with the object; records are this module's."""
 
 
-class MallocSizesSpec:
+class MallocSizesSpec(OpenedSpec):
     """malloc_sizes.bpf.o opened, nothing in the kernel yet: set config, map sizes and autoload, then load()."""
 
     def __init__(self, spec: ObjectSpec) -> None:
-        try:
-            bind(spec, _TYPES)
-        except BaseException:
-            spec.close()
-            raise
-        self.spec = spec
+        super().__init__(spec, _TYPES)
         self.config = MallocSizesConfig(spec.rodata)
         self.programs: MallocSizesPrograms[ProgramSpec] = MallocSizesPrograms(spec.programs, "program")
         self.maps = MallocSizesMapSpecs(spec.maps, "map")
@@ -76,12 +70,8 @@ class MallocSizesSpec:
         """Loads the programs whose autoload is on and creates the maps; the spec is used up."""
         return MallocSizes(self.spec.load())
 
-    def close(self) -> None:
-        """Drops the spec without loading it."""
-        self.spec.close()
 
-
-class MallocSizes:
+class MallocSizes(LoadedObject):
     """malloc_sizes.bpf.o loaded: its programs, maps and ring buffers by name, typed. Close it (or use `with`) to
     release every fd."""
 
@@ -106,15 +96,3 @@ class MallocSizes:
         """open(), then each knob given set, then load()."""
         spec = MallocSizes.open(path)
         return spec.load()
-
-    def close(self) -> None:
-        self.rings.close()
-        self.object.close()
-
-    def __enter__(self) -> MallocSizes:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

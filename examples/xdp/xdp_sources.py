@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
-from bpfscope.gen import Knobs, Members, ProgramT, Rings, TypedPerCpuMap, bind, record, struct_dtype
+from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap, record, struct_dtype
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
 
@@ -77,16 +76,11 @@ class XdpSourcesRings(Rings):
     """Ring buffer readers, made on first use, closed with the object; records are this module's."""
 
 
-class XdpSourcesSpec:
+class XdpSourcesSpec(OpenedSpec):
     """xdp_sources.bpf.o opened, nothing in the kernel yet: set config, map sizes and autoload, then load()."""
 
     def __init__(self, spec: ObjectSpec) -> None:
-        try:
-            bind(spec, _TYPES)
-        except BaseException:
-            spec.close()
-            raise
-        self.spec = spec
+        super().__init__(spec, _TYPES)
         self.config = XdpSourcesConfig(spec.rodata)
         self.programs: XdpSourcesPrograms[ProgramSpec] = XdpSourcesPrograms(spec.programs, "program")
         self.maps = XdpSourcesMapSpecs(spec.maps, "map")
@@ -95,12 +89,8 @@ class XdpSourcesSpec:
         """Loads the programs whose autoload is on and creates the maps; the spec is used up."""
         return XdpSources(self.spec.load())
 
-    def close(self) -> None:
-        """Drops the spec without loading it."""
-        self.spec.close()
 
-
-class XdpSources:
+class XdpSources(LoadedObject):
     """xdp_sources.bpf.o loaded: its programs, maps and ring buffers by name, typed. Close it (or use `with`) to release
     every fd."""
 
@@ -125,15 +115,3 @@ class XdpSources:
         """open(), then each knob given set, then load()."""
         spec = XdpSources.open(path)
         return spec.load()
-
-    def close(self) -> None:
-        self.rings.close()
-        self.object.close()
-
-    def __enter__(self) -> XdpSources:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

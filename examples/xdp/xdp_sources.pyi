@@ -5,10 +5,9 @@
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
-from bpfscope.gen import Knobs, Members, ProgramT, Rings, TypedPerCpuMap
+from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
 
@@ -60,10 +59,9 @@ class XdpSourcesRings(Rings):
     """Ring buffer readers, made on first use, closed with the object; records are this module's."""
 
 
-class XdpSourcesSpec:
+class XdpSourcesSpec(OpenedSpec):
     """xdp_sources.bpf.o opened, nothing in the kernel yet: set config, map sizes and autoload, then load()."""
 
-    spec: ObjectSpec
     config: XdpSourcesConfig
     programs: XdpSourcesPrograms[ProgramSpec]
     maps: XdpSourcesMapSpecs
@@ -72,14 +70,11 @@ class XdpSourcesSpec:
 
     def load(self) -> XdpSources: ...
 
-    def close(self) -> None: ...
 
-
-class XdpSources:
+class XdpSources(LoadedObject):
     """xdp_sources.bpf.o loaded: its programs, maps and ring buffers by name, typed. Close it (or use `with`) to release
     every fd."""
 
-    object: Object
     config: XdpSourcesConfig
     programs: XdpSourcesPrograms[Program]
     maps: XdpSourcesMaps
@@ -92,11 +87,3 @@ class XdpSources:
 
     @staticmethod
     def load(path: str | os.PathLike[str] | None = None, /) -> XdpSources: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> XdpSources: ...
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
