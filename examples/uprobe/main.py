@@ -15,7 +15,7 @@ parser.add_argument("--json", action="store_true", help="one JSON object per siz
 args = parser.parse_args()
 
 with MallocSizes.load() as obj, obj.programs.count_malloc.attach_uprobe("libc", "malloc", pid=args.pid):
-    print(f"timing malloc in {args.pid} for {args.seconds:g} s", file=sys.stderr)
+    print(f"counting malloc sizes in {args.pid} for {args.seconds:g} s", file=sys.stderr)
     time.sleep(args.seconds)
     _, counts = obj.maps.sizes.lookup_batch_sum()  # slot i: 2^i to 2^(i+1)-1 bytes
 

@@ -2,7 +2,8 @@
 knows the object: its types from BTF as numpy dtypes and frozen dataclasses (enums as IntEnum), its
 programs, maps, ring buffers and `const volatile` knobs as typed attributes, and a .pyi stub, so
 editors complete the names and mypy checks their use. The text depends on the source, the headers
-and bpfscope's version only, so `--check` can regenerate it and compare, as CI does for bpf2go.
+and the generator only (no version, path or time), so `--check` can regenerate it and compare, as CI
+does for bpf2go.
 
 The first half of this module is what generated modules import at run time (typed maps and ring
 buffers, knobs, `bind`): written and tested once here instead of once per module."""
@@ -23,7 +24,6 @@ from typing import Any, Generic, Optional, TypeVar, Union, cast, overload
 
 import numpy as np
 
-from .__about__ import __version__
 from .btf import Btf, Kind, frozen_record
 from .build import compile_object
 from .errors import BpfscopeError, TypeMismatchError
@@ -482,7 +482,9 @@ class _Model:
         self.maps = _attributes((name for name in spec.maps if "." not in name), "map")
         self.programs = _attributes(spec.programs, "program")
         section = self.btf.find(".rodata", Kind.DATASEC)
-        self.knob_types = {m.name: m.type_id for m in section.members} if section is not None else {}
+        # Globals only: a function's static locals (bpf_printk's format string) are named func.var here.
+        self.knob_types = ({m.name: m.type_id for m in section.members if "." not in m.name}
+                           if section is not None else {})
         self.knobs = _attributes(self.knob_types, "config")
         exports = {t.name.removeprefix("__btf_export_"): self.btf.resolve(t.ref).ref
                    for t in self.btf if t.kind == Kind.VAR and t.name.startswith("__btf_export_")}
@@ -702,7 +704,7 @@ class _Writer:
         m = self.m
         head = [
             f"{_MARKER} from {self.source}. DO NOT EDIT.",
-            f"# {self.source} sha256 {self.sha256}; bpfscope {__version__}.",
+            f"# {self.source} sha256 {self.sha256}.",
             *self.docstring("", f"Typed access to {self.object_file}, from its BTF: {m.cls}.load(), or "
                             f"{m.cls}.open() to configure first."),
             "",
@@ -1000,9 +1002,14 @@ def generate(
     for path in (module, stub):
         if path.exists() and not path.read_text(errors="replace").startswith(_MARKER):
             raise GenError(f"{path} exists and bpfscope gen did not write it; choose another with -o")
-    obj = compile_object(source_path, module.with_name(f"{_basename(source_path)}.bpf.o"), arch=arch,
-                         include_dirs=include_dirs)
-    for path, text in zip((module, stub), render(obj, source=source_path)):
+    target = module.with_name(f"{_basename(source_path)}.bpf.o")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bpfscope-gen-", dir=module.parent) as tmp:
+        # Rendered before anything is replaced: a program gen refuses leaves the old object and module together.
+        obj = compile_object(source_path, Path(tmp) / target.name, arch=arch, include_dirs=include_dirs)
+        texts = render(obj, source=source_path)
+        os.replace(obj, target)
+    for path, text in zip((module, stub), texts):
         path.write_text(text, encoding="utf-8")
     return module
 

@@ -659,7 +659,7 @@ def open_map(ref: str) -> Map:
     """A map by id ("123") or by the path it is pinned at, typed by the BTF the kernel keeps for it.
     The Map owns its fd: close it (or use `with`)."""
     if ref.isdigit():
-        fd = _fd_by_id("map", int(ref))
+        fd = _fd_by_id("map", int(ref)) if int(ref) < 1 << 32 else None  # ids are u32: ctypes would wrap a larger one
         if fd is None:
             raise BpfscopeError(errno.ENOENT, f"no map with id {ref}")
     else:

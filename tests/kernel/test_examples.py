@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -127,14 +126,15 @@ def test_ringbuf_streams_each_exec(example):
 
 @pytest.mark.parametrize("example", ["percpu"], indirect=True)
 def test_percpu_counts_on_every_cpu(example):
-    run = Run(example, "--seconds", "1")
+    run = Run(example, "--seconds", "2")
     run.wait_ready()
-    for _ in range(2000):
-        time.monotonic_ns()  # not a syscall (vDSO): the count below comes from the machine's own calls
+    calls = 20_000
+    subprocess.run([sys.executable, "-c", f"import os\nfor _ in range({calls}): os.getppid()"], check=True)
     (result,) = run.results()
     with open("/sys/devices/system/cpu/possible") as f:
         possible = int(f.read().strip().split("-")[-1]) + 1
-    assert len(result["per_cpu"]) == possible and result["total"] == sum(result["per_cpu"]) > 0
+    assert len(result["per_cpu"]) == possible
+    assert sum(result["per_cpu"]) >= calls  # those getppid() calls, on whichever CPU, and the machine's own
 
 
 @pytest.mark.parametrize("example", ["perf_event"], indirect=True)
