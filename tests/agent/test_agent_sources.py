@@ -3,6 +3,8 @@ was sent, and OTLP export of the same metrics to a real OTLP/HTTP endpoint."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,8 +17,11 @@ from typing import Iterator
 
 import pytest
 
+from bpfscope.agent.containers import ContainerResolver
+from bpfscope.agent.sources import ExecsSource
+
 from .agentproc import AgentProcess, free_port, xdp_attached
-from .test_agent import send_to_host
+from .test_agent import cgroup2_root, send_to_host
 from .test_otlp import Receiver, metrics_of
 
 NAP_C = Path(__file__).parent / "c" / "nap.c"
@@ -247,3 +252,33 @@ def test_sigterm_detaches_within_a_second_even_if_the_collector_hangs(veth_pair,
         assert not xdp_attached(veth_pair.host)
     finally:
         hanging.close()
+
+
+def test_exec_counts_of_removed_cgroups_make_room(bpffs_dir, tmp_path):
+    """With the count map nearly full, the counts of cgroups that are gone are deleted; live ones stay."""
+    scope = cgroup2_root() / f"bpfscope-test-{tmp_path.name[-8:]}.scope"
+    scope.mkdir()
+    source = ExecsSource(str(bpffs_dir / "execs"), ContainerResolver(10), max_counts=10)
+    source.open()
+    try:
+        programs = []
+        for i in range(9):  # nine comms, so nine entries: the map is nine tenths full
+            programs.append(tmp_path / f"gone{i}")
+            shutil.copy("/bin/true", programs[-1])
+        runs = "; ".join(str(p) for p in programs)
+        subprocess.run(["/bin/sh", "-c", f"echo $$ > {scope}/cgroup.procs; {runs}"], check=True)
+        scope_id = os.stat(scope).st_ino
+        assert sum(row.cgroup_id == scope_id for row in source._snoop.counts()) == 9
+        for _ in range(50):
+            try:
+                scope.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)  # the shell's exit reaches the cgroup a moment later
+        exported = {s.labels["comm"] for family in source.collect() for s in family.samples if "comm" in s.labels}
+        assert not any(comm.startswith("gone") for comm in exported)
+        assert not any(row.cgroup_id == scope_id for row in source._snoop.counts()), "deleted from the kernel's map"
+    finally:
+        source.close()
+        if scope.exists():
+            scope.rmdir()

@@ -10,6 +10,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterable
 
 from ..errors import BpfscopeError
 from ..mounts import mounts
@@ -131,6 +132,13 @@ class ContainerResolver:
                     container, pod = OTHER, pod if not pod or pod in self._slots.values() else OTHER
             self._labels[cgroup_id] = container, pod
             return container, pod
+
+    def exists(self, cgroup_ids: Iterable[int]) -> dict[int, bool]:
+        """Whether each cgroup exists now, from a walk of the tree made for this question (a cgroup
+        made since the last walk is not taken for gone)."""
+        with self._lock:
+            self._rewalk()
+            return {cgroup_id: cgroup_id in self._index for cgroup_id in cgroup_ids}
 
     def _path(self, cgroup_id: int) -> str:
         path = self._index.get(cgroup_id)

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from .. import _libbpf
 from ..maps import Map, MapType
 from ..pin import ensure_pin_dir
-from ..tools.execsnoop import ExecSnoop
+from ..tools.execsnoop import ExecCount, ExecSnoop
 from ..tools.flows import FlowTracker, SortKey
 from ..tools.funclatency import FunctionLatency, Unit
 from ..tools.guard import Guard, Limit
@@ -209,9 +209,10 @@ class ExecsSource(Source):
 
     name = "execs"
 
-    def __init__(self, pin_dir: str, resolver: Optional[ContainerResolver]) -> None:
+    def __init__(self, pin_dir: str, resolver: Optional[ContainerResolver], max_counts: int = 10240) -> None:
         super().__init__(pin_dir)
         self.resolver = resolver
+        self.max_counts = max_counts
         self._snoop: Optional[ExecSnoop] = None
         # A cgroup's labels once known, kept after its container is gone (and the resolver forgets
         # it), so its counts stay in the same series rather than moving to the host's.
@@ -228,12 +229,27 @@ class ExecsSource(Source):
         return labels
 
     def open(self) -> None:
-        self._snoop = ExecSnoop(count=True, pin_dir=self.pin_dir).open()
+        self._snoop = ExecSnoop(count=True, pin_dir=self.pin_dir, max_counts=self.max_counts).open()
+
+    def _prune(self, rows: list[ExecCount]) -> list[ExecCount]:
+        """With the map nine tenths full, the counts of cgroups that no longer exist (containers gone)
+        are deleted, so a node that runs many short-lived containers keeps counting new ones: their
+        series end, as a finished container's do."""
+        if self.resolver is None or len(rows) < self.max_counts * 9 // 10:
+            return rows
+        alive = self.resolver.exists({row.cgroup_id for row in rows})
+        gone = [row for row in rows if not alive[row.cgroup_id]]
+        assert self._snoop is not None
+        self._snoop.forget(gone)
+        for row in gone:
+            self._labels.pop(row.cgroup_id, None)
+        dropped = {(row.comm, row.cgroup_id) for row in gone}
+        return [row for row in rows if (row.comm, row.cgroup_id) not in dropped]
 
     def collect(self) -> Iterator[Metric]:
         assert self._snoop is not None
         totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
-        for row in self._snoop.counts():
+        for row in self._prune(self._snoop.counts()):
             container, pod = self._labels_of(row.cgroup_id)
             total = totals[(row.comm, container, pod)]
             total[0] += row.execs

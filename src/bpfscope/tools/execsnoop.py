@@ -161,10 +161,11 @@ class ExecSnoop(Attached):
 
     def __init__(
         self, *, filters: Filters = Filters(), limits: Limits = Limits(), ring_bytes: int = DEFAULT_RING_BYTES,
-        count: bool = False, pin_dir: Optional[str] = None,
+        count: bool = False, pin_dir: Optional[str] = None, max_counts: int = 10240,
     ) -> None:
         super().__init__()
         self.count = count
+        self.max_counts = max_counts  # (comm, cgroup) pairs the count map holds
         self.pin_dir = pin_dir  # counters pinned here carry on from an earlier run
         self.filters = filters
         self.limits = limits
@@ -216,6 +217,7 @@ class ExecSnoop(Attached):
         rodata["cfg_max_args"] = self.limits.max_args
         rodata["cfg_arg_bytes"] = self.limits.arg_bytes
         rodata["cfg_count"] = self.count
+        spec.maps["counts"].max_entries = self.max_counts
         spec.maps["events"].max_entries = self.ring_bytes if not self.count else 4096
 
     # --- reading ---
@@ -253,6 +255,11 @@ class ExecSnoop(Attached):
         rows = [ExecCount(_text(bytes(k["comm"]).rstrip(b"\0")), int(k["cgroup_id"]), int(v["execs"]),
                           int(v["failures"])) for k, v in zip(keys, values)]
         return sorted(rows, key=lambda c: (-c.execs, c.comm, c.cgroup_id))
+
+    def forget(self, rows: list[ExecCount]) -> None:
+        """Deletes these (comm, cgroup) counts from the kernel's map, making room for new ones."""
+        for row in rows:
+            self.obj.maps["counts"].delete({"comm": row.comm.encode(), "cgroup_id": row.cgroup_id})
 
     @property
     def lost(self) -> int:
