@@ -39,6 +39,19 @@ struct xdp_bounds {
 	__u32 data_end;
 };
 
+/* The value at `key` in a hash map, made from `init` first if the key is new (as libbpf-tools'
+ * bpf_map_lookup_or_try_init); NULL only when the map is full. BPF_NOEXIST: if another CPU made the
+ * entry in between, its value stands and the second lookup finds it. */
+static __always_inline void *map_lookup_or_init(void *map, const void *key, const void *init)
+{
+	void *value = bpf_map_lookup_elem(map, key);
+
+	if (value)
+		return value;
+	bpf_map_update_elem(map, key, init, BPF_NOEXIST);
+	return bpf_map_lookup_elem(map, key);
+}
+
 /* floor(log2(v)), 0 for 0 and 1: the slot of a log2 histogram (slot i counts 2^i to 2^(i+1)-1),
  * without a loop, so the verifier sees straight-line code. */
 static __always_inline __u32 log2_u32(__u32 v)

@@ -41,15 +41,9 @@ int count_read_size(struct syscall_exit *ctx)
 		return 0;
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	key.slot = log2_u64(size);
-	slot = bpf_map_lookup_elem(&read_sizes, &key);
-	if (!slot) {
-		struct size_count zero = {};
-
-		bpf_map_update_elem(&read_sizes, &key, &zero, BPF_NOEXIST);
-		slot = bpf_map_lookup_elem(&read_sizes, &key);
-		if (!slot)
-			return 0;
-	}
+	slot = map_lookup_or_init(&read_sizes, &key, &(struct size_count){});
+	if (!slot)
+		return 0;
 	slot->count += 1;
 	slot->bytes += size;
 	return 0;

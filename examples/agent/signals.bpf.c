@@ -42,15 +42,9 @@ int count_signal(struct signal_deliver_record *ctx)
 
 	key.cgroup = bpf_get_current_cgroup_id();
 	key.sig = ctx->sig;
-	count = bpf_map_lookup_elem(&signals, &key);
-	if (!count) {
-		__u64 zero = 0;
-
-		bpf_map_update_elem(&signals, &key, &zero, BPF_NOEXIST);
-		count = bpf_map_lookup_elem(&signals, &key);
-		if (!count)
-			return 0;
-	}
+	count = map_lookup_or_init(&signals, &key, &(__u64){0});
+	if (!count)
+		return 0;
 	*count += 1;
 	return 0;
 }

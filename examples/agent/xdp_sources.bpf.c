@@ -50,15 +50,9 @@ int count_sources(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	key.protocol = info.ip_proto;
-	count = bpf_map_lookup_elem(&sources, &key);
-	if (!count) {
-		struct source_count zero = {};
-
-		bpf_map_update_elem(&sources, &key, &zero, BPF_NOEXIST);
-		count = bpf_map_lookup_elem(&sources, &key);
-		if (!count)
-			return XDP_PASS;
-	}
+	count = map_lookup_or_init(&sources, &key, &(struct source_count){});
+	if (!count)
+		return XDP_PASS;
 	count->packets += 1;
 	count->bytes += end - data;
 	return XDP_PASS;

@@ -20,13 +20,9 @@ int sample_comm(struct bpf_perf_event_data *ctx)
 	__u64 *count, zero = 0;
 
 	bpf_get_current_comm(key.name, sizeof(key.name));
-	count = bpf_map_lookup_elem(&samples, &key);
-	if (!count) {
-		bpf_map_update_elem(&samples, &key, &zero, BPF_NOEXIST);
-		count = bpf_map_lookup_elem(&samples, &key);
-		if (!count)
-			return 0;
-	}
+	count = map_lookup_or_init(&samples, &key, &zero);
+	if (!count)
+		return 0;
 	*count += 1;
 	return 0;
 }

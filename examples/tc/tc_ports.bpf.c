@@ -25,13 +25,9 @@ int count_ports(struct __sk_buff *skb)
 	    (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP))
 		return TC_ACT_UNSPEC;
 	port = bpf_ntohs(l4->dport);
-	bytes = bpf_map_lookup_elem(&port_bytes, &port);
-	if (!bytes) {
-		bpf_map_update_elem(&port_bytes, &port, &zero, BPF_NOEXIST);
-		bytes = bpf_map_lookup_elem(&port_bytes, &port);
-		if (!bytes)
-			return TC_ACT_UNSPEC;
-	}
+	bytes = map_lookup_or_init(&port_bytes, &port, &zero);
+	if (!bytes)
+		return TC_ACT_UNSPEC;
 	*bytes += skb->len;
 	return TC_ACT_UNSPEC;
 }

@@ -23,13 +23,9 @@ int count_opens(struct trace_event_raw_sys_enter *ctx)
 	if (cfg_tgid && bpf_get_current_pid_tgid() >> 32 != cfg_tgid)
 		return 0;
 	bpf_get_current_comm(key.name, sizeof(key.name));
-	count = bpf_map_lookup_elem(&opens, &key);
-	if (!count) {
-		bpf_map_update_elem(&opens, &key, &zero, BPF_NOEXIST);
-		count = bpf_map_lookup_elem(&opens, &key);
-		if (!count)
-			return 0;
-	}
+	count = map_lookup_or_init(&opens, &key, &zero);
+	if (!count)
+		return 0;
 	*count += 1;
 	return 0;
 }

@@ -23,13 +23,9 @@ int count_sources(struct xdp_md *ctx)
 
 	if ((void *)(ip + 1) > end || eth->proto != bpf_htons(ETH_P_IP))
 		return XDP_PASS;
-	count = bpf_map_lookup_elem(&sources, &ip->saddr);
-	if (!count) {
-		bpf_map_update_elem(&sources, &ip->saddr, &fresh, BPF_NOEXIST);
-		count = bpf_map_lookup_elem(&sources, &ip->saddr);
-		if (!count)
-			return XDP_PASS;
-	}
+	count = map_lookup_or_init(&sources, &ip->saddr, &fresh);
+	if (!count)
+		return XDP_PASS;
 	count->packets += 1;
 	count->bytes += end - data;
 	return XDP_PASS;

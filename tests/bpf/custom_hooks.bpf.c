@@ -29,15 +29,9 @@ static __always_inline void count(enum hook hook)
 
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	key.hook = hook;
-	slot = bpf_map_lookup_elem(&hits, &key);
-	if (!slot) {
-		__u64 zero = 0;
-
-		bpf_map_update_elem(&hits, &key, &zero, BPF_NOEXIST);
-		slot = bpf_map_lookup_elem(&hits, &key);
-		if (!slot)
-			return;
-	}
+	slot = map_lookup_or_init(&hits, &key, &(__u64){0});
+	if (!slot)
+		return;
 	*slot += 1;
 }
 

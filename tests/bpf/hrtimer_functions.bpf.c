@@ -21,16 +21,10 @@ SEC("tp/timer/hrtimer_expire_entry")
 int count_expiry(struct hrtimer_expire_record *ctx)
 {
 	__u64 function = ctx->function;
-	__u64 *count = bpf_map_lookup_elem(&expiries, &function);
+	__u64 *count = map_lookup_or_init(&expiries, &function, &(__u64){0});
 
-	if (!count) {
-		__u64 zero = 0;
-
-		bpf_map_update_elem(&expiries, &function, &zero, BPF_NOEXIST);
-		count = bpf_map_lookup_elem(&expiries, &function);
-		if (!count)
-			return 0;
-	}
+	if (!count)
+		return 0;
 	*count += 1;
 	return 0;
 }

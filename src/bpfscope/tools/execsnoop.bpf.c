@@ -228,14 +228,10 @@ static __always_inline void count(const struct exec_event *stashed, long ret)
 
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	key.cgroup_id = stashed->cgroup_id;
-	c = bpf_map_lookup_elem(&counts, &key);
+	c = map_lookup_or_init(&counts, &key, &zero);
 	if (!c) {
-		bpf_map_update_elem(&counts, &key, &zero, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&counts, &key);
-		if (!c) {
-			count_lost();   /* the map is full */
-			return;
-		}
+		count_lost();   /* the map is full */
+		return;
 	}
 	c->execs += 1;
 	if (ret < 0)

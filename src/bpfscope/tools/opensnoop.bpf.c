@@ -134,18 +134,14 @@ static __always_inline void count(long ret)
 	char comm[COMM_BYTES] = {};
 
 	bpf_get_current_comm(comm, sizeof(comm));
-	c = bpf_map_lookup_elem(&counts, comm);
-	if (!c) {
-		bpf_map_update_elem(&counts, comm, &zero, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&counts, comm);
-		if (!c) {       /* the map is full: counted as lost, as a full ring is */
-			__u32 key = 0;
-			__u64 *lost = bpf_map_lookup_elem(&events_lost, &key);
+	c = map_lookup_or_init(&counts, comm, &zero);
+	if (!c) {       /* the map is full: counted as lost, as a full ring is */
+		__u32 key = 0;
+		__u64 *lost = bpf_map_lookup_elem(&events_lost, &key);
 
-			if (lost)
-				*lost += 1;
-			return;
-		}
+		if (lost)
+			*lost += 1;
+		return;
 	}
 	c->opens += 1;          /* per-CPU value: no atomics */
 	if (ret < 0)
