@@ -8,14 +8,30 @@ IFACE ?= $(shell awk '$$2 == "00000000" { print $$1; exit }' /proc/net/route)
 DURATION ?=
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 python3-venv gcc make nftables bpftrace nginx curl openssl prometheus prometheus-node-exporter
 PYTEST_ARGS ?=
+# The kernel matrix (vmtest/): qemu guests for x86-64 and arm64 kernels, busybox for their initramfs.
+VM_PACKAGES := qemu-system-x86 qemu-system-arm busybox-static kmod
+VMTEST_ARGS ?=
 
-.PHONY: run test bpf deps wheel lint bench clean
+# Installs the Debian packages named in $(1) that are missing.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+endef
+
+.PHONY: run test test-kernels bpf deps wheel lint bench clean
 
 run: bpf
 	$(BIN)/bpfscope packets --iface $(IFACE) $(if $(DURATION),--duration $(DURATION))
 
 test: bpf lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The kernel-marked tests on each kernel in vmtest/kernels.toml, in qemu guests; a table at the end.
+test-kernels: bpf .stamp-vm
+	$(BIN)/python -m vmtest $(VMTEST_ARGS)
 
 bench: bpf
 	$(BIN)/bpfscope bench all
@@ -26,11 +42,11 @@ bpf: deps
 deps: $(BIN)/.installed
 
 .stamp-apt:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing: $$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	$(call apt_install,$(APT_PACKAGES))
+	@touch $@
+
+.stamp-vm:
+	$(call apt_install,$(VM_PACKAGES))
 	@touch $@
 
 $(BIN)/.installed: pyproject.toml .stamp-apt
@@ -43,9 +59,10 @@ wheel: bpf
 	$(BIN)/pip wheel --no-deps -w dist .
 
 lint: deps
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests vmtest
 	$(BIN)/mypy --strict src/bpfscope
+	$(BIN)/mypy --strict -p vmtest
 
 clean:
 	$(MAKE) -C bpf clean
-	rm -rf dist build .stamp-apt
+	rm -rf dist build .stamp-apt .stamp-vm

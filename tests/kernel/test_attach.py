@@ -10,6 +10,7 @@ import time
 import pytest
 
 from bpfscope.errors import BpfscopeError
+from bpfscope.features import Feature
 from bpfscope.link import Link
 from bpfscope.object import ObjectSpec, load, tool_object
 from bpfscope.program import TcDirection, TcMode, XdpMode
@@ -83,7 +84,7 @@ def test_perf_event_cpu_clock_fires_on_every_cpu(obj):
     assert hits(obj, "PERF_EVENT") == first  # detached with the group
 
 
-@pytest.mark.parametrize("mode", [TcMode.TCX, TcMode.CLSACT])
+@pytest.mark.parametrize("mode", [pytest.param(TcMode.TCX, marks=pytest.mark.requires(Feature.TCX)), TcMode.CLSACT])
 def test_tc_egress_counts_frames_sent(obj, veth_pair, mode):
     frames = [pk.udp_frame(src_mac=veth_pair.host_mac, dst_mac=veth_pair.peer_mac, src_ip=veth_pair.host_ip,
                            dst_ip=veth_pair.peer_ip, sport=1000 + i, dport=9) for i in range(CALLS)]

@@ -1,4 +1,5 @@
-"""`bpfscope doctor` as a user runs it, on the CI kernel."""
+"""`bpfscope doctor` as a user runs it: its answers agree with the feature probes (which
+test_features.py pins to what each kernel is known to have), on the CI kernel and in the VM matrix."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+from bpfscope.features import Feature, probe
 
 ROOT = Path(__file__).resolve().parents[2]
 # "  ✓  kernel BTF     detail": mark, name, then the detail column
@@ -40,11 +43,13 @@ def test_json_report() -> None:
         "detail": report["tools"]["packets"]["detail"],
         "fix": None,
     }
-    kprobes = report["features"]["kprobes"]
-    assert kprobes["ok"] is False
-    assert "kprobe" in kprobes["detail"] and kprobes["fix"]
-    assert report["features"]["fentry"]["ok"] is False
-    assert all(row["ok"] for key, row in report["features"].items() if key not in ("kprobes", "fentry"))
+    for feature in Feature:
+        row, missing = report["features"][feature.key], probe(feature)
+        assert row["ok"] is (missing is None), (feature, row)
+        assert bool(row["fix"]) is (missing is not None)
+    # the tc tools name the hook they will use: tcx where the kernel has it, clsact + cls_bpf otherwise
+    hook = "tcx links" if probe(Feature.TCX) is None else "clsact"
+    assert hook in report["tools"]["flows"]["detail"] and hook in report["tools"]["tcmon"]["detail"]
 
 
 def test_human_report() -> None:
@@ -55,8 +60,9 @@ def test_human_report() -> None:
     lines = result.stdout.splitlines()
     packets = next(line for line in lines if line.split()[1:2] == ["packets"])
     assert packets.lstrip().startswith("✓")
-    kprobes = next(line for line in lines if line.split()[1:2] == ["kprobes"])
-    assert kprobes.lstrip().startswith("✗")
+    for feature in Feature:
+        row = next(line for line in lines if re.match(rf"  \S  {re.escape(feature.value)}(\s|$)", line))
+        assert row.lstrip().startswith("✓" if probe(feature) is None else "✗"), row
     # aligned: the detail of every row starts in the same column
     columns = {m.end() for m in map(_ROW.match, lines) if m and m.group(1) in "✓✗"}
     assert len(columns) == 1

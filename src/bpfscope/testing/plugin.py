@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from ..features import Feature, probe
 from ..mounts import BPFFS, ensure_bpffs
 from .netns import VethPair, foreign_namespaces, own_leftovers
 
-__all__ = ["bpf_fds", "bpffs_dir", "fd_leak_check", "skip_unless_root", "veth_pair"]
+__all__ = ["bpf_fds", "bpffs_dir", "fd_leak_check", "skip_unless_kernel_has", "skip_unless_root", "veth_pair"]
 
 BPFFS_TEST_PREFIX = "bpfscope-test-"
 
@@ -48,13 +49,27 @@ def bpf_fds() -> dict[int, str]:
     return fds
 
 
+def skip_unless_kernel_has(*features: Feature) -> None:
+    """Skip the calling test, saying why in one line, unless this kernel has every feature (probed)."""
+    skip_unless_root()
+    for feature in features:
+        missing = probe(feature)
+        if missing is not None:
+            pytest.skip(str(missing))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "requires_root: skip unless root (CAP_BPF, CAP_NET_ADMIN)")
+    config.addinivalue_line(
+        "markers", "requires(*features): skip unless this kernel has each bpfscope.features.Feature (probed)"
+    )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("requires_root"):
         skip_unless_root()
+    for marker in item.iter_markers("requires"):
+        skip_unless_kernel_has(*marker.args)
 
 
 @pytest.fixture

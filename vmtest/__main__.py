@@ -1,0 +1,99 @@
+"""`make test-kernels`: the kernel-marked tests on every kernel in kernels.toml, each in its own guest.
+
+    python -m vmtest [--kernels 5.10,6.1] [--jobs 2] [--timeout S] [--docs docs/kernels.md] [-- PYTEST ARGS]
+
+Fetches and caches the kernels, boots each under TCG (one CPU, 512 MB, `--jobs` at a time), runs pytest
+inside on the host's tree and venv, prints kernel × test outcomes and exits 1 if a test failed, a guest
+timed out or a guest gave no results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import archive, guest, report
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TESTS = ["tests/kernel", "tests/tools"]
+
+
+def _script(kernel: archive.Kernel, pytest_args: list[str]) -> str:
+    """run.sh for the guest: the host's venv and tree; -u so output.log shows progress as it goes."""
+    bin_dir = Path(sys.prefix) / "bin"
+    return f"""export PATH={bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/tmp PYTHONDONTWRITEBYTECODE=1 BPFSCOPE_EXPECT_ABSENT={",".join(kernel.absent)}
+cd {shlex.quote(str(REPO))}
+echo "guest: $(uname -r)"
+bpfscope doctor --json > /tmp/vmout/doctor.json
+exec python -u -m pytest -p no:cacheprovider -q -rfE --junitxml=/tmp/vmout/junit.xml {shlex.join(pytest_args)}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vmtest", description=__doc__.splitlines()[0])
+    parser.add_argument("--kernels", help="comma-separated kernel names from kernels.toml (default: all x86_64)")
+    parser.add_argument("--jobs", type=int, default=2, help="guests at once (default: 2)")
+    parser.add_argument("--timeout", type=float, default=1500, help="seconds per guest, boot to power-off")
+    parser.add_argument("--memory", type=int, default=512, help="MiB per guest (default: 512)")
+    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                        / "bpfscope" / "kernels", help="where kernel packages are kept between runs")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "vmtest", help="console logs and results")
+    parser.add_argument("--docs", type=Path, help="rewrite the support table in this markdown file")
+    parser.add_argument("pytest_args", nargs="*", help=f"tests to run inside (default: {' '.join(DEFAULT_TESTS)})")
+    args = parser.parse_args(argv)
+
+    why_not = guest.available()
+    if why_not:
+        print(f"vmtest: cannot boot guests: {why_not}", file=sys.stderr)
+        return 2
+    kernels = [k for k in archive.load_kernels() if k.arch == "x86_64"]
+    if args.kernels:
+        wanted = args.kernels.split(",")
+        unknown = set(wanted) - {k.name for k in kernels}
+        if unknown:
+            print(f"vmtest: no kernel {', '.join(sorted(unknown))} in {archive.KERNELS_FILE.name} "
+                  f"(have {', '.join(k.name for k in kernels)})", file=sys.stderr)  # fmt: skip
+            return 2
+        kernels = [k for k in kernels if k.name in wanted]
+
+    apt = archive.PrivateApt(args.cache / "apt", {k.suite for k in kernels}, {archive.DEB_ARCH["x86_64"]})
+    trees = {}
+    for kernel in kernels:
+        started = time.monotonic()
+        trees[kernel.name] = archive.fetch(kernel, args.cache, apt)
+        print(f"kernel {kernel.label}: {kernel.release} ready ({time.monotonic() - started:.0f} s)", flush=True)
+
+    def boot(kernel: archive.Kernel) -> report.KernelResult:
+        print(f"kernel {kernel.label}: booting", flush=True)
+        script = _script(kernel, args.pytest_args or DEFAULT_TESTS)
+        outcome = guest.run(kernel, trees[kernel.name], script, args.out / kernel.name, args.timeout, args.memory)
+        result = report.read(outcome)
+        print(f"kernel {kernel.label}: done in {outcome.seconds:.0f} s, {len(result.failures)} failed", flush=True)
+        return result
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(boot, kernels))
+
+    print()
+    print(report.table(results))
+    notes = report.details(results)
+    if notes:
+        print()
+        print(notes)
+    if args.docs:
+        report.write_docs(results, args.docs)
+        print(f"\nsupport table written to {args.docs}")
+    broken = [r.label for r in results if r.failures or not r.finished]
+    if broken:
+        print(f"\nvmtest: failures or no results on {', '.join(broken)}; logs under {args.out}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

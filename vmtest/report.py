@@ -1,0 +1,146 @@
+"""What the guests' pytest runs say: outcomes read from each guest's JUnit XML, the kernel × test table
+printed at the end, and the support table (kernel × feature × tool) written into docs/kernels.md."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+from .guest import Outcome
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+
+
+@dataclass
+class KernelResult:
+    label: str
+    release: str
+    outcome: Outcome
+    tests: dict[str, tuple[str, str]] = field(default_factory=dict)  # test id -> (outcome, skip reason or message)
+    doctor: dict[str, Any] = field(default_factory=dict)  # `bpfscope doctor --json` in the guest
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome.status is not None and bool(self.tests)
+
+    @property
+    def failures(self) -> list[str]:
+        return [t for t, (o, _) in self.tests.items() if o == FAILED]
+
+
+def read(outcome: Outcome) -> KernelResult:
+    kernel = outcome.kernel
+    result = KernelResult(kernel.label, kernel.release, outcome)
+    junit = outcome.out / "junit.xml"
+    if junit.exists():
+        for case in ElementTree.parse(junit).iter("testcase"):
+            test = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
+            problem = case.find("failure")
+            if problem is None:
+                problem = case.find("error")
+            skipped = case.find("skipped")
+            if problem is not None:
+                result.tests[test] = (FAILED, (problem.get("message") or "").splitlines()[0][:160])
+            elif skipped is not None:
+                result.tests[test] = (SKIPPED, _skip_reason(skipped.get("message") or ""))
+            else:
+                result.tests[test] = (PASSED, "")
+    doctor = outcome.out / "doctor.json"
+    if doctor.exists() and doctor.stat().st_size:
+        result.doctor = json.loads(doctor.read_text())
+    return result
+
+
+def _skip_reason(message: str) -> str:
+    return re.sub(r"^Skipped: ", "", message)
+
+
+def _module(test: str) -> str:
+    return test.split("::")[0]
+
+
+def table(results: list[KernelResult]) -> str:
+    """One row per test module, one column per kernel: passed/run, and how many were skipped."""
+    modules = sorted({_module(t) for r in results for t in r.tests})
+    header = ["tests", *(r.label for r in results)]
+    rows = [header, ["kernel", *(r.release for r in results)]]
+    for module in modules:
+        row = [module.removeprefix("tests/")]
+        for r in results:
+            counts = Counter(o for t, (o, _) in r.tests.items() if _module(t) == module)
+            run = counts[PASSED] + counts[FAILED]
+            cell = f"{counts[PASSED]}/{run}" if run or counts[SKIPPED] else "-"
+            if counts[FAILED]:
+                cell += " FAIL"
+            if counts[SKIPPED]:
+                cell += f" ({counts[SKIPPED]} skip)"
+            row.append(cell)
+        rows.append(row)
+    rows.append(["boot + tests", *(_summary(r) for r in results)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(2, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _summary(r: KernelResult) -> str:
+    if r.outcome.timed_out:
+        return f"TIMEOUT {r.outcome.seconds:.0f} s"
+    if not r.finished:
+        return f"NO RESULT (see {r.outcome.out})"
+    return f"{r.outcome.seconds:.0f} s"
+
+
+def details(results: list[KernelResult]) -> str:
+    """Each failure by name, and the skips grouped by reason, per kernel."""
+    lines: list[str] = []
+    for r in results:
+        for test in r.failures:
+            lines.append(f"FAILED on {r.label}: {test}: {r.tests[test][1]}")
+        reasons = Counter(reason for o, reason in r.tests.values() if o == SKIPPED)
+        for reason, count in sorted(reasons.items()):
+            lines.append(f"skipped on {r.label}: {count} × {reason}")
+    return "\n".join(lines)
+
+
+def _tool_cell(r: KernelResult, tool: str) -> str:
+    tests = {t: v for t, v in r.tests.items() if _module(t) == f"tests/tools/test_{tool}.py"}
+    counts = Counter(o for o, _ in tests.values())
+    verdict = "yes" if counts[PASSED] and not counts[FAILED] else "FAILS" if counts[FAILED] else "untested"
+    run = counts[PASSED] + counts[FAILED]
+    detail = r.doctor.get("tools", {}).get(tool, {}).get("detail", "")
+    hook = next((h for h in ("tcx", "clsact") if h in detail), "")
+    return f"{verdict} ({counts[PASSED]}/{run} tests{', ' + hook if hook else ''})"
+
+
+def support_markdown(results: list[KernelResult]) -> str:
+    kernels = [r for r in results if r.doctor]
+    head = "| | " + " | ".join(f"{r.label} ({r.release})" for r in kernels) + " |"
+    rule = "|---" * (len(kernels) + 1) + "|"
+    features = sorted({f for r in kernels for f in r.doctor.get("features", {})})
+    tools = sorted({t for r in kernels for t in r.doctor.get("tools", {})})
+    out = ["### Kernel features (`bpfscope doctor` in each guest)", "", head, rule]
+    for feature in features:
+        cells = []
+        for r in kernels:
+            cells.append("yes" if r.doctor["features"].get(feature, {}).get("ok") else "no")
+        out.append(f"| {feature} | " + " | ".join(cells) + " |")
+    out += ["", "### Tools (their kernel tests in each guest: passed/run)", "", head, rule]
+    for tool in tools:
+        out.append(f"| {tool} | " + " | ".join(_tool_cell(r, tool) for r in kernels) + " |")
+    return "\n".join(out)
+
+
+def write_docs(results: list[KernelResult], path: Path) -> None:
+    """Replaces the block between the markers in `path` with the support table of this run."""
+    begin, end = "<!-- support table: begin -->", "<!-- support table: end -->"
+    text = path.read_text()
+    before, _, rest = text.partition(begin)
+    _, _, after = rest.partition(end)
+    path.write_text(f"{before}{begin}\n{support_markdown(results)}\n{end}{after}")
+
