@@ -74,15 +74,29 @@ def _module_bytes(path: Path) -> bytes:
     return data
 
 
-def build_initramfs(kernel: Kernel, tree: Path, dest: Path) -> Path:
+@dataclass(frozen=True)
+class Root:
+    """The guest's user space: a folder of the host's (its own root by default; a foreign architecture's
+    root for another guest arch), the static busybox for its initramfs, and host folders to bind in."""
+
+    path: Path = Path("/")
+    busybox: Path = BUSYBOX
+    binds: tuple[Path, ...] = ()
+
+
+def build_initramfs(kernel: Kernel, tree: Path, dest: Path, root: Root) -> Path:
     directory, file = 0o040755, 0o100755
-    modprobe = f"#!/bin/sh\nexec chroot /host /sbin/modprobe -d {shlex.quote(str(tree))} -S {kernel.release} \"$@\"\n"
+    inside = "/host" + str(root.path).rstrip("/")
+    modprobe = (f"#!/bin/sh\nexec chroot {inside} /sbin/modprobe -d {shlex.quote(str(tree))} -S {kernel.release}"
+                ' "$@"\n')
     modules = _boot_modules(tree, kernel.release)
     names = [p.name.removesuffix(".xz").removesuffix(".zst") for p in modules]
     entries = [
         *((d, directory, b"") for d in ("bin", "dev", "proc", "sys", "modules")),
-        ("bin/busybox", file, BUSYBOX.read_bytes()),
+        ("bin/busybox", file, root.busybox.read_bytes()),
         ("init", file, INIT.read_bytes()),
+        ("root", 0o100644, str(root.path).rstrip("/").encode()),
+        ("binds", 0o100644, "".join(f"{b}\n" for b in root.binds).encode()),
         ("modprobe", file, modprobe.encode()),
         ("modules/order", 0o100644, "".join(f"{n}\n" for n in names).encode()),
         *((f"modules/{n}", 0o100644, _module_bytes(p)) for n, p in zip(names, modules)),
@@ -103,12 +117,14 @@ def qemu_command(kernel: Kernel, tree: Path, initramfs: Path, out: Path, memory_
     ]  # fmt: skip
 
 
-def run(kernel: Kernel, tree: Path, script: str, out: Path, timeout: float, memory_mb: int = 512) -> Outcome:
-    """Boots the kernel, runs `script` (sh, in the host's root) inside, and waits for it to power off."""
+def run(
+    kernel: Kernel, tree: Path, script: str, out: Path, timeout: float, memory_mb: int = 512, root: Root = Root()
+) -> Outcome:
+    """Boots the kernel, runs `script` (sh, chrooted in `root`) inside, and waits for it to power off."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     (out / "run.sh").write_text(script)
-    initramfs = build_initramfs(kernel, tree, out / "initramfs.gz")
+    initramfs = build_initramfs(kernel, tree, out / "initramfs.gz", root)
     started = time.monotonic()
     with subprocess.Popen(qemu_command(kernel, tree, initramfs, out, memory_mb), stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=(out / "qemu.log").open("w")) as qemu:  # fmt: skip

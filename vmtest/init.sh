@@ -1,6 +1,8 @@
 #!/bin/busybox sh
-# /init of the guest's initramfs: load the 9p modules, mount the host's root read-only with writable
-# tmpfs where tests write, and run the host's run.sh inside it. Its exit status goes to the out share.
+# /init of the guest's initramfs: load the 9p modules, mount the host's root read-only, and run the
+# host's run.sh chrooted in /host/$(cat /root) (the host's own root, or a foreign-architecture root
+# under it), with writable tmpfs where tests write and the host folders in /binds mounted at the same
+# paths inside. run.sh's exit status goes to the out share.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -9,22 +11,24 @@ while read -r module; do insmod "/modules/$module"; done < /modules/order
 
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=524288 host /host
-mount -t tmpfs tmpfs /host/tmp
-mount -t tmpfs tmpfs /host/run
-mkdir /host/tmp/vmout
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out /host/tmp/vmout
-mount -t proc proc /host/proc
-mount -t sysfs sysfs /host/sys
-mount -t devtmpfs devtmpfs /host/dev
-mkdir -p /host/dev/shm /host/dev/pts
-mount -t tmpfs tmpfs /host/dev/shm
-mount -t devpts devpts /host/dev/pts
+root=/host$(cat /root)
+while read -r dir; do mount --bind "/host$dir" "$root$dir"; done < /binds
+mount -t tmpfs tmpfs $root/tmp
+mount -t tmpfs tmpfs $root/run
+mkdir $root/tmp/vmout
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out $root/tmp/vmout
+mount -t proc proc $root/proc
+mount -t sysfs sysfs $root/sys
+mount -t devtmpfs devtmpfs $root/dev
+mkdir -p $root/dev/shm $root/dev/pts
+mount -t tmpfs tmpfs $root/dev/shm
+mount -t devpts devpts $root/dev/pts
 # The kernel asks for modules (veth, cls_bpf, ...) through this helper: the host's kmod, reading the
 # guest kernel's modules from the cache, since the host's /lib/modules is not this kernel's.
 echo /modprobe > /proc/sys/kernel/modprobe
 ip link set lo up
 
-chroot /host /bin/sh /tmp/vmout/run.sh > /host/tmp/vmout/output.log 2>&1
-echo $? > /host/tmp/vmout/status
+chroot $root /bin/sh /tmp/vmout/run.sh > $root/tmp/vmout/output.log 2>&1
+echo $? > $root/tmp/vmout/status
 sync
 poweroff -f
