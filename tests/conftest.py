@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import os
 import platform
+import pty
+import select
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +28,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
+def tc_mode() -> str:
+    """The tc hook the tc tools pick on this kernel: "tcx" from Linux 6.6, "clsact" (cls_bpf) before."""
+    from bpfscope.features import Feature, probe
+
+    return "tcx" if probe(Feature.TCX) is None else "clsact"
+
+
+@pytest.fixture
 def test_object() -> Callable[[str], Path]:
     """Path of a compiled tests/bpf/<name>.bpf.c (built by `make bpf`)."""
 
@@ -33,3 +45,35 @@ def test_object() -> Callable[[str], Path]:
         return found
 
     return path
+
+
+def run_on_a_tty(argv: Sequence[str], *, ready: str, then: Callable[[], None], columns: int = 160) -> tuple[int, str]:
+    """Runs argv on a pseudo-terminal, calls `then()` once `ready` has been drawn (the tool attached),
+    and returns its exit status and all it drew, escape sequences included."""
+    main, sub = pty.openpty()
+    env = dict(os.environ, COLUMNS=str(columns), LINES="40", TERM="xterm")
+    proc = subprocess.Popen(argv, stdin=sub, stdout=sub, stderr=sub, env=env)
+    os.close(sub)
+    out, done = b"", False
+    try:
+        while select.select([main], [], [], 30)[0]:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not done and ready.encode() in out:
+                then()
+                done = True
+    finally:
+        proc.wait(timeout=30)
+        os.close(main)
+    return proc.returncode, out.decode(errors="replace")
+
+
+@pytest.fixture
+def on_a_tty() -> Callable[..., tuple[int, str]]:
+    """run_on_a_tty, for tests of the live views."""
+    return run_on_a_tty

@@ -15,7 +15,7 @@ from ..output.jsonlines import emit
 from ..output.units import si
 from ..program import TcMode
 from ..tools.flows import DEFAULT_MAX_FLOWS, Flow, FlowSnapshot, FlowTracker, SortKey, flag_names
-from .options import positive_float, stop_on_sigterm, ticks
+from .options import note_tc_fallback, positive_float, stop_on_sigterm, ticks
 
 # An LRU map preallocates every entry on every CPU at load: keep a typo from taking the machine's memory.
 MAX_FLOWS_LIMIT = 1 << 24
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     sort = SortKey(args.sort)
     start = time.monotonic()
     with stop_on_sigterm(), FlowTracker(iface, max_flows=args.max_flows, mode=TcMode(args.mode)) as tracker:
+        note_tc_fallback("flows", TcMode(args.mode), tracker.mode, iface)
         tracker.snapshot()  # the baseline of the first interval's rates
         view = _View(tracker, sort, args.top, args.idle)
         try:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import sys
 import time
 from typing import Any, Iterator, Optional
+
+from ..program import TcMode
 
 
 def positive_float(text: str) -> float:
@@ -97,3 +100,10 @@ def ticks(interval: float, duration: Optional[float]) -> Iterator[None]:
         yield
         if next_tick >= end:
             return
+
+
+def note_tc_fallback(tool: str, requested: TcMode, used: TcMode, iface: str) -> None:
+    """One line on stderr when AUTO found no tcx links and attached with clsact + cls_bpf instead."""
+    if requested is TcMode.AUTO and used is TcMode.CLSACT:
+        print(f"bpfscope {tool}: this kernel has no tcx links (Linux 6.6+); attached to {iface} with clsact + cls_bpf",
+              file=sys.stderr, flush=True)

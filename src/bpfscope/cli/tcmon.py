@@ -15,7 +15,7 @@ from ..netdev import default_route_interface, interfaces
 from ..output.jsonlines import emit
 from ..program import TcMode
 from ..tools.tcmon import DEFAULT_RING_BYTES, DEFAULT_RULES, Event, Monitor, RulesError, Thresholds, load_rules
-from .options import StopFlag, positive_float, ring_bytes, stop_flag, stop_on_sigterm, ticks
+from .options import StopFlag, note_tc_fallback, positive_float, ring_bytes, stop_flag, stop_on_sigterm, ticks
 
 SHOWN_EVENTS = 20  # rows of the live view: the newest events, scrolling up
 _DEFAULTS = Thresholds()
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     with stop_on_sigterm(), Monitor(iface, rules=rules, thresholds=thresholds, mode=TcMode(args.mode),
                                     ring_bytes=args.ring_bytes) as monitor:
+        note_tc_fallback("tcmon", TcMode(args.mode), monitor.mode, iface)
         live = not args.json and sys.stdout.isatty()
         if not live:  # the live view's title says it
             print(f"bpfscope tcmon on {iface} (tc {monitor.mode.value}): {rules.summary()} from {args.rules} "
