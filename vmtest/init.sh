@@ -19,6 +19,7 @@ mkdir $root/tmp/vmout
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out $root/tmp/vmout
 mount -t proc proc $root/proc
 mount -t sysfs sysfs $root/sys
+mount -t cgroup2 cgroup2 $root/sys/fs/cgroup  # where systemd puts it; the tools' cgroup filters need one
 mount -t devtmpfs devtmpfs $root/dev
 mkdir -p $root/dev/shm $root/dev/pts
 mount -t tmpfs tmpfs $root/dev/shm

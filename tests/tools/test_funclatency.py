@@ -135,6 +135,23 @@ def used(slots: tuple[int, ...]) -> dict[int, int]:
     return {i: n for i, n in enumerate(slots) if n}
 
 
+def fits(kernel: dict[int, int], measured: list[int], slack_ns: int, unit_ns: int = 1000) -> bool:
+    """Whether the kernel's buckets can be these calls', each timed by the kernel within slack_ns of the
+    worker's own reading: shorter (slack_ns > 0) for `work`, timed around the call, longer (slack_ns < 0)
+    for `recurse`, timed inside it. The slack is the difference of the sums, so no call's exceeds it; on
+    a quick machine every call's bucket is fixed, and under emulation (a probe hit costs ~0.5 ms) a call
+    near a bucket's edge may be in either."""
+    ranges = sorted((sorted((bucket_of(max(m - slack_ns, 0) // unit_ns), bucket_of(m // unit_ns))) for m in measured),
+                    key=lambda r: r[1])
+    free = sorted(b for b, n in kernel.items() for _ in range(n))
+    for low, high in ranges:  # interval-point matching: by right end, each takes the least bucket it can
+        match = next((b for b in free if low <= b <= high), None)
+        if match is None:
+            return False
+        free.remove(match)
+    return not free
+
+
 def loaded_programs() -> str:
     return subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
 
@@ -144,15 +161,15 @@ def test_counts_per_bucket_match_the_known_sleeps(worker):
         with FunctionLatency(str(worker), "work") as tracer:
             measured = run_worker(worker, *STEPS)["work"]
             snap = tracer.snapshot()
+        # The kernel times from entry to return, inside the caller's own clock readings.
+        assert sum(measured) - 18 * 1_000_000 < snap.sum_ns <= sum(measured)
         # The kernel must agree with the worker's own clock, call by call, whatever the machine did.
-        assert used(snap.slots) == buckets(measured), f"the worker measured itself at {measured} ns"
+        assert fits(used(snap.slots), measured, sum(measured) - snap.sum_ns), f"the worker measured {measured} ns"
         if buckets(measured) == EXPECTED_US_BUCKETS:
             break
         # A busy machine overslept a call past its bucket: the tool was right, the run is not the one planned.
-    assert used(snap.slots) == EXPECTED_US_BUCKETS, f"overslept three runs in a row: {measured} ns"
+    assert buckets(measured) == EXPECTED_US_BUCKETS, f"overslept three runs in a row: {measured} ns"
     assert snap.count == 18 and (snap.too_deep, snap.unmatched, snap.untracked) == (0, 0, 0)
-    # The kernel times from entry to return, inside the caller's own clock readings.
-    assert sum(measured) - 18 * 200_000 < snap.sum_ns <= sum(measured)
     assert snap.histogram.average == pytest.approx(snap.sum_ns / 18 / 1000)
     p50 = snap.histogram.percentile(50)
     assert p50 is not None and (p50.low, p50.high) == (1024, 2047)
@@ -174,7 +191,7 @@ def test_recursion_times_every_level(worker):
         measured = run_worker(worker, f"recurse:{depth}:{sleep_us}")["recurse"]
         snap = tracer.snapshot()
     assert snap.count == depth and (snap.too_deep, snap.unmatched) == (0, 0)
-    assert used(snap.slots) == buckets(measured), measured
+    assert fits(used(snap.slots), measured, sum(measured) - snap.sum_ns), measured
     # Level d lasts about d x 2 ms (30 ms in all, not 5 x 2 ms): each level timed from its own entry.
     # Each level reads its clock inside the function, the kernel just outside it, on the same clock:
     # the kernel's span holds the function's own, and exceeds it by the probes' cost and whatever
@@ -236,7 +253,8 @@ def test_cli_json_intervals_and_final(worker):
     records = [json.loads(line) for line in out.splitlines()]
     final = records[-1]
     assert final["final"] is True and final["unit"] == "usecs" and final["symbol"] == "work"
-    assert {i: b["count"] for i, b in enumerate(final["buckets"]) if b["count"]} == buckets(measured)
+    kernel = {i: b["count"] for i, b in enumerate(final["buckets"]) if b["count"]}
+    assert fits(kernel, measured, sum(measured) - final["sum_ns"]), measured
     assert final["count"] == 18
     assert (final["buckets"][10]["low"], final["buckets"][10]["high"]) == (1024, 2047)
     assert final["percentiles"]["p50"]["low"] == 1024  # 10 of the 18 calls sleep 1,350 us
