@@ -8,6 +8,7 @@ import os
 import platform
 import pty
 import select
+import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,3 +78,19 @@ def run_on_a_tty(argv: Sequence[str], *, ready: str, then: Callable[[], None], c
 def on_a_tty() -> Callable[..., tuple[int, str]]:
     """run_on_a_tty, for tests of the live views."""
     return run_on_a_tty
+
+
+@pytest.fixture(scope="session")
+def build_c() -> Callable[..., Path]:
+    """build(source, directory, name, *gcc_flags): compiles a test's own C program with gcc (installed by
+    `make deps`) and returns the binary's path."""
+
+    def build(source: str, directory: Path, name: str, *flags: str) -> Path:
+        gcc = shutil.which("gcc")
+        if gcc is None:
+            pytest.fail("gcc is missing: `make deps` installs it")
+        (directory / f"{name}.c").write_text(source)
+        subprocess.run([gcc, *flags, "-o", str(directory / name), str(directory / f"{name}.c")], check=True)
+        return directory / name
+
+    return build

@@ -82,6 +82,37 @@ def test_known_commands_appear_once_each_with_exact_argv(snoop_children):
     assert snoop_children.lost == 0
 
 
+# execs `true` with an argument that lies in a file mapped but never touched: not in the page tables
+# when the syscall's entry reads argv (bpf cannot fault it in), in memory once the kernel copied it.
+UNTOUCHED_ARG_C = r"""
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+	int fd = open(argv[1], O_RDONLY);
+	char *text = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+	char *args[] = { argv[2], "first", text, "", "last", NULL };
+
+	if (fd < 0 || text == MAP_FAILED)
+		return 2;
+	execv(argv[2], args);
+	return 3;
+}
+"""
+
+
+def test_arguments_the_entry_could_not_read_are_read_from_the_new_image(snoop_children, tmp_path, build_c):
+    (tmp_path / "arg").write_bytes(b"from an untouched page\0")
+    launcher = build_c(UNTOUCHED_ARG_C, tmp_path, "launcher", "-O1")
+    child = subprocess.Popen([str(launcher), str(tmp_path / "arg"), TRUE])
+    assert child.wait(timeout=10) == 0
+    (e,) = [e for e in collect(snoop_children) if e.pid == child.pid and e.path == TRUE]  # not the launcher's
+    assert e.argv == (TRUE, "first", "from an untouched page", "", "last")
+    assert not (e.args_unreadable or e.more_args or e.cut_args)
+
+
 def test_failed_exec_reports_the_error_and_what_was_attempted(snoop_children, tmp_path):
     not_executable = tmp_path / "script"
     not_executable.write_text("#!/bin/sh\n")

@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -104,17 +105,9 @@ EXPECTED_US_BUCKETS = {10: 10, 13: 5, 14: 3}
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.fail("gcc is missing: `make deps` installs it")
-    directory = tmp_path_factory.mktemp("funclatency")
-    source = directory / "worker.c"
-    source.write_text(WORKER_C)
-    binary = directory / "worker"
-    subprocess.run([gcc, "-O1", "-fno-inline", "-fno-optimize-sibling-calls", "-o", str(binary), str(source)],
-                   check=True)
-    return binary
+def worker(tmp_path_factory: pytest.TempPathFactory, build_c: Callable[..., Path]) -> Path:
+    return build_c(WORKER_C, tmp_path_factory.mktemp("funclatency"), "worker", "-O1", "-fno-inline",
+                   "-fno-optimize-sibling-calls")
 
 
 def run_worker(binary: Path, *steps: str) -> dict[str, list[int]]:

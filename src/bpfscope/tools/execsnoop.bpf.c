@@ -149,38 +149,74 @@ static __always_inline bool name_matches(const char *path)
 	return true;
 }
 
-static __always_inline void read_args(struct exec_event *e, const char *const *argv)
+static __always_inline __u32 arg_bytes_cap(void)
+{
+	return cfg_arg_bytes > ARG_BYTES || cfg_arg_bytes < 2 ? ARG_BYTES : cfg_arg_bytes;
+}
+
+/* Reads argument i from user address `arg`: its length with the NUL, or 0 when it was unreadable
+ * (the event then says so) or past the argument cap (the event says there were more). */
+static __always_inline long read_arg(struct exec_event *e, __u32 i, const char *arg)
 {
 	__u32 max_args = cfg_max_args < MAX_ARGS ? cfg_max_args : MAX_ARGS;
-	__u32 arg_bytes = cfg_arg_bytes;
+	__u32 arg_bytes = arg_bytes_cap();
+	long n;
 
-	if (arg_bytes > ARG_BYTES || arg_bytes < 2)
-		arg_bytes = ARG_BYTES;
+	if (i >= max_args || i >= MAX_ARGS) {
+		e->flags |= EXEC_MORE_ARGS;
+		return 0;
+	}
+	n = bpf_probe_read_user_str(&e->args[i * ARG_BYTES], arg_bytes, arg);
+	if (n <= 0) {
+		e->flags |= EXEC_ARGS_UNREADABLE;
+		return 0;
+	}
+	e->arg_len[i] = n - 1;
+	if (n == arg_bytes && goes_on(arg, arg_bytes - 1))
+		e->cut_args |= 1U << i;
+	e->argc = i + 1;
+	return n;
+}
+
+/* At the syscall's entry: argv as the caller passed it, an array of pointers into its memory. */
+static __always_inline void read_args(struct exec_event *e, const char *const *argv)
+{
 	if (!argv)
 		return;         /* the kernel takes a NULL argv as an empty one */
 	for (__u32 i = 0; i <= MAX_ARGS; i++) {
 		const char *arg = NULL;
-		long n;
 
 		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i])) {
 			e->flags |= EXEC_ARGS_UNREADABLE;
 			return;
 		}
-		if (!arg)
+		if (!arg || !read_arg(e, i, arg))
 			return;
-		if (i >= max_args || i >= MAX_ARGS) {
-			e->flags |= EXEC_MORE_ARGS;
+	}
+}
+
+/* After a successful exec, where the entry could not read argv (a page of the caller's that was not
+ * in memory: bpf cannot fault it in): the kernel has just copied the arguments, one NUL-terminated
+ * string after another, to the new image's stack between mm->arg_start and arg_end. */
+static __always_inline void reread_args(struct exec_event *e)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	unsigned long at = BPF_CORE_READ(task, mm, arg_start);
+	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
+
+	e->flags &= ~(EXEC_ARGS_UNREADABLE | EXEC_MORE_ARGS);
+	e->argc = 0;
+	e->cut_args = 0;
+	for (__u32 i = 0; i <= MAX_ARGS && at < end; i++) {
+		long n = read_arg(e, i, (const char *)at);
+
+		if (!n)
 			return;
-		}
-		n = bpf_probe_read_user_str(&e->args[i * ARG_BYTES], arg_bytes, arg);
-		if (n <= 0) {
+		if (e->cut_args & (1U << i)) {  /* where the next one starts is past what was read */
 			e->flags |= EXEC_ARGS_UNREADABLE;
 			return;
 		}
-		e->arg_len[i] = n - 1;
-		if (n == arg_bytes && goes_on(arg, arg_bytes - 1))
-			e->cut_args |= 1U << i;
-		e->argc = i + 1;
+		at += n;
 	}
 }
 
@@ -250,6 +286,8 @@ static __always_inline int report(long ret)
 	if (cfg_count) {
 		count(stashed, ret);
 	} else if (!cfg_failed_only || ret < 0) {
+		if (ret == 0 && (stashed->flags & EXEC_ARGS_UNREADABLE))
+			reread_args(stashed);
 		event = RINGBUF_RESERVE(events);
 		if (event) {
 			bpf_probe_read_kernel(event, sizeof(*event), stashed);
