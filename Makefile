@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 # The main job watches the interface of the default route unless IFACE= says otherwise.
 IFACE ?= $(shell awk '$$2 == "00000000" { print $$1; exit }' /proc/net/route)
 DURATION ?=
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 python3-venv gcc make nftables bpftrace nginx curl openssl prometheus prometheus-node-exporter
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 python3-venv gcc make nftables bpftrace nginx curl openssl prometheus prometheus-node-exporter busybox-static
 PYTEST_ARGS ?=
-# The kernel matrix (vmtest/): qemu guests for x86-64 and arm64 kernels, busybox for their initramfs.
-VM_PACKAGES := qemu-system-x86 qemu-system-arm busybox-static kmod
+# The kernel matrix (vmtest/): qemu guests for x86-64 and arm64 kernels (APT_PACKAGES has busybox-static
+# for their initramfs: the unit tests unpack one with it).
+VM_PACKAGES := qemu-system-x86 qemu-system-arm kmod
 VMTEST_ARGS ?=
 
 # Installs the Debian packages named in $(1) that are missing.

@@ -1,0 +1,95 @@
+"""The kernel matrix's own pieces that need no guest: the initramfs archive (unpacked by busybox, as
+the kernel would), kernels.toml, the guests' JUnit XML read into outcomes, the table and the support
+table written into a markdown file. The guests themselves run in `make test-kernels`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from vmtest import archive, guest, report
+
+
+def test_newc_archive_unpacks_with_cpio(tmp_path: Path) -> None:
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox is missing: `make deps` installs busybox-static"
+    odd = bytes(range(256)) * 3 + b"x"  # a length that needs padding
+    data = guest._newc([("bin", 0o040755, b""), ("bin/tool", 0o100755, odd), ("init", 0o100755, b"#!/bin/sh\n")])
+    (tmp_path / "archive.cpio").write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    with (tmp_path / "archive.cpio").open("rb") as f:
+        subprocess.run([busybox, "cpio", "-i", "-d"], stdin=f, cwd=out, check=True, capture_output=True)
+    assert (out / "bin" / "tool").read_bytes() == odd
+    assert (out / "init").read_bytes() == b"#!/bin/sh\n"
+    assert (out / "bin" / "tool").stat().st_mode & 0o777 == 0o755
+
+
+def test_kernels_file_names_each_line_with_checksums() -> None:
+    kernels = archive.load_kernels()
+    x86 = {k.name for k in kernels if k.arch == "x86_64"}
+    assert {"5.10", "6.1", "6.12"} <= x86 and any(name.startswith("7.") for name in x86)
+    for kernel in kernels:
+        assert kernel.packages and all(len(p.sha256) == 64 for p in kernel.packages)
+        assert set(kernel.absent) <= {"ringbuf", "tcx", "batch_map_ops", "kprobes", "fentry", "btf", "perf_events",
+                                      "uprobes", "tracepoints", "xdp_link"}
+    assert next(k for k in kernels if k.name == "5.10").absent == ("tcx",)  # tcx links came in 6.6
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" tests="4">
+<testcase classname="tests.tools.test_flows" name="test_counts" time="1.0"/>
+<testcase classname="tests.tools.test_flows" name="test_kill_9" time="0.1">
+  <skipped type="pytest.skip" message="this kernel does not support tcx links: EINVAL">...</skipped></testcase>
+<testcase classname="tests.tools.test_tcmon" name="test_scan" time="2.0">
+  <failure message="AssertionError: assert 1 == 2&#10;more">trace</failure></testcase>
+<testcase classname="tests.tools.test_tcmon" name="test_rules" time="0.2"/>
+</testsuite></testsuites>"""
+
+
+def outcome(tmp_path: Path, name: str, status: int | None = 1) -> guest.Outcome:
+    kernel = archive.Kernel(name, "x86_64", "suite", f"{name}.0-1-amd64", ("tcx",), ())
+    out = tmp_path / name
+    out.mkdir()
+    (out / "junit.xml").write_text(JUNIT)
+    (out / "doctor.json").write_text(
+        '{"features": {"tcx": {"ok": false}, "ringbuf": {"ok": true}},'
+        ' "tools": {"flows": {"ok": true, "detail": "clsact + cls_bpf, CAP_BPF"}, "tcmon": {"ok": true, "detail": ""}}}'
+    )
+    return guest.Outcome(kernel, 12.0, status, out)
+
+
+def test_junit_is_read_into_outcomes_and_a_table(tmp_path: Path) -> None:
+    result = report.read(outcome(tmp_path, "5.10"))
+    assert result.tests["tests/tools/test_flows.py::test_counts"] == (report.PASSED, "")
+    assert result.tests["tests/tools/test_flows.py::test_kill_9"] == (
+        report.SKIPPED, "this kernel does not support tcx links: EINVAL")
+    assert result.failures == ["tests/tools/test_tcmon.py::test_scan"]
+    assert result.finished
+    lines = report.table([result]).splitlines()
+    assert lines[0].split() == ["tests", "5.10"]
+    assert "tools/test_flows.py  1/1 (1 skip)" in lines
+    assert "tools/test_tcmon.py  1/2 FAIL" in lines
+    assert "FAILED on 5.10: tests/tools/test_tcmon.py::test_scan: AssertionError: assert 1 == 2" in report.details(
+        [result])
+
+
+def test_a_guest_that_wrote_nothing_has_no_result(tmp_path: Path) -> None:
+    result = report.read(outcome(tmp_path, "6.1", status=None))
+    assert not result.finished
+    assert "NO RESULT" in report.table([result])
+
+
+def test_support_table_replaces_only_its_block(tmp_path: Path) -> None:
+    docs = tmp_path / "kernels.md"
+    docs.write_text("intro\n<!-- support table: begin -->\nold\n<!-- support table: end -->\noutro\n")
+    report.write_docs([report.read(outcome(tmp_path, "5.10"))], docs)
+    text = docs.read_text()
+    assert text.startswith("intro\n<!-- support table: begin -->\n")
+    assert text.endswith("<!-- support table: end -->\noutro\n")
+    assert "old" not in text
+    assert "| tcx | no |" in text and "| ringbuf | yes |" in text
+    assert "| flows | yes (1/1 tests, clsact) |" in text
+    assert "| tcmon | FAILS (1/2 tests) |" in text
+
