@@ -372,6 +372,55 @@ def _tracepoints() -> None:
     )
 
 
+# --- instruction set and helpers newer than the oldest kernels bpfscope runs on ---
+
+_BPF_FUNC_GET_CURRENT_TASK_BTF = 158
+_BPF_FUNC_TASK_PT_REGS = 175
+
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    """One struct bpf_insn."""
+    regs = bytes([code, src << 4 | dst])
+    return regs + off.to_bytes(2, "little", signed=True) + imm.to_bytes(4, "little", signed=True)
+
+
+def _load_insns(prog_type: int, insns: bytes, feature: Feature, op: str, needs: tuple[Capability, ...]) -> None:
+    """Loads `insns` and closes the program at once: the verifier's yes is the answer."""
+    fd = _libbpf.bpf_prog_load(prog_type, b"bpfscope_probe", b"GPL", insns, len(insns) // 8, None)
+    if fd < 0:
+        raise _answer(feature, -fd, op, needs)
+    os.close(fd)
+
+
+def _atomics() -> None:
+    # Linux 5.12's atomics on a stack slot: the fetching add and the compare-and-swap guard uses. Older
+    # kernels know only BPF_XADD (imm 0) and reject the rest as "BPF_STX uses reserved fields".
+    insns = b"".join((
+        _insn(0x7A, dst=10, off=-8),                          # *(u64 *)(r10 - 8) = 0
+        _insn(0xB7, dst=1, imm=1),                            # r1 = 1
+        _insn(0xDB, dst=10, src=1, off=-8, imm=0x01),         # r1 = atomic_fetch_add((u64 *)(r10 - 8), r1)
+        _insn(0xB7, dst=0),                                   # r0 = 0
+        _insn(0xDB, dst=10, src=1, off=-8, imm=0xF1),         # r0 = cmpxchg_64(r10 - 8, r0, r1)
+    )) + _return(_XDP_PASS)
+    _load_insns(_BPF_PROG_TYPE_XDP, insns, Feature.ATOMICS, "loading an XDP program with BPF_CMPXCHG", _NET)
+
+
+def _task_pt_regs() -> None:
+    # opensnoop's fast path: the syscall's saved user registers from its exit tracepoint.
+    insns = b"".join((
+        _insn(0x85, imm=_BPF_FUNC_GET_CURRENT_TASK_BTF),      # r0 = bpf_get_current_task_btf()
+        _insn(0xBF, dst=1, src=0),                            # r1 = r0
+        _insn(0x85, imm=_BPF_FUNC_TASK_PT_REGS),              # r0 = bpf_task_pt_regs(r1)
+    )) + _return(0)
+    _load_insns(
+        _BPF_PROG_TYPE_TRACEPOINT,
+        insns,
+        Feature.TASK_PT_REGS,
+        "loading a tracepoint program calling bpf_task_pt_regs(bpf_get_current_task_btf())",
+        _TRACE,
+    )
+
+
 # --- public API ---
 
 
@@ -387,6 +436,8 @@ class Feature(enum.Enum):
     PERF_EVENTS = "perf events"
     UPROBES = "uprobes"
     TRACEPOINTS = "tracepoints"
+    ATOMICS = "BPF atomic fetch/cmpxchg"
+    TASK_PT_REGS = "bpf_task_pt_regs"
     XDP_LINK = "XDP links"
 
     @property
@@ -405,6 +456,8 @@ _PROBES: dict[Feature, Callable[[], None]] = {
     Feature.PERF_EVENTS: _perf_events,
     Feature.UPROBES: _uprobes,
     Feature.TRACEPOINTS: _tracepoints,
+    Feature.ATOMICS: _atomics,
+    Feature.TASK_PT_REGS: _task_pt_regs,
     Feature.XDP_LINK: _xdp_link,
 }
 

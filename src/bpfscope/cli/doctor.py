@@ -85,6 +85,8 @@ _FIXES = {
     "perf_events": "build the kernel with CONFIG_PERF_EVENTS=y",
     "uprobes": "build the kernel with CONFIG_UPROBE_EVENTS=y",
     "tracepoints": "build the kernel with CONFIG_TRACING=y and CONFIG_BPF_EVENTS=y",
+    "atomics": "needs Linux >= 5.12; guard falls back to a spin lock",
+    "task_pt_regs": "needs Linux >= 5.15; opensnoop falls back to stashing arguments at syscall entry",
     "xdp_link": "needs Linux >= 5.9",
     "tracefs": f"mount -t tracefs nodev {mounts.TRACEFS}",
     "bpffs": f"mount -t bpf bpf {mounts.BPFFS}",
