@@ -17,6 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bpfscope import variants
+from bpfscope.errors import NotSupportedError
+from bpfscope.features import Feature, probe
 from bpfscope.object import Object
 from bpfscope.pin import PIN_ROOT, tool_pin_dir
 from bpfscope.program import XdpAction
@@ -24,6 +27,7 @@ from bpfscope.testing import packets as pk
 from bpfscope.testing.netns import VethPair
 from bpfscope.tools.cidr import source_name
 from bpfscope.tools.guard import Counts, Guard, GuardControl, Limit, RunningGuard, load_guard
+from bpfscope.tools.guard import limiter as limit_program
 
 BPFSCOPE = [sys.executable, "-m", "bpfscope.cli.main"]
 MAC = dict(src_mac="02:00:00:00:00:01", dst_mac="02:00:00:00:00:02")
@@ -43,12 +47,27 @@ def ipv6_fragment(src: str, offset_units: int) -> bytes:
     return pk.ethernet(MAC["dst_mac"], MAC["src_mac"], pk.EtherType.IPV6, packet)
 
 
+@pytest.fixture(params=["cmpxchg", "spin_lock"])
+def form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each form of the program: limit_sources where the kernel has BPF atomics (Linux 5.12+), and
+    limit_sources_locked, which every kernel can load: tried here as if the probe had said no."""
+    if request.param == "cmpxchg":
+        missing = probe(Feature.ATOMICS)
+        if missing is not None:
+            pytest.skip(str(missing))
+    else:
+        lacking = NotSupportedError(Feature.ATOMICS.value, "pretended by the test")
+        monkeypatch.setattr(variants, "probe", lambda feature: lacking if feature is Feature.ATOMICS else probe(feature))
+    return str(request.param)
+
+
 @pytest.fixture
-def limiter(request: pytest.FixtureRequest) -> Iterator[Object]:
-    """guard.bpf.o loaded, not attached: rate 1/s (no refill within a test) and burst 5 unless the
-    test is marked `@pytest.mark.parametrize("limiter", [dict(rate=.., burst=.., dry_run=..)], indirect=True)`."""
+def limiter(request: pytest.FixtureRequest, form: str) -> Iterator[Object]:
+    """guard.bpf.o loaded, not attached, in each form: rate 1/s (no refill within a test) and burst 5 unless
+    the test is marked `@pytest.mark.parametrize("limiter", [dict(rate=.., burst=.., dry_run=..)], indirect=True)`."""
     opts = {"rate": 1, "burst": 5, "dry_run": False, **getattr(request, "param", {})}
     with load_guard(Limit(opts["rate"], opts["burst"]), dry_run=opts["dry_run"]) as obj:
+        assert limit_program(obj).name == ("limit_sources" if form == "cmpxchg" else "limit_sources_locked")
         yield obj
 
 
@@ -60,7 +79,7 @@ def totals(obj: Object) -> Counts:
 def run(obj: Object, frame: bytes, times: int = 1) -> tuple[Any, Counts]:
     """Runs the limiter `times` back to back inside one syscall; the last action and the counters' change."""
     before = totals(obj)
-    action = obj.programs["limit_sources"].test_run(frame, repeat=times).action
+    action = limit_program(obj).test_run(frame, repeat=times).action
     return action, totals(obj) - before
 
 

@@ -43,7 +43,7 @@ from ..object import load, tool_object
 from ..program import XdpMode
 from ..testing import packets
 from ..testing.netns import NETNS_PREFIX, VethPair
-from ..tools.guard import GuardControl, Limit, load_guard
+from ..tools.guard import GuardControl, Limit, limiter, load_guard
 from . import Figure
 
 __all__ = ["run"]
@@ -201,7 +201,7 @@ Dropped = Callable[[], int]
 
 @contextmanager
 def _guard(iface: str, limit: Limit, mode: XdpMode, modes: list[XdpMode]) -> Iterator[Dropped]:
-    with load_guard(limit) as obj, obj.programs["limit_sources"].attach_xdp(iface, mode=mode) as link:
+    with load_guard(limit) as obj, limiter(obj).attach_xdp(iface, mode=mode) as link:
         modes.append(getattr(link, "mode", mode))
         control = GuardControl(obj.maps)
         yield lambda: control.snapshot().counts.dropped

@@ -6,11 +6,16 @@
  * per /64 (one host usually owns a whole /64). A truncated IP header leaves the source address
  * zero: such packets share the bucket of 0.0.0.0 or ::, so they can neither crash nor escape the
  * limit. Rate and burst live in a map (`settings`) so a running guard can change them; only the
- * dry run is frozen at load. */
+ * dry run is frozen at load.
+ *
+ * Two programs: limit_sources, for kernels with the BPF atomics of Linux 5.12 (compare-and-swap),
+ * and limit_sources_locked, the same checks for older kernels, where the bucket update holds a
+ * bpf_spin_lock instead. Python loads one of them, chosen by probing (Feature.ATOMICS). */
 #include "packet.bpf.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 #define CAS_ATTEMPTS 4
+#define LOCK_STRIPES 1024       /* a power of 2 */
 
 /* An address prefix: the LPM trie key of both lists and, with prefixlen 128 for an IPv4 host or
  * 64 for an IPv6 network, the key of one source. IPv4 is IPv4-mapped (::ffff:a.b.c.d, prefix
@@ -88,31 +93,68 @@ struct {
 	__type(value, struct guard_counts);
 } counts SEC(".maps");
 
+/* Without a compare-and-swap (before Linux 5.12) a source's bucket is updated under a spin lock.
+ * An LRU map cannot hold one, so the locks live beside it: a source uses the lock its key hashes to,
+ * and two sources that share a lock only wait for each other, never mix their state. */
+struct stripe {
+	struct bpf_spin_lock lock;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LOCK_STRIPES);
+	__type(key, __u32);
+	__type(value, struct stripe);
+} source_locks SEC(".maps");
+
 /* The token bucket as GCRA: one timestamp instead of tokens and a refill time. Each conforming
  * packet moves the source's theoretical arrival time on by 1/rate; a packet conforms while that
  * time stays within burst/rate of now, which is exactly a bucket of `burst` tokens refilled at
  * `rate`. One u64 of state makes the update a single compare-and-swap, exact when several CPUs
  * see the same source, with no lock (an LRU map cannot hold a bpf_spin_lock) and no per-CPU
  * buckets (they would multiply the rate by the CPU count). */
+static __always_inline bool next_tat(__u64 old, __u64 now, __u64 interval, __u64 limit, __u64 *tat)
+{
+	__u64 t = old > now ? old : now;
+	bool pass;
+
+	/* More debt than the limit allows, left by a lower rate or burst before `bpfscope guard
+	 * set`: an empty bucket at the new limit, not seconds of waiting at the old one. */
+	if (t > now + limit)
+		t = now + limit;
+	pass = t + interval <= now + limit;
+	if (pass)
+		t += interval;
+	*tat = t;
+	return pass;
+}
+
 static __always_inline bool conforms(struct source_state *state, __u64 now, __u64 interval, __u64 limit)
 {
 	for (int i = 0; i < CAS_ATTEMPTS; i++) {
 		__u64 old = *(volatile __u64 *)&state->tat;
-		__u64 tat = old > now ? old : now;
-		bool pass;
+		__u64 tat;
+		bool pass = next_tat(old, now, interval, limit, &tat);
 
-		/* More debt than the limit allows, left by a lower rate or burst before `bpfscope guard
-		 * set`: an empty bucket at the new limit, not seconds of waiting at the old one. */
-		if (tat > now + limit)
-			tat = now + limit;
-		pass = tat + interval <= now + limit;
-		if (pass)
-			tat += interval;
 		if (tat == old || __sync_val_compare_and_swap(&state->tat, old, tat) == old)
 			return pass;
 	}
 	/* Lost every race: CPUs were busy with this one source all along, so it floods. */
 	return false;
+}
+
+/* The lock of a source key: its words mixed by multiplication (Fibonacci hashing). */
+static __always_inline struct stripe *stripe_of(struct cidr *key)
+{
+	__u32 *words = (__u32 *)key->addr;
+	__u32 h = key->prefixlen;
+
+	h = (h ^ words[0]) * 0x9e3779b1;
+	h = (h ^ words[1]) * 0x9e3779b1;
+	h = (h ^ words[2]) * 0x9e3779b1;
+	h = (h ^ words[3]) * 0x9e3779b1;
+	h >>= 32 - 10;          /* log2(LOCK_STRIPES) */
+	return bpf_map_lookup_elem(&source_locks, &h);
 }
 
 static __always_inline struct source_state *source_of(struct cidr *key, __u64 now)
@@ -127,10 +169,13 @@ static __always_inline struct source_state *source_of(struct cidr *key, __u64 no
 	return bpf_map_lookup_elem(&sources, key);
 }
 
-static __always_inline bool over_limit(struct guard_config *cfg, struct cidr *source)
+/* `locked`, a constant in each program: update the bucket under its stripe's spin lock rather than
+ * by compare-and-swap, and the counters with plain adds inside the same lock. */
+static __always_inline bool over_limit(struct guard_config *cfg, struct cidr *source, bool locked)
 {
 	struct source_state *state;
 	__u64 now, interval;
+	bool pass;
 
 	if (!cfg->rate)
 		return false;
@@ -142,6 +187,22 @@ static __always_inline bool over_limit(struct guard_config *cfg, struct cidr *so
 	if (!state)
 		return false;
 	interval = NSEC_PER_SEC / cfg->rate;
+	if (locked) {
+		struct stripe *stripe = stripe_of(source);
+		__u64 limit = cfg->burst * interval, tat;
+
+		if (!stripe)
+			return false;
+		bpf_spin_lock(&stripe->lock);
+		pass = next_tat(state->tat, now, interval, limit, &tat);
+		state->tat = tat;
+		if (pass)
+			state->passed += 1;
+		else
+			state->dropped += 1;
+		bpf_spin_unlock(&stripe->lock);
+		return !pass;
+	}
 	if (conforms(state, now, interval, cfg->burst * interval)) {
 		__sync_fetch_and_add(&state->passed, 1);
 		return false;
@@ -176,8 +237,7 @@ static __always_inline int verdict(struct guard_counts *slot, bool drop)
 	return XDP_PASS;
 }
 
-SEC("xdp")
-int limit_sources(struct xdp_md *ctx)
+static __always_inline int limit(struct xdp_md *ctx, bool locked)
 {
 	struct packet_info info;
 	struct cidr key;
@@ -203,5 +263,18 @@ int limit_sources(struct xdp_md *ctx)
 		__builtin_memset(&key.addr[8], 0, 8);
 		key.prefixlen = 64;
 	}
-	return verdict(slot, over_limit(cfg, &key));
+	return verdict(slot, over_limit(cfg, &key, locked));
+}
+
+SEC("xdp")
+int limit_sources(struct xdp_md *ctx)
+{
+	return limit(ctx, false);
+}
+
+/* For kernels without BPF_CMPXCHG (before 5.12): a spin lock where limit_sources swaps. */
+SEC("xdp")
+int limit_sources_locked(struct xdp_md *ctx)
+{
+	return limit(ctx, true);
 }

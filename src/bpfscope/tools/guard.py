@@ -24,7 +24,8 @@ from ..link import Link
 from ..maps import Map
 from ..object import Object, ObjectSpec, tool_object
 from ..pin import ensure_pin_dir, remove_pins, tool_pin_dir
-from ..program import XdpMode
+from ..program import Program, XdpMode
+from ..variants import choose
 from .cidr import Network, cidr_key, source_name
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Offender",
     "RunningGuard",
     "Snapshot",
+    "limiter",
     "load_guard",
     "top_offenders",
 ]
@@ -110,6 +112,8 @@ def load_guard(limit: Limit, *, dry_run: bool = False, counts_pin_dir: Optional[
     """guard.bpf.o loaded with its limit set; dry_run is frozen in .rodata, the limit stays writable.
     With `counts_pin_dir`, the counters pinned there by an earlier run are taken over."""
     spec = ObjectSpec.open(tool_object("guard"))
+    # limit_sources, or before Linux 5.12 limit_sources_locked: same verdicts, same counters.
+    choose(spec, "guard")
     spec.rodata["cfg_dry_run"] = dry_run
     spec.pin_maps(counts_pin_dir, ["counts"])
     obj = spec.load()
@@ -119,6 +123,12 @@ def load_guard(limit: Limit, *, dry_run: bool = False, counts_pin_dir: Optional[
         obj.close()
         raise
     return obj
+
+
+def limiter(obj: Object) -> Program:
+    """The program of a loaded guard.bpf.o to attach: whichever of the two forms this kernel got."""
+    programs = obj.programs
+    return programs["limit_sources"] if "limit_sources" in programs else programs["limit_sources_locked"]
 
 
 class GuardControl:
@@ -231,7 +241,7 @@ class Guard(GuardControl):
             for name in PINNED_MAPS:
                 if not (self.keep_counts and name == "counts"):
                     self.maps[name].pin(os.path.join(self.pin_dir, name))
-            self._link = self._obj.programs["limit_sources"].attach_xdp(self.iface, mode=self.mode)
+            self._link = limiter(self._obj).attach_xdp(self.iface, mode=self.mode)
             self.mode = getattr(self._link, "mode", self.mode)
         except BaseException:
             self.close()
