@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bpfscope import variants
 from bpfscope.errors import BpfscopeError, NotSupportedError
+from bpfscope.features import Feature, probe
 from bpfscope.tools import opensnoop
 from bpfscope.tools.opensnoop import Filters, Snoop, flag_names
 
@@ -105,16 +107,34 @@ def check_exactly_once(events: list[dict[str, Any]], opens: list[tuple[str, str,
 
 def programs_loaded() -> bool:
     shown = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return any(p.get("name") == "exit_openat2" for p in json.loads(shown))
+    # the kernel keeps 15 bytes of a name: stash_exit_openat2 shows as stash_exit_open
+    return any(p.get("name") in ("exit_openat2", "stash_exit_open") for p in json.loads(shown))
+
+
+@pytest.fixture(params=["task_pt_regs", "stash"])
+def form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each way of reading the arguments: the saved registers at exit where the kernel has
+    bpf_task_pt_regs (Linux 5.15+), and the stash from syscall entry, which every kernel can load: tried
+    here as if the probe had said no."""
+    if request.param == "task_pt_regs":
+        missing = probe(Feature.TASK_PT_REGS)
+        if missing is not None:
+            pytest.skip(str(missing))
+    else:
+        lacking = NotSupportedError(Feature.TASK_PT_REGS.value, "pretended by the test")
+        monkeypatch.setattr(variants, "probe",
+                            lambda feature: lacking if feature is Feature.TASK_PT_REGS else probe(feature))
+    return str(request.param)
 
 
 # --- the library --------------------------------------------------------------------------------
 
 
-def test_own_opens_appear_exactly_once_with_fd_or_errno(tmp_path: Path) -> None:
+def test_own_opens_appear_exactly_once_with_fd_or_errno(tmp_path: Path, form: str) -> None:
     opens = known_opens(tmp_path)
     opener = Opener("os-lib", opens)
     with Snoop(Filters(pid=opener.pid)) as snoop:
+        assert snoop.stashing == (form == "stash")
         results = opener.run()
         batch = snoop.poll(0)
         events = [e.as_dict() for e in snoop.events(batch)]
@@ -125,7 +145,7 @@ def test_own_opens_appear_exactly_once_with_fd_or_errno(tmp_path: Path) -> None:
     assert not programs_loaded()
 
 
-def test_count_mode_counts_per_comm_in_the_kernel(tmp_path: Path) -> None:
+def test_count_mode_counts_per_comm_in_the_kernel(tmp_path: Path, form: str) -> None:
     present = tmp_path / "present"
     present.write_text("x")
     opens = [("openat", str(present), os.O_RDONLY)] * 300 + [("openat", str(tmp_path / "no"), os.O_RDONLY)] * 7
@@ -137,7 +157,9 @@ def test_count_mode_counts_per_comm_in_the_kernel(tmp_path: Path) -> None:
     assert [(c.comm, c.opens, c.failed) for c in counts] == [("os-count", 307, 7)]
 
 
-def test_missing_tracepoint_switches_its_programs_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_tracepoint_switches_its_programs_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
     monkeypatch.setattr(opensnoop, "_present_calls", lambda calls: tuple(c for c in calls if c != "openat2"))
     opens = known_opens(tmp_path)
     opener = Opener("os-noat2", opens)

@@ -6,7 +6,12 @@
  *
  * Every filter runs here, as early as it can: pid, comm and failed-only before anything is read,
  * the path prefix once the path is. The knobs are .rodata, so the verifier sees them as constants
- * and prunes what is switched off. */
+ * and prunes what is switched off.
+ *
+ * Kernels without bpf_task_pt_regs (before 5.15; bpf_get_current_task_btf came in 5.11) take the
+ * classic way, as libbpf-tools' opensnoop does: the stash_enter_* programs keep each call's
+ * arguments in a per-thread hash map at syscall entry and the stash_exit_* programs take them from
+ * there. Python loads one set or the other, chosen by probing (Feature.TASK_PT_REGS). */
 #include "bpfscope.bpf.h"
 
 #define PATH_BYTES 256          /* longer paths are cut; the last byte is always NUL */
@@ -47,6 +52,14 @@ struct syscall_exit {
 	__s32 nr;
 	__u32 pad;
 	__s64 ret;
+};
+
+/* The record of a syscall enter tracepoint: the header, __syscall_nr, the six arguments. */
+struct syscall_enter {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__u64 args[6];
 };
 
 /* The user registers saved at syscall entry (struct pt_regs, whose layout is the ptrace ABI), as far
@@ -91,6 +104,20 @@ struct {
 	__type(value, struct open_counts);
 } counts SEC(".maps");
 
+/* A call's arguments from its entry to its exit, by thread (stash_* programs only; Python shrinks
+ * the map to one entry when they are not loaded). */
+struct open_args {
+	__u64 filename;
+	__u64 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
+	__type(key, __u64);     /* bpf_get_current_pid_tgid() */
+	__type(value, struct open_args);
+} stash SEC(".maps");
+
 /* Paths are read here in count mode with a prefix filter, where no ring record holds them. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -128,6 +155,15 @@ static __always_inline bool read_path(char *buf, __u64 filename)
 	return true;
 }
 
+static __always_inline void count_lost(void)
+{
+	__u32 key = 0;
+	__u64 *lost = bpf_map_lookup_elem(&events_lost, &key);
+
+	if (lost)
+		*lost += 1;
+}
+
 static __always_inline void count(long ret)
 {
 	struct open_counts *c, zero = {};
@@ -136,11 +172,7 @@ static __always_inline void count(long ret)
 	bpf_get_current_comm(comm, sizeof(comm));
 	c = map_lookup_or_init(&counts, comm, &zero);
 	if (!c) {       /* the map is full: counted as lost, as a full ring is */
-		__u32 key = 0;
-		__u64 *lost = bpf_map_lookup_elem(&events_lost, &key);
-
-		if (lost)
-			*lost += 1;
+		count_lost();
 		return;
 	}
 	c->opens += 1;          /* per-CPU value: no atomics */
@@ -245,5 +277,88 @@ int exit_openat2(struct syscall_exit *ctx)
 	/* struct open_how starts with its u64 flags (UAPI). */
 	bpf_probe_read_user(&flags, sizeof(flags), (const void *)ARG2(regs));
 	opened(ctx->ret, ARG1(regs), flags, CALL_OPENAT2);
+	return 0;
+}
+
+/* The stash_* programs: arguments kept at entry. Entry applies the filters it can (pid, comm) and
+ * keeps nothing when exit will need no argument (counting without a prefix filter); exit takes the
+ * arguments out and goes on as above. A call whose entry came before the programs were attached has
+ * nothing kept and is not reported. */
+
+static __always_inline void stash_args(__u64 filename, __u64 flags)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct open_args args = { .filename = filename, .flags = flags };
+
+	if (!wanted_process(id) || (cfg_count && !cfg_prefix_len))
+		return;
+	if (bpf_map_update_elem(&stash, &id, &args, BPF_ANY))
+		count_lost();   /* more threads in open at once than the map holds */
+}
+
+static __always_inline void stashed_exit(struct syscall_exit *ctx, enum open_call call)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct open_args *stashed, args;
+
+	if (cfg_count && !cfg_prefix_len) {     /* nothing was stashed */
+		done_early(ctx->ret);
+		return;
+	}
+	stashed = bpf_map_lookup_elem(&stash, &id);
+	if (!stashed)
+		return;
+	args = *stashed;
+	bpf_map_delete_elem(&stash, &id);
+	if (done_early(ctx->ret))
+		return;
+	opened(ctx->ret, args.filename, args.flags, call);
+}
+
+#if defined(__TARGET_ARCH_x86)
+SEC("tracepoint/syscalls/sys_enter_open")
+int stash_enter_open(struct syscall_enter *ctx)
+{
+	stash_args(ctx->args[0], ctx->args[1]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_open")
+int stash_exit_open(struct syscall_exit *ctx)
+{
+	stashed_exit(ctx, CALL_OPEN);
+	return 0;
+}
+#endif
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int stash_enter_openat(struct syscall_enter *ctx)
+{
+	stash_args(ctx->args[1], ctx->args[2]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int stash_exit_openat(struct syscall_exit *ctx)
+{
+	stashed_exit(ctx, CALL_OPENAT);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat2")
+int stash_enter_openat2(struct syscall_enter *ctx)
+{
+	__u64 flags = 0;
+
+	/* struct open_how starts with its u64 flags (UAPI). */
+	bpf_probe_read_user(&flags, sizeof(flags), (const void *)ctx->args[2]);
+	stash_args(ctx->args[1], flags);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat2")
+int stash_exit_openat2(struct syscall_exit *ctx)
+{
+	stashed_exit(ctx, CALL_OPENAT2);
 	return 0;
 }

@@ -21,6 +21,7 @@ from ..errors import BpfscopeError, NotSupportedError
 from ..mounts import ensure_tracefs
 from ..object import ObjectSpec, tool_object
 from ..output.batchlines import clock_stamps, distinct, epoch_stamps, join_lines
+from ..variants import choose
 from ._attached import Attached
 
 __all__ = [
@@ -167,6 +168,7 @@ class Snoop(Attached):
         self.count = count
         self.ring_bytes = ring_bytes
         self.calls: tuple[str, ...] = ()  # the syscalls traced: those whose tracepoints this kernel has
+        self.stashing = False  # arguments kept at syscall entry (no bpf_task_pt_regs): two hooks per call
         self._call_names: dict[int, str] = {}  # enum open_call, from BTF
         self._clock_offset_ns = 0
 
@@ -181,9 +183,17 @@ class Snoop(Attached):
         if not calls:
             raise NotSupportedError(f"syscall tracepoints for {', '.join(wanted)}",
                                     "none in tracefs events/syscalls (CONFIG_FTRACE_SYSCALLS off?)")
+        # exit_<call>, or before Linux 5.15 stash_enter_<call> + stash_exit_<call>: the same events.
+        self.stashing = choose(spec, "opensnoop") is not None
+        hooks = [("stash_enter", "enter"), ("stash_exit", "exit")] if self.stashing else [("exit", "exit")]
+        skip = {"stash_enter"} if self.count and self.filters.path_prefix is None else set()  # nothing to stash
         for call in wanted:
-            # As libbpf-tools' opensnoop does for a missing tracepoint.
-            spec.programs[f"exit_{call}"].autoload = call in calls
+            for program, _ in hooks:
+                # As libbpf-tools' opensnoop does for a missing tracepoint.
+                spec.programs[f"{program}_{call}"].autoload = call in calls and program not in skip
+        hooks = [(program, hook) for program, hook in hooks if program not in skip]
+        if not self.stashing:
+            spec.maps["stash"].max_entries = 1
         self._configure(spec)
         spec.pin_maps(self.pin_dir, ["counts", "events_lost"])
         self._obj = spec.load()
@@ -191,7 +201,9 @@ class Snoop(Attached):
             names = self._obj.exported_type("call").python_type  # enum open_call: CALL_OPEN = 0, ...
             self._call_names = {int(n): n.name.removeprefix("CALL_").lower() for n in names}
             for call in calls:
-                self._links.append(self._obj.programs[f"exit_{call}"].attach_tracepoint("syscalls", f"sys_exit_{call}"))
+                for program, hook in hooks:
+                    self._links.append(self._obj.programs[f"{program}_{call}"].attach_tracepoint(
+                        "syscalls", f"sys_{hook}_{call}"))
             if not self.count:
                 self._ring = self._obj.ring_buffer("events")
         except BaseException:
