@@ -57,7 +57,8 @@ def form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
             pytest.skip(str(missing))
     else:
         lacking = NotSupportedError(Feature.ATOMICS.value, "pretended by the test")
-        monkeypatch.setattr(variants, "probe", lambda feature: lacking if feature is Feature.ATOMICS else probe(feature))
+        monkeypatch.setattr(variants, "probe",
+                            lambda feature: lacking if feature is Feature.ATOMICS else probe(feature))
     return str(request.param)
 
 

@@ -181,8 +181,9 @@ static __always_inline bool over_limit(struct guard_config *cfg, struct cidr *so
 		return false;
 	/* The coarse clock (a tick's resolution) costs a fraction of a precise read, which is a
 	 * third of this program's time on a VM. Tokens then arrive once a tick instead of smoothly:
-	 * the long-run rate is exact and the bucket still never holds more than the burst. */
-	now = bpf_ktime_get_coarse_ns();
+	 * the long-run rate is exact and the bucket still never holds more than the burst. The coarse
+	 * clock came in Linux 5.11, so the locked form (for kernels before 5.12) reads the precise one. */
+	now = locked ? bpf_ktime_get_ns() : bpf_ktime_get_coarse_ns();
 	state = source_of(source, now);
 	if (!state)
 		return false;
