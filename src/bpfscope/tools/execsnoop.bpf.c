@@ -167,10 +167,12 @@ static __always_inline long read_arg(struct exec_event *e, __u32 i, const char *
 		return 0;
 	}
 	n = bpf_probe_read_user_str(&e->args[i * ARG_BYTES], arg_bytes, arg);
-	if (n <= 0) {
+	if (n < 0) {
 		e->flags |= EXEC_ARGS_UNREADABLE;
 		return 0;
 	}
+	if (n == 0)     /* an empty argument: kernels before 6.x count no NUL for it, later ones 1 */
+		n = 1;
 	e->arg_len[i] = n - 1;
 	if (n == arg_bytes && goes_on(arg, arg_bytes - 1))
 		e->cut_args |= 1U << i;

@@ -17,6 +17,7 @@
 #define SCAN_WORDS (SCAN_BITS / 64)
 #define MAX_PATTERNS 16
 #define PATTERN_BYTES 16
+_Static_assert((PATTERN_BYTES & (PATTERN_BYTES - 1)) == 0, "check_patterns masks lengths");
 
 enum event_kind {
 	EVENT_PORT_SCAN = 0,
@@ -457,6 +458,9 @@ static __always_inline void check_patterns(struct __sk_buff *ctx, struct view *v
 		return;
 	if (available > PATTERN_BYTES)
 		available = PATTERN_BYTES;
+	/* 1..PATTERN_BYTES, written so that every verifier sees the bounds: clang tests a copy of
+	 * the register, and a 6.1 verifier then takes a length of 0 as possible. */
+	available = ((available - 1) & (PATTERN_BYTES - 1)) + 1;
 	/* bpf_skb_load_bytes, not a pointer: on egress a socket's payload is often in page
 	 * fragments, past the linear data. */
 	if (bpf_skb_load_bytes(ctx, v->payload_off, m.head, available))
