@@ -1,0 +1,68 @@
+"""Every BPF object the package ships for this machine's architecture loads on this kernel: the verifier
+accepts each program, libbpf resolves the CO-RE relocations against the kernel's BTF, the maps are
+created, and closing the object leaves no fd behind. Run in the vmtest guests, this is what proves the
+objects of an architecture (aarch64 in an arm64 guest) on each kernel, one test per object."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import pytest
+
+import bpfscope.object
+import bpfscope.tools
+from bpfscope.object import ObjectSpec, tool_object
+from bpfscope.testing.plugin import bpf_fds
+
+ARCH = platform.machine()
+# Where tool_object() looks: the package's _bpf/<uname -m>/ folder.
+SHIPPED = bpfscope.object._PACKAGE_OBJECTS / ARCH
+PACKAGE = Path(bpfscope.tools.__file__).parent.parent
+NAMES = sorted(p.name.removesuffix(".bpf.o") for p in SHIPPED.glob("*.bpf.o"))
+
+
+def test_the_package_ships_an_object_for_each_source() -> None:
+    """Guards the parametrization below: no objects would mean no load tests, not a pass."""
+    assert NAMES, f"no objects for {ARCH} in {SHIPPED}: run `make bpf`"
+    sources = {p.name.removesuffix(".bpf.c") for folder in ("tools", "benchmarks")
+               for p in (PACKAGE / folder).glob("*.bpf.c")}  # fmt: skip
+    assert "packets" in sources, f"no tool sources under {PACKAGE}"
+    assert sources <= set(NAMES), f"sources without a {ARCH} object: {sorted(sources - set(NAMES))}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_object_loads(name: str) -> None:
+    # The tools configure .rodata and ring sizes before load, and turn off the programs whose hook this
+    # kernel lacks (opensnoop's sys_exit_open on arm64, which has no open(2)); loading is independent of
+    # the hook existing, so every program is loaded here with the defaults compiled in: a superset.
+    before = bpf_fds()
+    spec = ObjectSpec.open(tool_object(name))
+    programs, maps = set(spec.programs), set(spec.maps)
+    assert all(p.autoload for p in spec.programs.values()), "a program marked autoload off in the object"
+    assert programs or maps, f"{name} holds neither programs nor maps"
+    # Of a program with a variant NAME_noloop, the one this kernel takes (bpf_loop came in 5.17).
+    spec.pick_loop_variants()
+    programs = {p for p in programs if spec.programs[p].autoload}
+    with spec.load() as obj:
+        assert set(obj.programs) == programs
+        assert set(obj.maps) == maps
+        for program in obj.programs.values():
+            assert program.fd >= 0, program.name
+        for bpf_map in obj.maps.values():
+            assert bpf_map.fd >= 0, bpf_map.name
+    assert obj.closed
+    after = bpf_fds()
+    assert after == before, f"{name} left fds open: {sorted(set(after.items()) - set(before.items()))}"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if any(
+    p.endswith("_noloop") for p in ObjectSpec.open(tool_object(n)).programs)])
+def test_noloop_variants_load_where_bpf_loop_is_too(name: str) -> None:
+    """The variants for kernels without bpf_loop verify on this one as well, whichever it has."""
+    spec = ObjectSpec.open(tool_object(name))
+    noloop = {p for p in spec.programs if p.endswith("_noloop")}
+    for program_name, program in spec.programs.items():
+        program.autoload = program_name in noloop
+    with spec.load() as obj:
+        assert set(obj.programs) == noloop
