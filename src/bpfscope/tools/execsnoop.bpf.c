@@ -109,6 +109,14 @@ static __always_inline bool goes_on(const char *s, __u32 n)
 	return bpf_probe_read_user(&c, 1, s + n) == 0 && c != 0;
 }
 
+/* Whether the string at user address `s` is readable and empty. */
+static __always_inline bool is_empty(const char *s)
+{
+	char c = 1;
+
+	return bpf_probe_read_user(&c, 1, s) == 0 && c == 0;
+}
+
 /* Whether the program the path names has cfg_name as its comm: the path's last component, cut at
  * 15 bytes, as the kernel names the process it starts. The scan for the last '/' has no branch: a
  * branch per byte would give the verifier another state to follow through the rest of the path at
@@ -160,6 +168,11 @@ static __always_inline long read_arg(struct exec_event *e, __u32 i, const char *
 		return 0;
 	}
 	n = bpf_probe_read_user_str(&e->args[i * ARG_BYTES], arg_bytes, arg);
+	if (n == 0 && is_empty(arg)) {
+		/* 5.10 answers 0, not 1 (the NUL), for an empty string: it was read, and is empty */
+		e->args[i * ARG_BYTES] = 0;
+		n = 1;
+	}
 	if (n <= 0) {
 		e->flags |= EXEC_ARGS_UNREADABLE;
 		return 0;
