@@ -35,8 +35,8 @@ DEFINE_RINGBUF(wide_events, struct wide_event, 1 << 16);
 
 const volatile __u32 cfg_per_run = 1;        /* at most MAX_PER_RUN */
 const volatile __u32 cfg_discard_every = 0;   /* discard every Nth reserved record (0: never) */
-/* rounded down to a multiple of SPIN_CHUNK, at most MAX_SPIN_CHUNKS of them: about 40 ms on the host */
-const volatile __u32 cfg_spin_loops = 1 << 27;
+/* rounded down to a multiple of SPIN_CHUNK, at most MAX_SPIN_CHUNKS of them: about 80 ms on the host, as long as the bpf_loop spin was */
+const volatile __u32 cfg_spin_loops = 1 << 28;
 const volatile bool cfg_no_wakeup = false;     /* submit with BPF_RB_NO_WAKEUP */
 
 struct {
