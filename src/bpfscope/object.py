@@ -26,6 +26,7 @@ __all__ = ["ObjectSpec", "Object", "MapSpec", "ProgramSpec", "Config", "tool_obj
 
 _PACKAGE_OBJECTS = Path(__file__).parent / "_bpf"
 _LOG_SECTION = re.compile(r"prog '([^']+)': -- BEGIN PROG LOAD LOG --\n(.*?)-- END PROG LOAD LOG --", re.S)
+_NOLOOP = "_noloop"  # the suffix of a program's variant without bpf_loop (pick_loop_variants)
 _LOAD_FAILED = re.compile(r"prog '([^']+)': (?:BPF program load failed|failed to load)")
 
 
@@ -221,6 +222,20 @@ class ObjectSpec:
             buffer = (ctypes.c_char * size.value).from_address(data)
             return Config(np.frombuffer(memoryview(buffer), dtype=codec.dtype, count=1), codec)
         return Config(None, None)
+
+    def pick_loop_variants(self) -> bool:
+        """For each program NAME that has a variant NAME_noloop (an open-coded loop in place of bpf_loop),
+        turns off the autoload of the one this kernel should not load, by probing Feature.BPF_LOOP:
+        a kernel without bpf_loop (before 5.17) refuses a program that refers to a callback, even from
+        dead code. Only turns autoload off, never on. Returns whether the bpf_loop variants stay."""
+        from .features import Feature, probe  # features imports nothing of this module's; keep it so
+
+        has_loop = probe(Feature.BPF_LOOP) is None
+        for name in list(self.programs):
+            base = name.removesuffix(_NOLOOP)
+            if base != name and base in self.programs:
+                self.programs[name if has_loop else base].autoload = False
+        return has_loop
 
     def load(self) -> Object:
         """Loads every program (autoload on) and creates every map. The spec is used up."""

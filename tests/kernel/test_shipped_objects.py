@@ -41,6 +41,9 @@ def test_shipped_object_loads(name: str) -> None:
     programs, maps = set(spec.programs), set(spec.maps)
     assert all(p.autoload for p in spec.programs.values()), "a program marked autoload off in the object"
     assert programs or maps, f"{name} holds neither programs nor maps"
+    # Of a program with a variant NAME_noloop, the one this kernel takes (bpf_loop came in 5.17).
+    spec.pick_loop_variants()
+    programs = {p for p in programs if spec.programs[p].autoload}
     with spec.load() as obj:
         assert set(obj.programs) == programs
         assert set(obj.maps) == maps
@@ -51,3 +54,15 @@ def test_shipped_object_loads(name: str) -> None:
     assert obj.closed
     after = bpf_fds()
     assert after == before, f"{name} left fds open: {sorted(set(after.items()) - set(before.items()))}"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if any(
+    p.endswith("_noloop") for p in ObjectSpec.open(tool_object(n)).programs)])
+def test_noloop_variants_load_where_bpf_loop_is_too(name: str) -> None:
+    """The variants for kernels without bpf_loop verify on this one as well, whichever it has."""
+    spec = ObjectSpec.open(tool_object(name))
+    noloop = {p for p in spec.programs if p.endswith("_noloop")}
+    for program_name, program in spec.programs.items():
+        program.autoload = program_name in noloop
+    with spec.load() as obj:
+        assert set(obj.programs) == noloop

@@ -86,6 +86,7 @@ _FIXES = {
     "uprobes": "build the kernel with CONFIG_UPROBE_EVENTS=y",
     "tracepoints": "build the kernel with CONFIG_TRACING=y and CONFIG_BPF_EVENTS=y",
     "xdp_link": "needs Linux >= 5.9",
+    "bpf_loop": "needs Linux >= 5.17; execsnoop, tcmon and the ring buffer benchmark run without it",
     "tracefs": f"mount -t tracefs nodev {mounts.TRACEFS}",
     "bpffs": f"mount -t bpf bpf {mounts.BPFFS}",
 }

@@ -432,9 +432,8 @@ struct match_ctx {
 	__u32 available;        /* how many of them the payload has */
 };
 
-static int match_pattern(__u32 index, void *data)
+static __always_inline int match_pattern(__u32 index, struct match_ctx *m)
 {
-	struct match_ctx *m = data;
 	struct view *v = m->v;
 	struct pattern *p = bpf_map_lookup_elem(&patterns, &index);
 
@@ -466,7 +465,9 @@ static __always_inline void check_patterns(struct __sk_buff *ctx, struct view *v
 	if (bpf_skb_load_bytes(ctx, v->payload_off, m.head, available))
 		return;
 	m.available = available;
-	bpf_loop(MAX_PATTERNS, match_pattern, &m, 0);
+	for (__u32 i = 0; i < MAX_PATTERNS; i++)
+		if (match_pattern(i, &m))
+			break;
 }
 
 static __always_inline void watch(struct __sk_buff *ctx, enum direction direction)
