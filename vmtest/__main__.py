@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import archive, guest, report
+from . import archive, arm64, guest, report
 
 REPO = Path(__file__).resolve().parent.parent
 # The tests of what the kernel does. Left out: benchmarks (timings under emulation mean nothing), and
@@ -27,22 +26,9 @@ DEFAULT_TESTS = ["tests/kernel", "tests/tools", "--ignore=tests/kernel/test_benc
                  "--ignore=tests/kernel/test_build_load.py"]
 
 
-def _script(kernel: archive.Kernel, pytest_args: list[str]) -> str:
-    """run.sh for the guest: the host's venv and tree; -u so output.log shows progress as it goes."""
-    bin_dir = Path(sys.prefix) / "bin"
-    return f"""export PATH={bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/tmp PYTHONDONTWRITEBYTECODE=1 BPFSCOPE_EXPECT_ABSENT={",".join(kernel.absent)}
-export PYTHONPATH={shlex.quote(str(REPO / "src"))}  # this checkout's package, whichever the venv installed
-cd {shlex.quote(str(REPO))}
-echo "guest: $(uname -r)"
-bpfscope doctor --json > /tmp/vmout/doctor.json
-exec python -u -m pytest -p no:cacheprovider -v -rfE --junitxml=/tmp/vmout/junit.xml {shlex.join(pytest_args)}
-"""
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vmtest", description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", help="comma-separated kernel names from kernels.toml (default: all x86_64)")
+    parser.add_argument("--kernels", help="comma-separated kernel names from kernels.toml (default: all)")
     parser.add_argument("--jobs", type=int, default=2, help="guests at once (default: 2)")
     parser.add_argument("--timeout", type=float, default=1500, help="seconds per guest, boot to power-off")
     parser.add_argument("--memory", type=int, default=512, help="MiB per guest (default: 512)")
@@ -57,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if why_not:
         print(f"vmtest: cannot boot guests: {why_not}", file=sys.stderr)
         return 2
-    kernels = [k for k in archive.load_kernels() if k.arch == "x86_64"]
+    kernels = archive.load_kernels()
     if args.kernels:
         wanted = args.kernels.split(",")
         unknown = set(wanted) - {k.name for k in kernels}
@@ -67,19 +53,24 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         kernels = [k for k in kernels if k.name in wanted]
 
-    apt = archive.PrivateApt(args.cache / "apt", {k.suite for k in kernels}, {archive.DEB_ARCH["x86_64"]})
+    x86 = [k for k in kernels if k.arch == "x86_64"]
+    apt = archive.PrivateApt(args.cache / "apt", {k.suite for k in x86}, {archive.DEB_ARCH["x86_64"]})
     trees = {}
-    for kernel in kernels:
+    for kernel in x86:  # arm64 guests fetch theirs, and their user space, in run_arm64
         started = time.monotonic()
         trees[kernel.name] = archive.fetch(kernel, args.cache, apt)
-        print(f"kernel {kernel.label}: {kernel.release} ready ({time.monotonic() - started:.0f} s)", flush=True)
+        print(f"kernel {kernel.name}: {kernel.release} ready ({time.monotonic() - started:.0f} s)", flush=True)
 
     def boot(kernel: archive.Kernel) -> report.KernelResult:
-        print(f"kernel {kernel.label}: booting", flush=True)
-        script = _script(kernel, args.pytest_args or DEFAULT_TESTS)
-        outcome = guest.run(kernel, trees[kernel.name], script, args.out / kernel.name, args.timeout, args.memory)
-        result = report.read(outcome)
-        print(f"kernel {kernel.label}: done in {outcome.seconds:.0f} s, {len(result.failures)} failed", flush=True)
+        print(f"kernel {kernel.name}: booting", flush=True)
+        out = args.out / kernel.name
+        if kernel.arch == arm64.ARCH:
+            result = arm64.run_arm64(kernel, args.cache, None, out, args.timeout, pytest_args=args.pytest_args or None)
+        else:
+            script = guest.pytest_script(kernel, REPO, args.pytest_args or DEFAULT_TESTS, python=sys.executable)
+            result = report.read(guest.run(kernel, trees[kernel.name], script, out, args.timeout, args.memory))
+        outcome = result.outcome
+        print(f"kernel {kernel.name}: done in {outcome.seconds:.0f} s, {len(result.failures)} failed", flush=True)
         return result
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:

@@ -27,16 +27,12 @@ class Package:
 
 @dataclass(frozen=True)
 class Kernel:
-    name: str  # the kernel line: "6.1"
+    name: str  # the kernel line: "6.1", "arm64-6.12"
     arch: str  # uname -m of the guest
     suite: str
     release: str  # uname -r, the folder under lib/modules
     absent: tuple[str, ...]  # bpfscope.features keys this kernel lacks
     packages: tuple[Package, ...]
-
-    @property
-    def label(self) -> str:
-        return self.name if self.arch == "x86_64" else f"{self.name} {self.arch}"
 
 
 def load_kernels(path: Path = KERNELS_FILE) -> list[Kernel]:

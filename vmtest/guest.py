@@ -38,6 +38,22 @@ class Outcome:
     timed_out: bool = False
 
 
+def pytest_script(kernel: Kernel, repo: Path, pytest_args: list[str], *, python: str, plugin: bool = False) -> str:
+    """run.sh for a guest: `bpfscope doctor --json`, then pytest on `repo`'s tests with results in the out
+    share (-u: output.log shows each outcome as it comes). `python` is a venv's (its bin first on PATH)
+    or the root's python3 with bpfscope from source, whose pytest plugin is then named (`plugin`)."""
+    bin_dir = f"{Path(python).parent}:" if python.startswith("/") else ""
+    return f"""export PATH={bin_dir}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/tmp PYTHONDONTWRITEBYTECODE=1 BPFSCOPE_EXPECT_ABSENT={",".join(kernel.absent)}
+export PYTHONPATH={shlex.quote(str(repo / "src"))}  # this checkout's package, whichever a venv installed
+cd {shlex.quote(str(repo))}
+echo "guest: $(uname -r) $(uname -m), up $(cut -d' ' -f1 /proc/uptime) s"
+{python} -m bpfscope.cli.main doctor --json > /tmp/vmout/doctor.json
+exec {python} -u -m pytest {"-p bpfscope.testing.plugin " if plugin else ""}-p no:cacheprovider -v -rfE \\
+    --junitxml=/tmp/vmout/junit.xml {shlex.join(pytest_args)}
+"""
+
+
 def _boot_modules(tree: Path, release: str) -> list[Path]:
     """The modules to insmod before the 9p mount, dependencies first, as modprobe would load them."""
     shown = subprocess.run(

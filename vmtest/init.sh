@@ -12,6 +12,8 @@ while read -r module; do insmod "/modules/$module"; done < /modules/order
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=524288 host /host
 root=/host$(cat /root)
+# a foreign root must be a mount point of its own, or `ip netns exec` cannot make / a slave mount
+[ "$root" = /host ] || mount --bind "$root" "$root"
 while read -r dir; do mount --bind "/host$dir" "$root$dir"; done < /binds
 mount -t tmpfs tmpfs $root/tmp
 mount -t tmpfs tmpfs $root/run

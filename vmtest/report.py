@@ -35,7 +35,7 @@ class KernelResult:
 
 def read(outcome: Outcome) -> KernelResult:
     kernel = outcome.kernel
-    result = KernelResult(kernel.label, kernel.release, outcome)
+    result = KernelResult(kernel.name, kernel.release, outcome)
     junit = outcome.out / "junit.xml"
     if junit.exists():
         for case in ElementTree.parse(junit).iter("testcase"):

@@ -423,6 +423,7 @@ bpf_map_create = _fn("bpf_map_create", c_int, c_int, c_char_p, c_uint32, c_uint3
 bpf_prog_load = _fn(
     "bpf_prog_load", c_int, c_int, c_char_p, c_char_p, c_void_p, c_size_t, POINTER(BpfProgLoadOpts)
 )
+bpf_btf_load = _fn("bpf_btf_load", c_int, c_void_p, c_size_t, c_void_p)
 libbpf_find_vmlinux_btf_id = _fn("libbpf_find_vmlinux_btf_id", c_int, c_char_p, c_int)
 bpf_obj_pin = _fn("bpf_obj_pin", c_int, c_int, c_char_p)
 bpf_obj_get = _fn("bpf_obj_get", c_int, c_char_p)

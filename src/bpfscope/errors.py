@@ -82,9 +82,15 @@ class VerifierError(SyscallError):
     def __init__(self, program: str, err: int, log: Sequence[str]) -> None:
         self.program = program
         self.log = tuple(log)
-        self.cause = self._cause(self.log)
-        self.source_line = self._source_line(self.log)
+        # From Linux 7.x the log ends in a report ("Verification failed: ...", "Reason:", "Suggestion:")
+        # after the classic trace: cause and line come from the trace, the suggestion is kept.
+        report = next((i for i, line in enumerate(self.log) if line.startswith("Verification failed:")), None)
+        trace = self.log if report is None else self.log[:report]
+        self.cause = self._cause(trace)
+        self.source_line = self._source_line(trace)
+        self.suggestion = self._suggestion(self.log[len(trace):])
         detail = self.cause + (f" at {self.source_line}" if self.source_line else "")
+        detail += f" (the kernel suggests: {self.suggestion})" if self.suggestion else ""
         SyscallError.__init__(self, err, f"verifier rejected program {program!r}", detail)
         self.message = f"verifier rejected program {program!r}: {detail}" if detail else self.message
 
@@ -103,6 +109,17 @@ class VerifierError(SyscallError):
                 code, where = match.groups()
                 return f"{where}: {code.strip()}" if where else code.strip()
         return ""
+
+    @staticmethod
+    def _suggestion(report: Sequence[str]) -> str:
+        if "Suggestion:" not in report:
+            return ""
+        words = []
+        for line in report[report.index("Suggestion:") + 1:]:
+            if not line.startswith(" "):
+                break
+            words.append(line.strip())
+        return " ".join(words)
 
     def tail(self, lines: int = 20) -> list[str]:
         """The last `lines` lines of the log, where the rejection is explained."""

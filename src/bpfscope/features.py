@@ -16,6 +16,7 @@ import gzip
 import os
 import platform
 import socket
+import struct
 import types
 from collections.abc import Iterable, Mapping
 from ctypes import c_uint32
@@ -43,6 +44,7 @@ __all__ = [
 _BPF_MAP_TYPE_HASH = 1
 _BPF_MAP_TYPE_ARRAY = 2
 _BPF_MAP_TYPE_RINGBUF = 27
+_BPF_PROG_TYPE_SOCKET_FILTER = 1
 _BPF_PROG_TYPE_KPROBE = 2
 _BPF_PROG_TYPE_SCHED_CLS = 3
 _BPF_PROG_TYPE_TRACEPOINT = 5
@@ -54,6 +56,8 @@ _BPF_TCX_INGRESS = 46
 _XDP_FLAGS_SKB_MODE = 2
 _XDP_PASS = 2
 _TCX_PASS = 0
+_BPF_FUNC_LOOP = 181
+_BPF_PSEUDO_FUNC = 4  # src_reg of a ld_imm64 that loads a subprogram's address (a callback)
 _ENOTSUPP = 524  # kernel-internal errno that bpf() lets through for unsupported map operations
 
 # r0 = <imm>; exit
@@ -275,15 +279,11 @@ def _xdp_link() -> None:
 
 
 def _kprobes() -> None:
+    # libbpf attaches kprobes through the kprobe PMU (perf_event_open), not tracefs's kprobe_events:
+    # the PMU is the answer, whether or not tracefs is mounted yet (a 5.10 guest probed before it was).
     if not _pmu("kprobe"):
         unset = " (CONFIG_KPROBES is not set)" if _config("CONFIG_KPROBES") == "n" else ""
         raise NotSupportedError(Feature.KPROBES.value, f"no /sys/bus/event_source/devices/kprobe{unset}")
-    tracefs = mounts.tracefs_path()
-    if tracefs and os.path.exists(os.path.join(tracefs, "kprobe_events")):
-        return
-    if _config("CONFIG_KPROBES") == "y":
-        return
-    raise NotSupportedError(Feature.KPROBES.value, "no kprobe_events in tracefs and CONFIG_KPROBES is not y")
 
 
 # The one kernel function that exists to be traced by tests (net/bpf/test_run.c).
@@ -420,6 +420,72 @@ def _task_pt_regs() -> None:
         _TRACE,
     )
 
+# --- bpf_loop: a program with a callback, and the BTF that must describe it ---
+
+_BTF_KIND_INT, _BTF_KIND_PTR, _BTF_KIND_FUNC, _BTF_KIND_FUNC_PROTO = 1, 2, 12, 13
+_BTF_FUNC_STATIC, _BTF_FUNC_GLOBAL = 0, 1
+
+
+def _btf_type(name_off: int, kind: int, vlen: int, size_or_type: int) -> bytes:
+    return struct.pack("<III", name_off, kind << 24 | vlen, size_or_type)
+
+
+def _loop_probe_btf() -> bytes:
+    """BTF for `int bpfscope_probe(void)` (global, [4]) and `static int cb(int, void *)` ([6]): the
+    verifier takes a callback only from a program whose func_info names each subprogram."""
+    strings = b"\0int\0bpfscope_probe\0cb\0i\0ctx\0"  # a function's parameters need names
+    types = b"".join((
+        _btf_type(1, _BTF_KIND_INT, 0, 4) + struct.pack("<I", 1 << 24 | 32),  # [1] int: signed, 32 bits
+        _btf_type(0, _BTF_KIND_PTR, 0, 0),  # [2] void *
+        _btf_type(0, _BTF_KIND_FUNC_PROTO, 0, 1),  # [3] int (void)
+        _btf_type(5, _BTF_KIND_FUNC, _BTF_FUNC_GLOBAL, 3),  # [4] bpfscope_probe
+        _btf_type(0, _BTF_KIND_FUNC_PROTO, 2, 1) + struct.pack("<IIII", 23, 1, 25, 2),  # [5] int (int i, void *ctx)
+        _btf_type(20, _BTF_KIND_FUNC, _BTF_FUNC_STATIC, 5),  # [6] cb
+    ))
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+# r1 = 1 (one iteration); r2 = &cb; r3 = 0 (ctx); r4 = 0 (flags); call bpf_loop; return 0.
+# cb: return 0. The ld_imm64's imm is cb's offset from the instruction after it.
+_LOOP_INSNS = b"".join((
+    _insn(0xB7, dst=1, imm=1),
+    _insn(0x18, dst=2, src=_BPF_PSEUDO_FUNC, imm=6),
+    _insn(0x00),
+    _insn(0xB7, dst=3),
+    _insn(0xB7, dst=4),
+    _insn(0x85, imm=_BPF_FUNC_LOOP),
+    _return(0),
+    _return(0),
+))
+_LOOP_CALLBACK_INSN = 8
+
+
+def _bpf_loop() -> None:
+    """Loads a program that calls bpf_loop (Linux 5.17+) with a callback. An older verifier refuses
+    the callback's subprogram (EINVAL: its func_info names a subprogram it does not see)."""
+    feature, op, needs = Feature.BPF_LOOP, "loading a program that calls bpf_loop", (Capability.BPF,)
+    if missing_capabilities(needs):  # bpf_loop is offered only to programs loaded with CAP_BPF
+        raise _libbpf.error(errno.EPERM, op)
+    btf = _loop_probe_btf()
+    btf_fd = _libbpf.bpf_btf_load(btf, len(btf), None)
+    if btf_fd < 0:
+        raise _answer(feature, -btf_fd, "loading the BTF of a bpf_loop probe", needs)
+    try:
+        func_info = (c_uint32 * 4)(0, 4, _LOOP_CALLBACK_INSN, 6)  # struct bpf_func_info: insn_off, type_id
+        opts = _libbpf.BpfProgLoadOpts(
+            sz=ctypes.sizeof(_libbpf.BpfProgLoadOpts), prog_btf_fd=btf_fd,
+            func_info=ctypes.cast(func_info, ctypes.c_void_p), func_info_cnt=2, func_info_rec_size=8,
+        )
+        fd = _libbpf.bpf_prog_load(
+            _BPF_PROG_TYPE_SOCKET_FILTER, b"bpfscope_probe", b"GPL", _LOOP_INSNS, len(_LOOP_INSNS) // 8, opts
+        )
+        if fd < 0:
+            raise _answer(feature, -fd, op, needs)
+        os.close(fd)
+    finally:
+        os.close(btf_fd)
+
 
 # --- public API ---
 
@@ -439,6 +505,7 @@ class Feature(enum.Enum):
     ATOMICS = "BPF atomic fetch/cmpxchg"
     TASK_PT_REGS = "bpf_task_pt_regs"
     XDP_LINK = "XDP links"
+    BPF_LOOP = "bpf_loop"
 
     @property
     def key(self) -> str:
@@ -459,6 +526,7 @@ _PROBES: dict[Feature, Callable[[], None]] = {
     Feature.ATOMICS: _atomics,
     Feature.TASK_PT_REGS: _task_pt_regs,
     Feature.XDP_LINK: _xdp_link,
+    Feature.BPF_LOOP: _bpf_loop,
 }
 
 

@@ -263,7 +263,7 @@ class LinkInfo:
     type: str
     prog_id: int
     target: str
-    details: dict[str, Union[int, str]]
+    details: dict[str, Union[int, str, None]]  # None: the kernel did not say
     pids: tuple[Holder, ...]
 
 
@@ -294,7 +294,7 @@ def _named_link(fd: int, info: _libbpf.BpfLinkInfo) -> str:
     return buffer.value.decode(errors="replace")
 
 
-def _link_target(fd: int, info: _libbpf.BpfLinkInfo) -> tuple[str, dict[str, Union[int, str]]]:
+def _link_target(fd: int, info: _libbpf.BpfLinkInfo) -> tuple[str, dict[str, Union[int, str, None]]]:
     kind = _type_name("link", info.type)
     u = info.u
     if kind == "xdp":
@@ -305,7 +305,9 @@ def _link_target(fd: int, info: _libbpf.BpfLinkInfo) -> tuple[str, dict[str, Uni
         return (f"{_HOOKS.get(attach, attach)} on {name}",
                 {"ifindex": u.target.ifindex, "ifname": name, "attach_type": attach})
     if kind == "perf_event":
-        perf = _PERF_EVENT_KINDS.get(u.perf_event.type, "perf_event")
+        if u.perf_event.type not in _PERF_EVENT_KINDS:  # kernels before 6.6 say nothing of the event
+            return "perf_event (its kernel describes these from Linux 6.6)", {"perf_type": None}
+        perf = _PERF_EVENT_KINDS[u.perf_event.type]
         if perf == "event":
             event = u.perf_event.u.event
             return (f"perf event type {event.type} config {event.config}",
@@ -446,7 +448,7 @@ def _tcx_programs(ifindex: int, attach_type: int) -> list[tuple[int, int]]:
 
 
 def _net(iface: Optional[str], cache: _Cache, link_list: Sequence[LinkInfo]) -> list[NetAttachment]:
-    xdp_links = {(int(link.details["ifindex"]), link.prog_id): link.id for link in link_list if link.type == "xdp"}
+    xdp_links = {(link.details["ifindex"], link.prog_id): link.id for link in link_list if link.type == "xdp"}
     interfaces = socket.if_nameindex()
     if iface is not None:
         interfaces = [(index, name) for index, name in interfaces if name == iface]

@@ -24,13 +24,13 @@ def test_expected_absent_names_features() -> None:
     assert {f.key for f in ABSENT} == {key for key in _ABSENT_KEYS if key}
 
 
-@pytest.mark.parametrize("feature", PRESENT, ids=lambda f: f.key)
+@pytest.mark.parametrize("feature", PRESENT, ids=[f.key for f in PRESENT])
 def test_present(feature: Feature) -> None:
     assert probe(feature) is None
     require(feature)
 
 
-@pytest.mark.parametrize("feature", ABSENT, ids=lambda f: f.key)
+@pytest.mark.parametrize("feature", ABSENT, ids=[f.key for f in ABSENT])
 def test_absent(feature: Feature) -> None:
     err = probe(feature)
     assert isinstance(err, NotSupportedError)

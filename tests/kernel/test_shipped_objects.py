@@ -55,3 +55,15 @@ def test_shipped_object_loads(name: str) -> None:
     assert obj.closed
     after = bpf_fds()
     assert after == before, f"{name} left fds open: {sorted(set(after.items()) - set(before.items()))}"
+
+
+@pytest.mark.parametrize("name", sorted(set(variants.VARIANTS) & set(NAMES)))
+def test_stand_ins_load_on_this_kernel_too(name: str) -> None:
+    """The forms shipped for older kernels (bpfscope.variants) verify here as well, whatever this has."""
+    spec = ObjectSpec.open(tool_object(name))
+    instead = set(variants.VARIANTS[name].instead) & set(spec.programs)
+    assert instead, f"{name} ships none of its stand-ins"
+    for program_name, program in spec.programs.items():
+        program.autoload = program_name in instead
+    with spec.load() as obj:
+        assert set(obj.programs) == instead

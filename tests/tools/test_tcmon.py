@@ -100,6 +100,7 @@ def syn(pair: VethPair, src_ip: str, dst_ip: str, sport: int, dport: int, *, dst
 
 # --- the detectors, on crafted frames from the namespace --------------------------------------
 
+@pytest.mark.requires(Feature.ATOMICS)  # tcmon's state needs Linux 5.12's atomics
 def test_port_scan_gives_one_event_naming_the_source(veth_pair):
     # A limit of 10 half-open SYNs: the host refuses each of the 100 with a RST, so none is half-open.
     proc = start_tcmon(veth_pair, "--scan-ports", "20", "--syn-rate", "1", "--window", "10")
@@ -118,6 +119,7 @@ def test_port_scan_gives_one_event_naming_the_source(veth_pair):
     assert final["events"]["port-scan"] == 1 and final["lost"] == 0
 
 
+@pytest.mark.requires(Feature.ATOMICS)  # tcmon's state needs Linux 5.12's atomics
 def test_syn_flood_names_the_destination_and_completed_handshakes_are_none(veth_pair):
     proc = start_tcmon(veth_pair, "--syn-rate", "10", "--window", "5")  # more than 50 half-open SYNs
     try:
@@ -137,6 +139,7 @@ def test_syn_flood_names_the_destination_and_completed_handshakes_are_none(veth_
     assert "10.99.0.1" in events[0]["detail"]
 
 
+@pytest.mark.requires(Feature.ATOMICS)  # tcmon's state needs Linux 5.12's atomics
 def test_payload_pattern_matches_only_where_it_should(veth_pair, tmp_path):
     rules = write_rules(tmp_path / "rules.yaml", """
         patterns:
@@ -177,6 +180,7 @@ def test_payload_pattern_matches_only_where_it_should(veth_pair, tmp_path):
     assert "'admin'" in events[0]["detail"] and "line 3" in events[0]["detail"]
 
 
+@pytest.mark.requires(Feature.ATOMICS)  # tcmon's state needs Linux 5.12's atomics
 def test_denied_network_and_port_are_rate_limited(veth_pair, tmp_path):
     rules = write_rules(tmp_path / "rules.yaml", """
         deny:
@@ -198,6 +202,7 @@ def test_denied_network_and_port_are_rate_limited(veth_pair, tmp_path):
     assert final["events"]["denied-address"] == final["events"]["denied-port"] == 1
 
 
+@pytest.mark.requires(Feature.ATOMICS)  # tcmon's state needs Linux 5.12's atomics
 def test_ring_overflow_is_counted_and_shown(veth_pair, tmp_path):
     rules = write_rules(tmp_path / "rules.yaml", "deny: {networks: [10.55.0.0/16]}\n")
     n = 3000  # each from its own source: no rate limit holds any back
@@ -243,6 +248,7 @@ SERVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.requires(Feature.ATOMICS)  # tcmon's state needs Linux 5.12's atomics
 def test_normal_traffic_gives_no_events(veth_pair):
     server = veth_pair.popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None and server.stdout.readline().strip() == "ready"
@@ -269,6 +275,7 @@ def test_normal_traffic_gives_no_events(veth_pair):
 
 # --- SIGHUP -----------------------------------------------------------------------------------
 
+@pytest.mark.requires(Feature.ATOMICS)  # tcmon's state needs Linux 5.12's atomics
 def test_sighup_reloads_rules_in_place_and_a_broken_file_keeps_the_old(veth_pair, tmp_path):
     rules = write_rules(tmp_path / "rules.yaml", 'patterns: [{text: "GET /admin"}]\n')
     push = pk.TcpFlags.PSH | pk.TcpFlags.ACK
@@ -309,6 +316,7 @@ def test_sighup_reloads_rules_in_place_and_a_broken_file_keeps_the_old(veth_pair
 
 # --- the live view ----------------------------------------------------------------------------
 
+@pytest.mark.requires(Feature.ATOMICS)  # tcmon's state needs Linux 5.12's atomics
 def test_live_view_refreshes_in_place_on_a_tty(veth_pair, tmp_path, tc_mode, on_a_tty):
     rules = write_rules(tmp_path / "rules.yaml", "deny: {networks: [10.66.0.0/16]}\n")
     frame = pk.udp_frame(src_mac=veth_pair.peer_mac, dst_mac=OTHERHOST, src_ip="10.66.1.2", dst_ip="10.50.0.1",
@@ -338,12 +346,14 @@ MAC = dict(src_mac="02:00:00:00:00:01", dst_mac="02:00:00:00:00:02")
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(min_size=14, max_size=200), st.sampled_from(["watch_ingress", "watch_egress"]))
+@pytest.mark.requires(Feature.ATOMICS)  # tcmon's state needs Linux 5.12's atomics
 def test_any_bytes_pass_unchanged(monitor, frame, program):
     result = monitor.obj.programs[program].test_run(frame)
     assert result.retval == TC_ACT_UNSPEC
     assert result.data == frame
 
 
+@pytest.mark.requires(Feature.ATOMICS)  # tcmon's state needs Linux 5.12's atomics
 def test_padding_is_not_payload(monitor):
     """A 1-byte payload padded to Ethernet's 60 bytes: the IP length says where the payload ends."""
     monitor.poll(0)

@@ -29,6 +29,40 @@ def test_verifier_error_summarises_cause_and_source_line():
     assert err.tail(2) == LOG[-2:]
 
 
+# Linux 7.3 (Debian's trixie-backports kernel, in a vmtest guest): the trace, then a report.
+LOG_7_3 = """; *count += 1; @ verifier_reject.bpf.c:18
+7: (79) r1 = *(u64 *)(r0 +0)
+R0 invalid mem access 'map_value_or_null'
+
+Verification failed: Register Type Safety: Invalid dereference
+
+Reason:
+  R0 may be NULL here (a nullable map value pointer). The program could dereference NULL on this
+  path, so the verifier cannot prove this access is safe.
+
+At:
+  unchecked_lookup @ verifier_reject.bpf.c:18:9
+  Source context:
+  >>> 18 |         *count += 1;
+         |         ^-- error: invalid dereference of R0 (a nullable map value pointer)
+
+Suggestion:
+  Add a NULL check before the access and dereference the pointer only on the non-NULL path.
+
+processed 7 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0
+""".splitlines()
+
+
+def test_verifier_error_of_a_kernel_that_reports_takes_the_cause_from_the_trace_and_keeps_the_suggestion():
+    err = VerifierError("unchecked_lookup", errno.EACCES, LOG_7_3)
+    assert err.cause == "R0 invalid mem access 'map_value_or_null'"
+    assert err.source_line == "verifier_reject.bpf.c:18: *count += 1;"
+    assert err.suggestion == "Add a NULL check before the access and dereference the pointer only on the non-NULL path."
+    assert str(err).endswith("at verifier_reject.bpf.c:18: *count += 1; (the kernel suggests: Add a NULL check "
+                             "before the access and dereference the pointer only on the non-NULL path.)")
+    assert err.tail(1) == LOG_7_3[-1:]
+
+
 def test_permission_error_names_the_capability():
     err = PermissionDeniedError(errno.EPERM, "load packets.bpf.o", "CAP_BPF")
     assert "needs root or CAP_BPF" in str(err) and err.errno == errno.EPERM

@@ -20,8 +20,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Optional
 
+from .. import variants
+from ..errors import NotSupportedError
 from ..object import Object, ObjectSpec, tool_object
 from ..pin import PIN_ROOT, remove_pins
+from ..program import Program
 from ..ringbuf import RingBuffer
 from . import Figure
 
@@ -32,6 +35,7 @@ _PACKET = bytes(64)
 # with repeat > 1 swaps the program into the XDP dispatcher and out again (bpf_prog_change_xdp),
 # which took 20 to 50 ms per call here.
 _PER_RUN = 10_000
+_NOLOOP_MAX_PER_RUN = 1 << 15  # NOLOOP_MAX_PER_RUN in ringbuf_bench.bpf.c
 _SLOT = 24  # 8-byte header + struct bench_event
 _BPF_RB_NO_WAKEUP = 1
 _REFERENCE = "libbpf ring_buffer__consume (C)"
@@ -88,15 +92,27 @@ def _ring_bytes(records: int) -> int:
 
 
 def _load(ring_bytes: int, *, per_run: int = _PER_RUN, submit_flags: int = _BPF_RB_NO_WAKEUP) -> Object:
+    """The object with one of its producers loaded: fill_ring, which loops with bpf_loop, or on a
+    kernel without bpf_loop (before 5.17) fill_ring_noloop, an open-coded loop that the verifier
+    walks once per record and so takes at most _NOLOOP_MAX_PER_RUN records a run."""
     spec = ObjectSpec.open(tool_object("ringbuf_bench"))
+    if variants.choose(spec, "ringbuf_bench") is not None and per_run > _NOLOOP_MAX_PER_RUN:
+        spec.close()
+        raise NotSupportedError(
+            "bpf_loop", f"{per_run} records a run; without it the producer writes at most {_NOLOOP_MAX_PER_RUN}"
+        )
     spec.rodata["cfg_per_run"] = per_run
     spec.rodata["cfg_submit_flags"] = submit_flags
     spec.maps["events"].max_entries = ring_bytes
     return spec.load()
 
 
+def _producer(obj: Object) -> Program:
+    return obj.programs.get("fill_ring") or obj.programs["fill_ring_noloop"]
+
+
 def _fill(obj: Object, records: int) -> None:
-    fill_ring = obj.programs["fill_ring"]
+    fill_ring = _producer(obj)
     for _ in range(records // _PER_RUN):
         fill_ring.test_run(_PACKET)
 
@@ -232,7 +248,7 @@ def _consumer_cpu(rate: int, seconds: float, *, wakeups: bool) -> Figure:
                 delay = start + i * slice_seconds - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                obj.programs["fill_ring"].test_run(_PACKET)
+                _producer(obj).test_run(_PACKET)
             achieved = produced / (time.monotonic() - start)
         finally:
             stop.set()

@@ -109,33 +109,26 @@ static __always_inline bool goes_on(const char *s, __u32 n)
 	return bpf_probe_read_user(&c, 1, s + n) == 0 && c != 0;
 }
 
-struct basename_scan {
-	const char *path;       /* a stash entry's path: PATH_BYTES, NUL-terminated */
-	__u32 base;             /* where its last component starts */
-};
-
-static int scan_path(__u32 i, void *data)
-{
-	struct basename_scan *scan = data;
-	char c = scan->path[i & (PATH_BYTES - 1)];
-
-	if (!c)
-		return 1;
-	if (c == '/')
-		scan->base = i + 1;
-	return 0;
-}
-
 /* Whether the program the path names has cfg_name as its comm: the path's last component, cut at
- * 15 bytes, as the kernel names the process it starts. The scan is a bpf_loop: as an open-coded
- * loop, each '/' would give the verifier another state to follow through the rest of the path. */
+ * 15 bytes, as the kernel names the process it starts. The scan for the last '/' has no branch: a
+ * branch per byte would give the verifier another state to follow through the rest of the path at
+ * each '/', and a bpf_loop callback (Linux 5.17+) would keep the object off older kernels. So the
+ * loop reads all PATH_BYTES bytes, counting none after the NUL, and the verifier follows one path. */
 static __always_inline bool name_matches(const char *path)
 {
-	struct basename_scan scan = { .path = path };
-	__u32 base;
+	__u32 base = 0, live = 1;
 
-	bpf_loop(PATH_BYTES, scan_path, &scan, 0);
-	base = scan.base;
+	for (__u32 i = 0; i < PATH_BYTES; i++) {
+		__u32 c = (__u8)path[i];
+		__u32 slash;
+
+		live &= (c + 0xff) >> 8;                /* 0 from the NUL on */
+		slash = (((c ^ '/') - 1) >> 31) & live; /* 1 at a '/' (c ^ '/' is 0, and below 256) */
+		/* Hidden from clang, which would make the product a select, a branch; and a product,
+		 * not a mask (base & -slash), which Linux 6.17+ verifiers split into two states. */
+		asm volatile("" : "+r"(slash));
+		base += slash * (i + 1 - base);
+	}
 	/* path[PATH_BYTES - 1] is always NUL, so the comparison ends before an index wraps. */
 	for (__u32 j = 0; j < COMM_BYTES; j++) {
 		char want = cfg_name[j];
@@ -167,9 +160,13 @@ static __always_inline long read_arg(struct exec_event *e, __u32 i, const char *
 		return 0;
 	}
 	n = bpf_probe_read_user_str(&e->args[i * ARG_BYTES], arg_bytes, arg);
-	if (n <= 0) {
+	if (n < 0) {
 		e->flags |= EXEC_ARGS_UNREADABLE;
 		return 0;
+	}
+	if (n == 0) {   /* an empty argument: kernels before 6.x count no NUL for it, later ones 1 */
+		e->args[i * ARG_BYTES] = 0;
+		n = 1;
 	}
 	e->arg_len[i] = n - 1;
 	if (n == arg_bytes && goes_on(arg, arg_bytes - 1))

@@ -21,6 +21,7 @@ import yaml
 
 from .. import netdev
 from ..errors import BpfscopeError
+from ..features import Feature, require
 from ..link import FdLink
 from ..object import ObjectSpec, tool_object
 from ..program import TcDirection, TcMode
@@ -386,6 +387,9 @@ class Monitor(Attached):
 
     def load(self) -> Monitor:
         """Loads the programs with the rules written, attached nowhere (for test_run)."""
+        # Its per-source state is updated with Linux 5.12's atomics (compare-and-swap, fetch-or), in LRU
+        # maps, which cannot hold a spin lock: before 5.12 it says so in one line.
+        require(Feature.ATOMICS)
         t = self.thresholds
         spec = ObjectSpec.open(tool_object("tcmon"))
         spec.rodata["cfg_scan_ports"] = t.scan_ports
