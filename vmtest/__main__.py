@@ -36,10 +36,12 @@ def main(argv: list[str] | None = None) -> int:
                         / "bpfscope" / "kernels", help="where kernel packages are kept between runs")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "build" / "vmtest", help="console logs and results")
     parser.add_argument("--docs", type=Path, help="rewrite the support table in this markdown file")
+    parser.add_argument("--report-only", action="store_true",
+                        help="boot nothing: the table (and --docs) from the results already under --out")
     parser.add_argument("pytest_args", nargs="*", help=f"tests to run inside (default: {' '.join(DEFAULT_TESTS)})")
     args = parser.parse_args(argv)
 
-    why_not = guest.available()
+    why_not = None if args.report_only else guest.available()
     if why_not:
         print(f"vmtest: cannot boot guests: {why_not}", file=sys.stderr)
         return 2
@@ -52,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"(have {', '.join(k.name for k in kernels)})", file=sys.stderr)  # fmt: skip
             return 2
         kernels = [k for k in kernels if k.name in wanted]
+
+    if args.report_only:
+        ran = [k for k in kernels if (args.out / k.name / "run.sh").exists()]
+        return _report([report.read(guest.finished(k, args.out / k.name)) for k in ran], args.docs, args.out)
 
     x86 = [k for k in kernels if k.arch == "x86_64"]
     apt = archive.PrivateApt(args.cache / "apt", {k.suite for k in x86}, {archive.DEB_ARCH["x86_64"]})
@@ -76,18 +82,23 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(boot, kernels))
 
+    return _report(results, args.docs, args.out)
+
+
+def _report(results: list[report.KernelResult], docs: Path | None, out: Path) -> int:
+    """Prints the table and what failed or was skipped; 1 if a test failed or a guest gave no result."""
     print()
     print(report.table(results))
     notes = report.details(results)
     if notes:
         print()
         print(notes)
-    if args.docs:
-        report.write_docs(results, args.docs)
-        print(f"\nsupport table written to {args.docs}")
+    if docs:
+        report.write_docs(results, docs)
+        print(f"\nsupport table written to {docs}")
     broken = [r.label for r in results if r.failures or not r.finished]
     if broken:
-        print(f"\nvmtest: failures or no results on {', '.join(broken)}; logs under {args.out}", file=sys.stderr)
+        print(f"\nvmtest: failures or no results on {', '.join(broken)}; logs under {out}", file=sys.stderr)
         return 1
     return 0
 

@@ -166,6 +166,15 @@ def _static_elf(path: Path) -> bool:
     )
 
 
+def finished(kernel: Kernel, out: Path) -> Outcome:
+    """The outcome of an earlier run from what it left in `out`: run.sh is written at boot, the status
+    when the tests end (no status: the guest crashed or was stopped)."""
+    status_file, started = out / "status", (out / "run.sh").stat().st_mtime
+    last = max((p.stat().st_mtime for p in out.iterdir() if p.is_file()), default=started)
+    status = int(status_file.read_text()) if status_file.exists() else None
+    return Outcome(kernel, last - started, status, out, timed_out=status is None)
+
+
 def available() -> str | None:
     """Why guests cannot run here, or None."""
     missing = [q[0] for q in QEMU.values() if shutil.which(q[0]) is None]

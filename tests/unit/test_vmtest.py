@@ -4,6 +4,7 @@ table written into a markdown file. The guests themselves run in `make test-kern
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -93,3 +94,15 @@ def test_support_table_replaces_only_its_block(tmp_path: Path) -> None:
     assert "| flows | yes (1/1 tests, clsact) |" in text
     assert "| tcmon | FAILS (1/2 tests) |" in text
 
+
+def test_an_earlier_run_is_read_back_from_its_folder(tmp_path: Path) -> None:
+    done = outcome(tmp_path, "6.12").out
+    (done / "run.sh").write_text("true\n")
+    (done / "status").write_text("1\n")
+    os.utime(done / "run.sh", (1000, 1000))
+    for name in ("status", "junit.xml", "doctor.json"):
+        os.utime(done / name, (1090, 1090))
+    again = guest.finished(outcome(tmp_path, "6.1").kernel, done)
+    assert (again.status, again.seconds, again.timed_out) == (1, 90, False)
+    (done / "status").unlink()
+    assert guest.finished(again.kernel, done).timed_out  # no status: it never finished
