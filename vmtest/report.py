@@ -14,6 +14,8 @@ from xml.etree import ElementTree
 from .guest import Outcome
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+_VERBOSE = re.compile(r"^(tests/\S+?::.+?) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)(?: +\[ *\d+%\])?$")
+_VERDICTS = {"PASSED": PASSED, "FAILED": FAILED, "ERROR": FAILED, "SKIPPED": SKIPPED, "XFAIL": SKIPPED, "XPASS": PASSED}
 
 
 @dataclass
@@ -26,7 +28,7 @@ class KernelResult:
 
     @property
     def finished(self) -> bool:
-        return self.outcome.status is not None and bool(self.tests)
+        return self.outcome.status is not None and (self.outcome.out / "junit.xml").exists()
 
     @property
     def failures(self) -> list[str]:
@@ -50,6 +52,13 @@ def read(outcome: Outcome) -> KernelResult:
                 result.tests[test] = (SKIPPED, _skip_reason(skipped.get("message") or ""))
             else:
                 result.tests[test] = (PASSED, "")
+    elif (outcome.out / "output.log").exists():
+        # A guest stopped before pytest wrote its JUnit XML: the outcomes pytest -v printed so far.
+        for line in (outcome.out / "output.log").read_text(errors="replace").splitlines():
+            match = _VERBOSE.match(line)
+            if match:
+                test, verdict = match.groups()
+                result.tests[test] = (_VERDICTS[verdict], "")
     doctor = outcome.out / "doctor.json"
     if doctor.exists() and doctor.stat().st_size:
         result.doctor = json.loads(doctor.read_text())
