@@ -498,7 +498,7 @@ class ProgramInfo:
     bytes_xlated: int
     bytes_jited: int
     memlock: Optional[int]
-    verified_insns: int
+    verified_insns: Optional[int]  # None: a kernel before 5.16 does not count them
     map_ids: tuple[int, ...]
     btf_id: int
     run_cnt: Optional[int]
@@ -527,7 +527,7 @@ def _program(fd: int, cache: _Cache, attached: dict[int, list[str]], held: dict[
     return ProgramInfo(
         id=info.id, type=_type_name("prog", info.type), name=cache.program_name(fd, info), tag=bytes(info.tag).hex(),
         loaded_at=int(boot + info.load_time / 1e9), uid=info.created_by_uid, bytes_xlated=info.xlated_prog_len,
-        bytes_jited=info.jited_prog_len, memlock=_memlock(fd), verified_insns=info.verified_insns,
+        bytes_jited=info.jited_prog_len, memlock=_memlock(fd), verified_insns=info.verified_insns or None,
         map_ids=_map_ids(fd, info) if info.nr_map_ids else (), btf_id=info.btf_id,
         run_cnt=info.run_cnt if counted else None, run_time_ns=info.run_time_ns if counted else None,
         attached=tuple(attached.get(info.id, ())), pids=held.get(("prog", info.id), ()),
@@ -823,7 +823,7 @@ class VerifiedProgram:
     name: str
     section: str
     type: str
-    verified_insns: int
+    verified_insns: Optional[int]  # None: a kernel before 5.16 does not count them
     bytes_xlated: int
     bytes_jited: int
     log: tuple[str, ...] = ()
@@ -882,7 +882,7 @@ def verify(path: str, *, log: bool = False) -> Verdict:
         for program in obj.programs.values():
             info = _info(program.fd, _libbpf.BpfProgInfo(), f"program {program.name!r}")
             found.append(VerifiedProgram(program.name, program.section, _type_name("prog", info.type),
-                                         info.verified_insns, info.xlated_prog_len, info.jited_prog_len))
+                                         info.verified_insns or None, info.xlated_prog_len, info.jited_prog_len))
         map_count = len(obj.maps)
     if log:
         logs = _accepted_logs(path)

@@ -136,7 +136,9 @@ def test_progs_agree_with_bpftool(world: World) -> None:
         assert p["memlock"] == theirs["bytes_memlock"]
         assert sorted(p["map_ids"]) == sorted(theirs["map_ids"])
         assert abs(p["loaded_at"] - theirs["loaded_at"]) <= 1
-        assert p["verified_insns"] > 0
+        # counted from Linux 5.16 (None before): a kernel with bpf_loop (5.17) counts them
+        counted = p["verified_insns"] is not None and p["verified_insns"] > 0
+        assert counted or (p["verified_insns"] is None and probe(Feature.BPF_LOOP) is not None)
         assert os.getpid() in [h["pid"] for h in p["pids"]]  # this test holds every fd
 
 
@@ -347,7 +349,8 @@ def test_verify_accepted(test_object) -> None:
     assert result.stdout.startswith("map_types.bpf.o: accepted: 1 program, 7 maps") and "bump_counters" in result.stdout
     (verdict,) = inspect_json("verify", str(test_object("map_types")))
     assert (verdict["accepted"], verdict["name"], verdict["type"]) == (True, "bump_counters", "xdp")
-    assert verdict["verified_insns"] > 0 and verdict["log"] == []
+    assert verdict["log"] == []
+    assert verdict["verified_insns"] is None or verdict["verified_insns"] > 0  # counted from 5.16
     logged = inspect_json("verify", str(test_object("map_types")), "--log")[0]["log"]
     assert any("bump_counters" in line for line in logged) and logged[-1].startswith("processed")
 

@@ -258,7 +258,8 @@ def _show_verdict(verdict: ins.Verdict, as_json: bool, whole_log: bool) -> int:
         for p in verdict.programs:
             emit({"file": verdict.path, "accepted": True, **dataclasses.asdict(p)})
         return 0
-    rows = [[p.name, p.section, p.type, f"{p.verified_insns:,}", _bytes(p.bytes_xlated), _bytes(p.bytes_jited)]
+    rows = [[p.name, p.section, p.type, "-" if p.verified_insns is None else f"{p.verified_insns:,}",
+             _bytes(p.bytes_xlated), _bytes(p.bytes_jited)]
             for p in verdict.programs]
     _print_table(f"{name}: accepted: {count_of(len(verdict.programs), 'program')}, {count_of(verdict.maps, 'map')}",
                  ["program", "section", "type", "insns verified", "xlated", "jited"], rows)
