@@ -99,7 +99,7 @@ def table(results: list[KernelResult]) -> str:
 
 def _summary(r: KernelResult) -> str:
     if r.outcome.timed_out:
-        return f"TIMEOUT {r.outcome.seconds:.0f} s"
+        return f"UNFINISHED {r.outcome.seconds:.0f} s"  # timed out, or stopped
     if not r.finished:
         return f"NO RESULT (see {r.outcome.out})"
     return f"{r.outcome.seconds:.0f} s"
@@ -133,7 +133,10 @@ def support_markdown(results: list[KernelResult]) -> str:
     rule = "|---" * (len(kernels) + 1) + "|"
     features = sorted({f for r in kernels for f in r.doctor.get("features", {})})
     tools = sorted({t for r in kernels for t in r.doctor.get("tools", {})})
-    out = ["### Kernel features (`bpfscope doctor` in each guest)", "", head, rule]
+    runs = [f"{len(r.tests)} tests, {r.outcome.seconds / 60:.0f} min" + ("" if r.finished else ", unfinished")
+            for r in kernels]
+    out = ["### Kernel features (`bpfscope doctor` in each guest)", "", head, rule,
+           "| the run | " + " | ".join(runs) + " |"]
     for feature in features:
         cells = []
         for r in kernels:
