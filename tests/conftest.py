@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -26,6 +26,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kernel)
             if os.geteuid() != 0:
                 item.add_marker(pytest.mark.skip(reason="needs root: loads BPF programs (CAP_BPF, CAP_NET_ADMIN)"))
+
+
+@pytest.fixture
+def pretend_missing(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """pretend_missing(feature): bpfscope.variants answers as on a kernel without `feature`, so a tool
+    loads the stand-in forms of its programs (which every kernel can load) on this one too."""
+    from bpfscope import variants
+    from bpfscope.errors import NotSupportedError
+    from bpfscope.features import probe
+
+    def pretend(feature: Any) -> None:
+        lacking = NotSupportedError(feature.value, "pretended by the test")
+        monkeypatch.setattr(variants, "probe", lambda asked: lacking if asked is feature else probe(asked))
+
+    return pretend
 
 
 @pytest.fixture

@@ -11,20 +11,19 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpfscope import variants
-from bpfscope.errors import NotSupportedError
-from bpfscope.features import Feature, probe
+from bpfscope.features import Feature
 from bpfscope.object import Object
 from bpfscope.pin import PIN_ROOT, tool_pin_dir
 from bpfscope.program import XdpAction
 from bpfscope.testing import packets as pk
 from bpfscope.testing.netns import VethPair
+from bpfscope.testing.plugin import skip_unless_kernel_has
 from bpfscope.tools.cidr import source_name
 from bpfscope.tools.guard import Counts, Guard, GuardControl, Limit, RunningGuard, load_guard
 from bpfscope.tools.guard import limiter as limit_program
@@ -48,17 +47,13 @@ def ipv6_fragment(src: str, offset_units: int) -> bytes:
 
 
 @pytest.fixture(params=["cmpxchg", "spin_lock"])
-def form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def form(request: pytest.FixtureRequest, pretend_missing: Callable[..., None]) -> str:
     """Each form of the program: limit_sources where the kernel has BPF atomics (Linux 5.12+), and
     limit_sources_locked, which every kernel can load: tried here as if the probe had said no."""
     if request.param == "cmpxchg":
-        missing = probe(Feature.ATOMICS)
-        if missing is not None:
-            pytest.skip(str(missing))
+        skip_unless_kernel_has(Feature.ATOMICS)
     else:
-        lacking = NotSupportedError(Feature.ATOMICS.value, "pretended by the test")
-        monkeypatch.setattr(variants, "probe",
-                            lambda feature: lacking if feature is Feature.ATOMICS else probe(feature))
+        pretend_missing(Feature.ATOMICS)
     return str(request.param)
 
 

@@ -14,14 +14,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 
-from bpfscope import variants
 from bpfscope.errors import BpfscopeError, NotSupportedError
-from bpfscope.features import Feature, probe
+from bpfscope.features import Feature
+from bpfscope.testing.plugin import skip_unless_kernel_has
 from bpfscope.tools import opensnoop
 from bpfscope.tools.opensnoop import Filters, Snoop, flag_names
 
@@ -112,18 +112,14 @@ def programs_loaded() -> bool:
 
 
 @pytest.fixture(params=["task_pt_regs", "stash"])
-def form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def form(request: pytest.FixtureRequest, pretend_missing: Callable[..., None]) -> str:
     """Each way of reading the arguments: the saved registers at exit where the kernel has
     bpf_task_pt_regs (Linux 5.15+), and the stash from syscall entry, which every kernel can load: tried
     here as if the probe had said no."""
     if request.param == "task_pt_regs":
-        missing = probe(Feature.TASK_PT_REGS)
-        if missing is not None:
-            pytest.skip(str(missing))
+        skip_unless_kernel_has(Feature.TASK_PT_REGS)
     else:
-        lacking = NotSupportedError(Feature.TASK_PT_REGS.value, "pretended by the test")
-        monkeypatch.setattr(variants, "probe",
-                            lambda feature: lacking if feature is Feature.TASK_PT_REGS else probe(feature))
+        pretend_missing(Feature.TASK_PT_REGS)
     return str(request.param)
 
 
