@@ -339,8 +339,8 @@ def test_verify_rejected_names_the_failing_line(test_object) -> None:
     assert (verdict["accepted"], verdict["program"]) == (False, "unchecked_lookup")
     assert "*count += 1" in verdict["source_line"] and verdict["log"][-1].startswith("processed")
     # kernels from 6.4 end the log's source lines with "@ file:line"; the first line names the place then
-    located = any(line.startswith("; ") and " @ " in line for line in verdict["log"])
-    assert ("verifier_reject.bpf.c:" in first) is located
+    located = any(line.startswith("; ") and " @ " in line for line in whole.stderr.splitlines())
+    assert ("verifier_reject.bpf.c:" in first) is located and verdict["source_line"] in first
 
 
 def test_verify_accepted(test_object) -> None:
