@@ -124,7 +124,8 @@ def _tool_cell(r: KernelResult, tool: str) -> str:
     run = counts[PASSED] + counts[FAILED]
     detail = r.doctor.get("tools", {}).get(tool, {}).get("detail", "")
     hook = next((h for h in ("tcx", "clsact") if h in detail), "")
-    return f"{verdict} ({counts[PASSED]}/{run} tests{', ' + hook if hook else ''})"
+    cut = "" if r.finished else ", run cut off"
+    return f"{verdict} ({counts[PASSED]}/{run} tests{', ' + hook if hook else ''}{cut})"
 
 
 def support_markdown(results: list[KernelResult]) -> str:
@@ -140,7 +141,8 @@ def support_markdown(results: list[KernelResult]) -> str:
     for feature in features:
         cells = []
         for r in kernels:
-            cells.append("yes" if r.doctor["features"].get(feature, {}).get("ok") else "no")
+            answer = r.doctor["features"].get(feature)  # None: that run's bpfscope did not probe it
+            cells.append("-" if answer is None else "yes" if answer.get("ok") else "no")
         out.append(f"| {feature} | " + " | ".join(cells) + " |")
     out += ["", "### Tools (their kernel tests in each guest: passed/run)", "", head, rule]
     for tool in tools:
