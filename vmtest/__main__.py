@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             result = arm64.run_arm64(kernel, args.cache, None, out, args.timeout, pytest_args=args.pytest_args or None)
         else:
             script = guest.pytest_script(kernel, REPO, args.pytest_args or DEFAULT_TESTS, python=sys.executable)
-            result = report.read(guest.run(kernel, trees[kernel.name], script, out, args.timeout, args.memory))
+            user_space = guest.Root(binds=(REPO, Path(sys.prefix).resolve()))  # a checkout under /tmp too
+            result = report.read(guest.run(kernel, trees[kernel.name], script, out, args.timeout, args.memory,
+                                           root=user_space))
         outcome = result.outcome
         print(f"kernel {kernel.name}: done in {outcome.seconds:.0f} s, {len(result.failures)} failed", flush=True)
         return result

@@ -11,12 +11,16 @@ while read -r module; do insmod "/modules/$module"; done < /modules/order
 
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=524288 host /host
+mkdir -p /hostview
+mount --bind /host /hostview  # the host's folders as they are, for /binds, once tmpfs covers /tmp
 root=/host$(cat /root)
 # a foreign root must be a mount point of its own, or `ip netns exec` cannot make / a slave mount
 [ "$root" = /host ] || mount --bind "$root" "$root"
-while read -r dir; do mount --bind "/host$dir" "$root$dir"; done < /binds
 mount -t tmpfs tmpfs $root/tmp
 mount -t tmpfs tmpfs $root/run
+# host folders the guest needs at their own paths (the checkout, its venv): after the tmpfs, so a
+# checkout under /tmp is seen
+while read -r dir; do mkdir -p "$root$dir" && mount --bind "/hostview$dir" "$root$dir"; done < /binds
 mkdir $root/tmp/vmout
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out $root/tmp/vmout
 mount -t proc proc $root/proc
