@@ -43,6 +43,21 @@ def pretend_missing(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     return pretend
 
 
+@pytest.fixture(params=["atomics", "spin_lock"])
+def atomics_form(request: pytest.FixtureRequest, pretend_missing: Callable[..., None]) -> str:
+    """Each form of a program shipped twice (bpfscope.variants): the one for kernels with BPF atomics (Linux
+    5.12+), skipped where this one lacks them, and the spin-lock one every kernel can load, tried here as if
+    the probe had said no."""
+    from bpfscope.features import Feature
+    from bpfscope.testing.plugin import skip_unless_kernel_has
+
+    if request.param == "atomics":
+        skip_unless_kernel_has(Feature.ATOMICS)
+    else:
+        pretend_missing(Feature.ATOMICS)
+    return str(request.param)
+
+
 @pytest.fixture
 def tc_mode() -> str:
     """The tc hook the tc tools pick on this kernel: "tcx" from Linux 6.6, "clsact" (cls_bpf) before."""

@@ -24,8 +24,11 @@ class Variant:
 
 # By object name (tool_object's).
 VARIANTS: dict[str, Variant] = {
-    # BPF atomics of Linux 5.12 (compare-and-swap) or a bpf_spin_lock
+    # BPF atomics of Linux 5.12 (compare-and-swap) or a bpf_spin_lock (stripes.bpf.h)
     "guard": Variant(Feature.ATOMICS, ("limit_sources",), ("limit_sources_locked",)),
+    "tcmon": Variant(
+        Feature.ATOMICS, ("watch_ingress", "watch_egress"), ("watch_ingress_locked", "watch_egress_locked"),
+    ),
     # a loop through bpf_loop (5.17), or open-coded and so capped (benchmarks/ringbuf.py)
     "ringbuf_bench": Variant(Feature.BPF_LOOP, ("fill_ring",), ("fill_ring_noloop",)),
     # the syscall's registers read at exit (5.15) or its arguments stashed at entry

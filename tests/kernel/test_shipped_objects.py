@@ -13,9 +13,8 @@ import pytest
 import bpfscope.object
 import bpfscope.tools
 from bpfscope import variants
-from bpfscope.features import Feature
 from bpfscope.object import ObjectSpec, tool_object
-from bpfscope.testing.plugin import bpf_fds, skip_unless_kernel_has
+from bpfscope.testing.plugin import bpf_fds
 
 ARCH = platform.machine()
 # Where tool_object() looks: the package's _bpf/<uname -m>/ folder.
@@ -33,14 +32,8 @@ def test_the_package_ships_an_object_for_each_source() -> None:
     assert sources <= set(NAMES), f"sources without a {ARCH} object: {sorted(sources - set(NAMES))}"
 
 
-# Objects with no stand-in for a feature they need (their tool says so in one line without it).
-NEEDS = {"tcmon": Feature.ATOMICS}
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_shipped_object_loads(name: str) -> None:
-    if name in NEEDS:
-        skip_unless_kernel_has(NEEDS[name])
     # The tools configure .rodata and ring sizes before load, and turn off the programs whose hook this
     # kernel lacks (opensnoop's sys_exit_open on arm64, which has no open(2)); loading is independent of
     # the hook existing, so every program is loaded here with the defaults compiled in: a superset. Of a

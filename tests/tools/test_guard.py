@@ -11,19 +11,17 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpfscope.features import Feature
 from bpfscope.object import Object
 from bpfscope.pin import PIN_ROOT, tool_pin_dir
 from bpfscope.program import XdpAction
 from bpfscope.testing import packets as pk
 from bpfscope.testing.netns import VethPair
-from bpfscope.testing.plugin import skip_unless_kernel_has
 from bpfscope.tools.cidr import source_name
 from bpfscope.tools.guard import Counts, Guard, GuardControl, Limit, RunningGuard, load_guard
 from bpfscope.tools.guard import limiter as limit_program
@@ -46,24 +44,13 @@ def ipv6_fragment(src: str, offset_units: int) -> bytes:
     return pk.ethernet(MAC["dst_mac"], MAC["src_mac"], pk.EtherType.IPV6, packet)
 
 
-@pytest.fixture(params=["cmpxchg", "spin_lock"])
-def form(request: pytest.FixtureRequest, pretend_missing: Callable[..., None]) -> str:
-    """Each form of the program: limit_sources where the kernel has BPF atomics (Linux 5.12+), and
-    limit_sources_locked, which every kernel can load: tried here as if the probe had said no."""
-    if request.param == "cmpxchg":
-        skip_unless_kernel_has(Feature.ATOMICS)
-    else:
-        pretend_missing(Feature.ATOMICS)
-    return str(request.param)
-
-
 @pytest.fixture
-def limiter(request: pytest.FixtureRequest, form: str) -> Iterator[Object]:
+def limiter(request: pytest.FixtureRequest, atomics_form: str) -> Iterator[Object]:
     """guard.bpf.o loaded, not attached, in each form: rate 1/s (no refill within a test) and burst 5 unless
     the test is marked `@pytest.mark.parametrize("limiter", [dict(rate=.., burst=.., dry_run=..)], indirect=True)`."""
     opts = {"rate": 1, "burst": 5, "dry_run": False, **getattr(request, "param", {})}
     with load_guard(Limit(opts["rate"], opts["burst"]), dry_run=opts["dry_run"]) as obj:
-        assert limit_program(obj).name == ("limit_sources" if form == "cmpxchg" else "limit_sources_locked")
+        assert limit_program(obj).name == ("limit_sources" if atomics_form == "atomics" else "limit_sources_locked")
         yield obj
 
 

@@ -64,7 +64,7 @@ _CORE = (("btf",), ("bpf_syscall",))
 TOOLS = (
     Tool("packets", _CORE + (("xdp_link",),), _NET),
     Tool("flows", _CORE + (("tcx", "clsact"),), _NET),
-    Tool("tcmon", _CORE + (("tcx", "clsact"), ("ringbuf",), ("atomics",)), _NET),
+    Tool("tcmon", _CORE + (("tcx", "clsact"), ("ringbuf",)), _NET),
     Tool("guard", _CORE + (("xdp_link",),), _NET),
     Tool("opensnoop", _CORE + (("tracepoints",), ("tracefs",), ("ringbuf",)), _TRACE),
     Tool("execsnoop", _CORE + (("tracepoints",), ("tracefs",), ("ringbuf",)), _TRACE),
@@ -85,7 +85,7 @@ _FIXES = {
     "perf_events": "build the kernel with CONFIG_PERF_EVENTS=y",
     "uprobes": "build the kernel with CONFIG_UPROBE_EVENTS=y",
     "tracepoints": "build the kernel with CONFIG_TRACING=y and CONFIG_BPF_EVENTS=y",
-    "atomics": "needs Linux >= 5.12; guard falls back to a spin lock, tcmon cannot run",
+    "atomics": "needs Linux >= 5.12; guard and tcmon fall back to spin locks",
     "task_pt_regs": "needs Linux >= 5.15; opensnoop falls back to stashing arguments at syscall entry",
     "xdp_link": "needs Linux >= 5.9",
     "bpf_loop": "needs Linux >= 5.17; execsnoop, tcmon and the ring buffer benchmark run without it",

@@ -12,10 +12,10 @@
  * and limit_sources_locked, the same checks for older kernels, where the bucket update holds a
  * bpf_spin_lock instead. Python loads one of them, chosen by probing (Feature.ATOMICS). */
 #include "packet.bpf.h"
+#include "stripes.bpf.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 #define CAS_ATTEMPTS 4
-#define LOCK_STRIPES 1024       /* a power of 2 */
 
 /* An address prefix: the LPM trie key of both lists and, with prefixlen 128 for an IPv4 host or
  * 64 for an IPv6 network, the key of one source. IPv4 is IPv4-mapped (::ffff:a.b.c.d, prefix
@@ -93,20 +93,6 @@ struct {
 	__type(value, struct guard_counts);
 } counts SEC(".maps");
 
-/* Without a compare-and-swap (before Linux 5.12) a source's bucket is updated under a spin lock.
- * An LRU map cannot hold one, so the locks live beside it: a source uses the lock its key hashes to,
- * and two sources that share a lock only wait for each other, never mix their state. */
-struct stripe {
-	struct bpf_spin_lock lock;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, LOCK_STRIPES);
-	__type(key, __u32);
-	__type(value, struct stripe);
-} source_locks SEC(".maps");
-
 /* The token bucket as GCRA: one timestamp instead of tokens and a refill time. Each conforming
  * packet moves the source's theoretical arrival time on by 1/rate; a packet conforms while that
  * time stays within burst/rate of now, which is exactly a bucket of `burst` tokens refilled at
@@ -143,20 +129,6 @@ static __always_inline bool conforms(struct source_state *state, __u64 now, __u6
 	return false;
 }
 
-/* The lock of a source key: its words mixed by multiplication (Fibonacci hashing). */
-static __always_inline struct stripe *stripe_of(struct cidr *key)
-{
-	__u32 *words = (__u32 *)key->addr;
-	__u32 h = key->prefixlen;
-
-	h = (h ^ words[0]) * 0x9e3779b1;
-	h = (h ^ words[1]) * 0x9e3779b1;
-	h = (h ^ words[2]) * 0x9e3779b1;
-	h = (h ^ words[3]) * 0x9e3779b1;
-	h >>= 32 - 10;          /* log2(LOCK_STRIPES) */
-	return bpf_map_lookup_elem(&source_locks, &h);
-}
-
 static __always_inline struct source_state *source_of(struct cidr *key, __u64 now)
 {
 	struct source_state *state = bpf_map_lookup_elem(&sources, key);
@@ -189,7 +161,7 @@ static __always_inline bool over_limit(struct guard_config *cfg, struct cidr *so
 		return false;
 	interval = NSEC_PER_SEC / cfg->rate;
 	if (locked) {
-		struct stripe *stripe = stripe_of(source);
+		struct stripe *stripe = stripe_of(source->addr, source->prefixlen);
 		__u64 limit = cfg->burst * interval, tat;
 
 		if (!stripe)

@@ -7,8 +7,13 @@
  * replaces, live in maps that Python rewrites in place, so the programs stay attached.
  *
  * Addresses are IPv4-mapped IPv6 (::ffff:a.b.c.d) everywhere, as in guard: one LPM trie and one
- * key type serve both families. */
+ * key type serve both families.
+ *
+ * Two pairs of programs: watch_ingress/watch_egress update the per-source state with the BPF atomics
+ * of Linux 5.12 (compare-and-swap, fetch-or, exchange); the _locked pair does the same checks under a
+ * bpf_spin_lock (stripes.bpf.h) for older kernels. Python loads one pair, chosen by probing. */
 #include "packet.bpf.h"
+#include "stripes.bpf.h"
 
 /* TC_ACT_UNSPEC (TCX_NEXT on tcx): the verdict is left to the programs after this one, or the
  * default (pass): a watcher must not end the chain before a network plugin's own programs. */
@@ -17,6 +22,9 @@
 #define SCAN_WORDS (SCAN_BITS / 64)
 #define MAX_PATTERNS 16
 #define PATTERN_BYTES 16
+#define STRIPE_SCAN 1                   /* stripe_of's salt for each kind of state */
+#define STRIPE_SYN 2
+#define STRIPE_LIMIT 3
 _Static_assert((PATTERN_BYTES & (PATTERN_BYTES - 1)) == 0, "check_patterns masks lengths");
 
 enum event_kind {
@@ -241,12 +249,20 @@ static __always_inline bool roll_window(__u64 *window_start, __u64 now)
  * are no scan). Ports go into a 1024-bit bitmap by their low bits: a run of up to 1024 consecutive
  * ports counts exactly, and a collision can only undercount. One event when the count passes
  * cfg_scan_ports: the atomic add hands that exact number to one CPU only. */
-static __always_inline void check_scan(struct view *v)
+static __always_inline void clear_scan(struct scan_state *state)
+{
+	for (int i = 0; i < SCAN_WORDS; i++)
+		state->seen[i] = 0;
+	state->ports = 0;
+}
+
+static __always_inline void check_scan(struct view *v, bool locked)
 {
 	struct scan_state *state, fresh = {};
 	struct cidr key = { .prefixlen = 128 };
-	__u64 bit, old;
-	__u64 seen;
+	__u32 word = (v->dport >> 6) & (SCAN_WORDS - 1);
+	__u64 bit = 1ULL << (v->dport & 63), old;
+	__u64 seen = 0;
 
 	if (v->proto == IPPROTO_TCP) {
 		if (v->tcp_flags & (0x10 | 0x04))   /* ACK, RST */
@@ -255,25 +271,34 @@ static __always_inline void check_scan(struct view *v)
 		return;
 	}
 	__builtin_memcpy(key.addr, v->saddr, 16);
-	state = bpf_map_lookup_elem(&scanners, &key);
-	if (!state) {
-		fresh.window_start = v->now;
-		bpf_map_update_elem(&scanners, &key, &fresh, BPF_NOEXIST);
-		state = bpf_map_lookup_elem(&scanners, &key);
-		if (!state)
-			return;
-	}
-	if (roll_window(&state->window_start, v->now)) {
-		for (int i = 0; i < SCAN_WORDS; i++)
-			state->seen[i] = 0;
-		state->ports = 0;
-	}
-	bit = 1ULL << (v->dport & 63);
-	old = __sync_fetch_and_or(&state->seen[(v->dport >> 6) & (SCAN_WORDS - 1)], bit);
-	if (old & bit)
+	fresh.window_start = v->now;
+	state = map_lookup_or_init(&scanners, &key, &fresh);
+	if (!state)
 		return;
-	seen = __sync_fetch_and_add(&state->ports, 1) + 1;
-	if (seen == cfg_scan_ports + 1)
+	if (locked) {
+		struct stripe *stripe = stripe_of(key.addr, STRIPE_SCAN);
+
+		if (!stripe)
+			return;
+		bpf_spin_lock(&stripe->lock);
+		if (v->now - state->window_start >= cfg_window_ns) {
+			state->window_start = v->now;
+			clear_scan(state);
+		}
+		old = state->seen[word];
+		state->seen[word] = old | bit;
+		if (!(old & bit))
+			state->ports += 1;
+		seen = state->ports;
+		bpf_spin_unlock(&stripe->lock);
+	} else {
+		if (roll_window(&state->window_start, v->now))
+			clear_scan(state);
+		old = __sync_fetch_and_or(&state->seen[word], bit);
+		if (!(old & bit))
+			seen = __sync_fetch_and_add(&state->ports, 1) + 1;
+	}
+	if (!(old & bit) && seen == cfg_scan_ports + 1)
 		emit(v, EVENT_PORT_SCAN, 0, seen);
 }
 
@@ -306,12 +331,26 @@ static __always_inline void end_handshake(struct handshake_key *hs, __u8 *server
 		__sync_fetch_and_add(&state->completed, 1);
 }
 
-static __always_inline void check_syn_flood(struct view *v)
+static __always_inline void clear_syns(struct syn_state *state)
+{
+	state->syns = 0;
+	state->completed = 0;
+	state->reported = 0;
+}
+
+static __always_inline __u64 half_open_of(__u64 syns, __u64 completed)
+{
+	return syns > completed ? syns - completed : 0;
+}
+
+static __always_inline void check_syn_flood(struct view *v, bool locked)
 {
 	struct handshake_key hs;
 	struct cidr key = { .prefixlen = 128 };
 	struct syn_state *state, fresh = {};
 	__u8 one = 1;
+	__u64 half_open;
+	bool report;
 	__u8 flags = v->tcp_flags & (0x02 | 0x10 | 0x04);   /* SYN, ACK, RST */
 
 	if (v->proto != IPPROTO_TCP)
@@ -334,41 +373,52 @@ static __always_inline void check_syn_flood(struct view *v)
 	}
 	bpf_map_update_elem(&handshakes, &hs, &one, BPF_ANY);
 	__builtin_memcpy(key.addr, v->daddr, 16);
-	state = bpf_map_lookup_elem(&syn_targets, &key);
-	if (!state) {
-		fresh.window_start = v->now;
-		bpf_map_update_elem(&syn_targets, &key, &fresh, BPF_NOEXIST);
-		state = bpf_map_lookup_elem(&syn_targets, &key);
-		if (!state)
-			return;
-	}
-	if (roll_window(&state->window_start, v->now)) {
-		state->syns = 0;
-		state->completed = 0;
-		state->reported = 0;
-	}
-	{
-		__u64 syns = __sync_fetch_and_add(&state->syns, 1) + 1;
-		__u64 completed = *(volatile __u64 *)&state->completed;
-		__u64 half_open = syns > completed ? syns - completed : 0;
+	fresh.window_start = v->now;
+	state = map_lookup_or_init(&syn_targets, &key, &fresh);
+	if (!state)
+		return;
+	if (locked) {
+		struct stripe *stripe = stripe_of(key.addr, STRIPE_SYN);
 
-		if (half_open > cfg_syn_limit && !*(volatile __u64 *)&state->reported &&
-		    __sync_val_compare_and_swap(&state->reported, 0, 1) == 0)
-			emit(v, EVENT_SYN_FLOOD, 0, half_open);
+		if (!stripe)
+			return;
+		bpf_spin_lock(&stripe->lock);
+		if (v->now - state->window_start >= cfg_window_ns) {
+			state->window_start = v->now;
+			clear_syns(state);
+		}
+		state->syns += 1;
+		half_open = half_open_of(state->syns, state->completed);
+		report = half_open > cfg_syn_limit && !state->reported;
+		if (report)
+			state->reported = 1;
+		bpf_spin_unlock(&stripe->lock);
+	} else {
+		__u64 syns;
+
+		if (roll_window(&state->window_start, v->now))
+			clear_syns(state);
+		syns = __sync_fetch_and_add(&state->syns, 1) + 1;
+		half_open = half_open_of(syns, *(volatile __u64 *)&state->completed);
+		report = half_open > cfg_syn_limit && !*(volatile __u64 *)&state->reported &&
+			 __sync_val_compare_and_swap(&state->reported, 0, 1) == 0;
 	}
+	if (report)
+		emit(v, EVENT_SYN_FLOOD, 0, half_open);
 }
 
 /* Deny and pattern hits could come at line rate; a ring full of one flood would hide
  * everything else. So at most one event per (source, destination, kind, rule) every
  * cfg_event_interval_ns: the first hit goes out at once, later ones within the interval are
  * counted in the pair's `suppressed` (and the global counter), and the next event that goes out
- * carries how many were held back before it. The compare-and-swap on last_event_ns lets one CPU
- * send per interval. */
-static __always_inline void emit_limited(struct view *v, enum event_kind kind, __u32 rule)
+ * carries how many were held back before it. The compare-and-swap on last_event_ns (or the lock)
+ * lets one CPU send per interval. */
+static __always_inline void emit_limited(struct view *v, enum event_kind kind, __u32 rule, bool locked)
 {
 	struct limit_key key;
 	struct limit_state *state, fresh = {};
-	__u64 last;
+	__u64 last, held = 0;
+	bool send;
 
 	__builtin_memset(&key, 0, sizeof(key));
 	__builtin_memcpy(key.saddr, v->saddr, 16);
@@ -386,17 +436,37 @@ static __always_inline void emit_limited(struct view *v, enum event_kind kind, _
 		if (!state)
 			return;
 	}
-	last = *(volatile __u64 *)&state->last_event_ns;
-	if (v->now - last >= cfg_event_interval_ns &&
-	    __sync_val_compare_and_swap(&state->last_event_ns, last, v->now) == last) {
-		emit(v, kind, rule, __sync_lock_test_and_set(&state->suppressed, 0));
-		return;
+	if (locked) {
+		struct stripe *stripe = stripe_of(key.saddr, STRIPE_LIMIT ^ (kind << 2) ^ (rule << 5));
+
+		if (!stripe)
+			return;
+		bpf_spin_lock(&stripe->lock);
+		send = v->now - state->last_event_ns >= cfg_event_interval_ns;
+		if (send) {
+			state->last_event_ns = v->now;
+			held = state->suppressed;
+			state->suppressed = 0;
+		} else {
+			state->suppressed += 1;
+		}
+		bpf_spin_unlock(&stripe->lock);
+	} else {
+		last = *(volatile __u64 *)&state->last_event_ns;
+		send = v->now - last >= cfg_event_interval_ns &&
+		       __sync_val_compare_and_swap(&state->last_event_ns, last, v->now) == last;
+		if (send)
+			held = __sync_lock_test_and_set(&state->suppressed, 0);
+		else
+			__sync_fetch_and_add(&state->suppressed, 1);
 	}
-	__sync_fetch_and_add(&state->suppressed, 1);
-	v->counts->suppressed += 1;
+	if (send)
+		emit(v, kind, rule, held);
+	else
+		v->counts->suppressed += 1;
 }
 
-static __always_inline void check_denied(struct view *v)
+static __always_inline void check_denied(struct view *v, bool locked)
 {
 	struct cidr key = { .prefixlen = 128 };
 	struct port_rule *port;
@@ -410,7 +480,7 @@ static __always_inline void check_denied(struct view *v)
 		rule = bpf_map_lookup_elem(&denied_cidrs, &key);
 	}
 	if (rule) {
-		emit_limited(v, EVENT_DENIED_ADDRESS, *rule);
+		emit_limited(v, EVENT_DENIED_ADDRESS, *rule, locked);
 		return;
 	}
 	if (v->proto == IPPROTO_TCP)
@@ -423,7 +493,7 @@ static __always_inline void check_denied(struct view *v)
 	if (!port || !(port->protocols & protocol_bit))
 		port = bpf_map_lookup_elem(&denied_ports, &v->sport);
 	if (port && (port->protocols & protocol_bit))
-		emit_limited(v, EVENT_DENIED_PORT, port->rule);
+		emit_limited(v, EVENT_DENIED_PORT, port->rule, locked);
 }
 
 struct match_ctx {
@@ -432,7 +502,7 @@ struct match_ctx {
 	__u32 available;        /* how many of them the payload has */
 };
 
-static __always_inline int match_pattern(__u32 index, struct match_ctx *m)
+static __always_inline int match_pattern(__u32 index, struct match_ctx *m, bool locked)
 {
 	struct view *v = m->v;
 	struct pattern *p = bpf_map_lookup_elem(&patterns, &index);
@@ -444,11 +514,11 @@ static __always_inline int match_pattern(__u32 index, struct match_ctx *m)
 		return 0;
 	if (((m->head[0] ^ p->value[0]) & p->mask[0]) || ((m->head[1] ^ p->value[1]) & p->mask[1]))
 		return 0;
-	emit_limited(v, EVENT_PATTERN, p->rule);
+	emit_limited(v, EVENT_PATTERN, p->rule, locked);
 	return 0;
 }
 
-static __always_inline void check_patterns(struct __sk_buff *ctx, struct view *v)
+static __always_inline void check_patterns(struct __sk_buff *ctx, struct view *v, bool locked)
 {
 	struct match_ctx m = { .v = v };
 	__u32 available = v->payload_len;
@@ -466,11 +536,12 @@ static __always_inline void check_patterns(struct __sk_buff *ctx, struct view *v
 		return;
 	m.available = available;
 	for (__u32 i = 0; i < MAX_PATTERNS; i++)
-		if (match_pattern(i, &m))
+		if (match_pattern(i, &m, locked))
 			break;
 }
 
-static __always_inline void watch(struct __sk_buff *ctx, enum direction direction)
+/* `locked`, a constant in each program: the state's updates under spin locks instead of atomics. */
+static __always_inline void watch(struct __sk_buff *ctx, enum direction direction, bool locked)
 {
 	struct skb_bounds *skb = (struct skb_bounds *)ctx;
 	struct packet_info info;
@@ -495,24 +566,39 @@ static __always_inline void watch(struct __sk_buff *ctx, enum direction directio
 	v.payload_len = info.payload_len;
 	v.now = bpf_ktime_get_ns();
 
-	check_denied(&v);
+	check_denied(&v, locked);
 	if (info.fragment)
 		return;         /* no transport header: no ports, no flags, no payload start */
-	check_scan(&v);
-	check_syn_flood(&v);
-	check_patterns(ctx, &v);
+	check_scan(&v, locked);
+	check_syn_flood(&v, locked);
+	check_patterns(ctx, &v, locked);
 }
 
 SEC("tc")
 int watch_ingress(struct __sk_buff *ctx)
 {
-	watch(ctx, DIRECTION_INGRESS);
+	watch(ctx, DIRECTION_INGRESS, false);
 	return TC_ACT_UNSPEC;
 }
 
 SEC("tc")
 int watch_egress(struct __sk_buff *ctx)
 {
-	watch(ctx, DIRECTION_EGRESS);
+	watch(ctx, DIRECTION_EGRESS, false);
+	return TC_ACT_UNSPEC;
+}
+
+/* For kernels without BPF atomics (before 5.12): spin locks where the pair above uses atomics. */
+SEC("tc")
+int watch_ingress_locked(struct __sk_buff *ctx)
+{
+	watch(ctx, DIRECTION_INGRESS, true);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int watch_egress_locked(struct __sk_buff *ctx)
+{
+	watch(ctx, DIRECTION_EGRESS, true);
 	return TC_ACT_UNSPEC;
 }

@@ -21,10 +21,10 @@ import yaml
 
 from .. import netdev
 from ..errors import BpfscopeError
-from ..features import Feature, require
 from ..link import FdLink
 from ..object import ObjectSpec, tool_object
-from ..program import TcDirection, TcMode
+from ..program import Program, TcDirection, TcMode
+from ..variants import choose
 from ._attached import Attached
 from .cidr import Network, cidr_key
 
@@ -376,9 +376,8 @@ class Monitor(Attached):
         netdev.ifindex(self.iface)  # an unknown name fails here, before anything is loaded
         self.load()
         try:
-            for direction, program in ((TcDirection.INGRESS, "watch_ingress"), (TcDirection.EGRESS, "watch_egress")):
-                self._links.append(self.obj.programs[program].attach_tc(self.iface, direction=direction,
-                                                                         mode=self.mode))
+            for direction in (TcDirection.INGRESS, TcDirection.EGRESS):
+                self._links.append(self.program(direction).attach_tc(self.iface, direction=direction, mode=self.mode))
         except BaseException:
             self.close()
             raise
@@ -387,11 +386,11 @@ class Monitor(Attached):
 
     def load(self) -> Monitor:
         """Loads the programs with the rules written, attached nowhere (for test_run)."""
-        # Its per-source state is updated with Linux 5.12's atomics (compare-and-swap, fetch-or), in LRU
-        # maps, which cannot hold a spin lock: before 5.12 it says so in one line.
-        require(Feature.ATOMICS)
         t = self.thresholds
         spec = ObjectSpec.open(tool_object("tcmon"))
+        # watch_* update the per-source state with Linux 5.12's atomics, watch_*_locked under spin locks
+        # (older kernels): same events, same counters.
+        choose(spec, "tcmon")
         spec.rodata["cfg_scan_ports"] = t.scan_ports
         spec.rodata["cfg_window_ns"] = int(t.window * NSEC_PER_SEC)
         spec.rodata["cfg_syn_limit"] = t.syn_limit
@@ -409,6 +408,12 @@ class Monitor(Attached):
             raise
         self._clock_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         return self
+
+    def program(self, direction: TcDirection) -> Program:
+        """The loaded program of one direction, in the form this kernel took (see load)."""
+        name = "watch_ingress" if direction is TcDirection.INGRESS else "watch_egress"
+        programs = self.obj.programs
+        return programs[name] if name in programs else programs[f"{name}_locked"]
 
     # --- rules ---
 
