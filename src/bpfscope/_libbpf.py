@@ -448,6 +448,7 @@ libbpf_bpf_attach_type_str = _fn("libbpf_bpf_attach_type_str", c_char_p, c_int)
 bpf_tc_hook_create = _fn("bpf_tc_hook_create", c_int, POINTER(BpfTcHook))
 bpf_tc_hook_destroy = _fn("bpf_tc_hook_destroy", c_int, POINTER(BpfTcHook))
 bpf_tc_attach = _fn("bpf_tc_attach", c_int, POINTER(BpfTcHook), POINTER(BpfTcOpts))
+bpf_tc_query = _fn("bpf_tc_query", c_int, POINTER(BpfTcHook), POINTER(BpfTcOpts))
 bpf_tc_detach = _fn("bpf_tc_detach", c_int, POINTER(BpfTcHook), POINTER(BpfTcOpts))
 
 btf__parse = _fn("btf__parse", c_void_p, c_char_p, c_void_p)

@@ -1,19 +1,29 @@
 """Links: what keeps a program attached. Each is a context manager and closing twice is harmless.
 
 Every kind but the clsact fallback is fd-based: the kernel detaches it when its last fd closes,
-so a process that is killed leaves nothing attached (unless the link was pinned on purpose)."""
+so a process that is killed leaves nothing attached (unless the link was pinned on purpose). A
+clsact filter is held by a lease instead, which the next clsact attach on the machine reads to
+remove the filters of processes that were killed."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import os
 from types import TracebackType
 from typing import Optional, Sequence
 
-from . import _libbpf
+from . import _libbpf, netdev
+from .errors import InterfaceNotFoundError
 from .pin import ensure_pin_dir
 
-__all__ = ["Link", "FdLink", "LibbpfLink", "TcFilterLink", "LinkGroup"]
+__all__ = ["Link", "FdLink", "LibbpfLink", "TcFilterLink", "LinkGroup", "TC_LEASES", "remove_stale_tc_filters"]
+
+# One file per cls_bpf filter a running bpfscope attached, named <ifindex>-<attach point>-<handle>-<priority>
+# and holding the program's id; its process keeps it flock'ed, and the kernel drops the lock with the process.
+TC_LEASES = "/run/bpfscope/tc"
+_ATTACH_POINTS = {1: "ingress", 2: "egress"}  # enum bpf_tc_attach_point
 
 
 class Link:
@@ -101,7 +111,8 @@ class LibbpfLink(Link):
 
 class TcFilterLink(Link):
     """A cls_bpf filter under a clsact qdisc, for kernels without tcx. It is not fd-based: close()
-    removes it, but a killed process leaves it in place until the qdisc is deleted."""
+    removes it, and a killed process leaves it in place until remove_stale_tc_filters() (which every
+    clsact attach runs first) finds its lease abandoned."""
 
     def __init__(self, hook: _libbpf.BpfTcHook, opts: _libbpf.BpfTcOpts, description: str) -> None:
         self._hook: Optional[_libbpf.BpfTcHook] = hook
@@ -109,6 +120,22 @@ class TcFilterLink(Link):
         self._priority = opts.priority
         self._prog_fd = opts.prog_fd
         self.description = description
+        self._lease = -1
+        self._lease_path = os.path.join(TC_LEASES, f"{hook.ifindex}-{hook.attach_point}-{opts.handle}-{opts.priority}")
+        try:
+            self._take_lease(opts.prog_id)
+        except BaseException:
+            self.close()
+            raise
+
+    def _take_lease(self, prog_id: int) -> None:
+        os.makedirs(TC_LEASES, exist_ok=True)
+        # Locked and written before it appears under its name, so a sweep never sees it unheld or empty.
+        making = f"{self._lease_path}.{os.getpid()}"
+        self._lease = os.open(making, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lease, fcntl.LOCK_EX)
+        os.write(self._lease, f"{prog_id}\n".encode())
+        os.rename(making, self._lease_path)
 
     @property
     def fd(self) -> int:
@@ -124,10 +151,69 @@ class TcFilterLink(Link):
     def close(self) -> None:
         hook, self._hook = getattr(self, "_hook", None), None
         if hook is not None:
-            # libbpf wants prog_fd, flags and prog_id zero when it detaches by handle and priority.
-            opts = _libbpf.BpfTcOpts(sz=ctypes.sizeof(_libbpf.BpfTcOpts))
-            opts.handle, opts.priority = self._handle, self._priority
-            _libbpf.bpf_tc_detach(hook, opts)
+            _detach_filter(hook, self._handle, self._priority)
+        lease, self._lease = getattr(self, "_lease", -1), -1
+        if lease >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._lease_path)
+            os.close(lease)
+
+
+def _detach_filter(hook: _libbpf.BpfTcHook, handle: int, priority: int) -> int:
+    # libbpf wants prog_fd, flags and prog_id zero when it detaches by handle and priority.
+    opts = _libbpf.BpfTcOpts(sz=ctypes.sizeof(_libbpf.BpfTcOpts))
+    opts.handle, opts.priority = handle, priority
+    return int(_libbpf.bpf_tc_detach(hook, opts))
+
+
+def remove_stale_tc_filters() -> list[str]:
+    """Detaches the cls_bpf filters of bpfscope processes that ended without closing them (killed), where
+    the filter still runs the program it was made for; returns a description of each one removed."""
+    try:
+        names = os.listdir(TC_LEASES)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        fields = name.split("-")
+        if len(fields) != 4 or not all(field.isdigit() for field in fields):
+            continue  # a lease being made
+        path = os.path.join(TC_LEASES, name)
+        try:
+            lease = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # closed, or swept by another process, since listdir
+        try:
+            try:
+                fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its process is alive
+            if os.fstat(lease).st_ino != os.stat(path).st_ino:
+                continue  # a live filter's new lease took this name meanwhile
+            prog_id = int(os.read(lease, 32) or -1)
+            ifindex, attach_point, handle, priority = (int(field) for field in fields)
+            hook = _libbpf.BpfTcHook(sz=ctypes.sizeof(_libbpf.BpfTcHook), ifindex=ifindex, attach_point=attach_point)
+            opts = _libbpf.BpfTcOpts(sz=ctypes.sizeof(_libbpf.BpfTcOpts), handle=handle, priority=priority)
+            # Gone with its interface or its qdisc, or the slot reused by another program: not ours to remove.
+            if _libbpf.bpf_tc_query(hook, opts) == 0 and opts.prog_id == prog_id:
+                if _detach_filter(hook, handle, priority) == 0:
+                    removed.append(f"the tc {_ATTACH_POINTS.get(attach_point, attach_point)} filter of program "
+                                   f"{prog_id} on {_interface_name(ifindex)}")
+            os.unlink(path)
+        except FileNotFoundError:
+            pass  # swept by another process between our open and our lock
+        except ValueError:
+            os.unlink(path)  # not a lease bpfscope wrote
+        finally:
+            os.close(lease)
+    return removed
+
+
+def _interface_name(ifindex: int) -> str:
+    try:
+        return netdev.ifname(ifindex)
+    except InterfaceNotFoundError:
+        return f"interface #{ifindex}"
 
 
 class LinkGroup(Link):

@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from . import _libbpf, netdev
 from .errors import BpfscopeError, NotSupportedError, SyscallError
-from .link import FdLink, LibbpfLink, Link, LinkGroup, TcFilterLink
+from .link import FdLink, LibbpfLink, Link, LinkGroup, TcFilterLink, remove_stale_tc_filters
 from .mounts import ensure_tracefs
 
 __all__ = ["Program", "ProgramType", "XdpMode", "XdpAction", "TcDirection", "TcMode", "TestRunResult"]
@@ -162,6 +162,7 @@ class Program:
                 return FdLink(fd, f"{what} (tcx)")
             if mode is TcMode.TCX or -fd not in (errno.EINVAL, errno.EOPNOTSUPP):
                 _libbpf.check(fd, f"attach {what} (tcx)", "CAP_NET_ADMIN")
+        remove_stale_tc_filters()
         hook = _libbpf.BpfTcHook(sz=ctypes.sizeof(_libbpf.BpfTcHook), ifindex=index,
                                  attach_point=_BPF_TC_HOOK[direction])
         ret = _libbpf.bpf_tc_hook_create(hook)

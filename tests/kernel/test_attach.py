@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
 
 from bpfscope.errors import BpfscopeError
 from bpfscope.features import Feature
-from bpfscope.link import Link
+from bpfscope.link import TC_LEASES, Link, remove_stale_tc_filters
+from bpfscope.netdev import ifindex
 from bpfscope.object import ObjectSpec, load, tool_object
 from bpfscope.program import TcDirection, TcMode, XdpMode
 from bpfscope.testing import packets as pk
-from bpfscope.testing.netns import send_frames
+from bpfscope.testing.netns import send_frames, tc_filters
 
 CALLS = 250
 
@@ -97,6 +99,42 @@ def test_tc_egress_counts_frames_sent(obj, veth_pair, mode):
     time.sleep(0.1)
     assert counted == CALLS
     assert hits(obj, "TC") == CALLS  # detached
+
+
+# Attaches count_tc to argv[1]'s ingress with clsact and holds it until stdin closes.
+HOLD_CLSACT = """
+import sys
+from bpfscope.object import load
+from bpfscope.program import TcDirection, TcMode
+with load(sys.argv[2]) as obj:
+    with obj.programs["count_tc"].attach_tc(sys.argv[1], direction=TcDirection.INGRESS, mode=TcMode.CLSACT):
+        print("attached", flush=True)
+        sys.stdin.read()
+"""
+
+
+def test_stale_clsact_filters_are_only_those_of_ended_processes(veth_pair, test_object):
+    def hold() -> subprocess.Popen[str]:
+        child = subprocess.Popen([sys.executable, "-c", HOLD_CLSACT, veth_pair.host, str(test_object("attach_kinds"))],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdout.readline() == "attached\n"
+        return child
+
+    alive = hold()
+    try:
+        before = tc_filters(veth_pair.host)
+        killed = hold()
+        (_, killed_program), = tc_filters(veth_pair.host) - before
+        killed.kill()
+        killed.wait(timeout=10)
+        assert len(tc_filters(veth_pair.host)) == 2  # a cls_bpf filter outlives its process
+        removed = remove_stale_tc_filters()
+        assert f"the tc ingress filter of program {killed_program} on {veth_pair.host}" in removed
+        assert tc_filters(veth_pair.host) == before  # the live process's filter stays
+    finally:
+        alive.communicate("", timeout=30)
+    assert tc_filters(veth_pair.host) == set()  # closed: detached, and its lease gone too
+    assert not [name for name in os.listdir(TC_LEASES) if name.startswith(f"{ifindex(veth_pair.host)}-")]
 
 
 def test_xdp_native_on_veth_and_not_on_lo(veth_pair):

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from bpfscope.features import Feature
 from bpfscope.object import ObjectSpec, tool_object
 from bpfscope.testing import packets as pk
-from bpfscope.testing.netns import VethPair, send_frames
+from bpfscope.testing.netns import VethPair, send_frames, tc_filters
 from bpfscope.tools.flows import Flow, FlowTracker, TcpFlags
 
 BPFSCOPE = [sys.executable, "-m", "bpfscope.cli.main"]
@@ -442,7 +442,22 @@ def test_live_table_refreshes_in_place_on_a_tty(veth_pair, tc_mode, on_a_tty):
     assert "Total flow count:" in text
 
 
-# Only a tcx link goes with its last fd: a clsact filter outlives a killed process (before Linux 6.6).
+def test_clsact_filters_a_killed_flows_left_are_removed_at_the_next_start(veth_pair):
+    proc = start_flows(veth_pair, "--mode", "clsact")
+    left = tc_filters(veth_pair.host)
+    assert {direction for direction, _ in left} == {"ingress", "egress"}
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert tc_filters(veth_pair.host) == left  # a cls_bpf filter is not fd-based: it outlives its process
+    result = bpfscope("flows", "--iface", veth_pair.host, "--mode", "clsact", "--duration", "0.5", "--json")
+    assert result.returncode == 0, result.stderr
+    assert sorted(line for line in result.stderr.splitlines() if "removed" in line) == [
+        f"bpfscope flows: removed the tc {direction} filter of program {program} on {veth_pair.host}, "
+        "left by a bpfscope that was killed" for direction, program in sorted(left)]
+    assert tc_filters(veth_pair.host) == set()  # and its own went when it ended
+
+
+# Only a tcx link goes with its last fd (a clsact filter outlives a killed process: above).
 @pytest.mark.requires(Feature.TCX)
 def test_kill_9_leaves_nothing_attached(veth_pair):
     proc = start_flows(veth_pair)

@@ -15,7 +15,7 @@ from ..output.jsonlines import emit
 from ..output.units import si
 from ..program import TcMode
 from ..tools.flows import DEFAULT_MAX_FLOWS, Flow, FlowSnapshot, FlowTracker, SortKey, flag_names
-from .options import note_tc_fallback, positive_float, stop_on_sigterm, ticks
+from .options import note_tc_fallback, positive_float, remove_stale_filters, stop_on_sigterm, ticks
 
 # An LRU map preallocates every entry on every CPU at load: keep a typo from taking the machine's memory.
 MAX_FLOWS_LIMIT = 1 << 24
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not iface:
         raise BpfscopeError(errno.ENODEV, f"no default route; give --iface (interfaces: {', '.join(interfaces())})")
     sort = SortKey(args.sort)
+    remove_stale_filters("flows")
     start = time.monotonic()
     with stop_on_sigterm(), FlowTracker(iface, max_flows=args.max_flows, mode=TcMode(args.mode)) as tracker:
         note_tc_fallback("flows", TcMode(args.mode), tracker.mode, iface)

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any, Iterator, Optional
 
+from ..link import remove_stale_tc_filters
 from ..program import TcMode
 
 
@@ -100,6 +101,12 @@ def ticks(interval: float, duration: Optional[float]) -> Iterator[None]:
         yield
         if next_tick >= end:
             return
+
+
+def remove_stale_filters(tool: str) -> None:
+    """Removes the cls_bpf filters a killed bpfscope left (link.remove_stale_tc_filters), one line for each."""
+    for removed in remove_stale_tc_filters():
+        print(f"bpfscope {tool}: removed {removed}, left by a bpfscope that was killed", file=sys.stderr, flush=True)
 
 
 def note_tc_fallback(tool: str, requested: TcMode, used: TcMode, iface: str) -> None:

@@ -15,7 +15,16 @@ from ..netdev import default_route_interface, interfaces
 from ..output.jsonlines import emit
 from ..program import TcMode
 from ..tools.tcmon import DEFAULT_RING_BYTES, DEFAULT_RULES, Event, Monitor, RulesError, Thresholds, load_rules
-from .options import StopFlag, note_tc_fallback, positive_float, ring_bytes, stop_flag, stop_on_sigterm, ticks
+from .options import (
+    StopFlag,
+    note_tc_fallback,
+    positive_float,
+    remove_stale_filters,
+    ring_bytes,
+    stop_flag,
+    stop_on_sigterm,
+    ticks,
+)
 
 SHOWN_EVENTS = 20  # rows of the live view: the newest events, scrolling up
 _DEFAULTS = Thresholds()
@@ -64,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules)  # every error in the file stops here, before anything is loaded
     thresholds = Thresholds(scan_ports=args.scan_ports, window=args.window, syn_rate=args.syn_rate,
                             event_interval=args.event_interval)
+    remove_stale_filters("tcmon")
     start = time.monotonic()
     with stop_on_sigterm(), Monitor(iface, rules=rules, thresholds=thresholds, mode=TcMode(args.mode),
                                     ring_bytes=args.ring_bytes) as monitor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import secrets
@@ -18,7 +19,7 @@ from .packets import udp_frame
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["NETNS_PREFIX", "VethPair", "foreign_namespaces", "namespaces", "own_leftovers", "send_frames"]
+__all__ = ["NETNS_PREFIX", "VethPair", "foreign_namespaces", "namespaces", "own_leftovers", "send_frames", "tc_filters"]
 
 NETNS_PREFIX = "bpfscope-"
 
@@ -187,6 +188,13 @@ def send_frames(frames: Sequence[bytes], iface: str, *, timeout: float = 5.0) ->
                         raise
                     time.sleep(0.001)
     return len(frames)
+
+
+def tc_filters(iface: str) -> set[tuple[str, int]]:
+    """(direction, program id) of each cls_bpf filter on `iface`, as bpftool lists them."""
+    out = subprocess.run(["bpftool", "-j", "net", "show", "dev", iface], capture_output=True, text=True,
+                         check=True).stdout
+    return {(f["kind"].removeprefix("clsact/"), f["id"]) for entry in json.loads(out or "[]") for f in entry["tc"]}
 
 
 def namespaces() -> list[str]:
