@@ -24,7 +24,7 @@ ROOTFS_SUITE = "bookworm"
 ROOTFS_PACKAGES = (
     "python3", "python3-numpy", "python3-yaml", "python3-rich", "python3-prometheus-client",
     "python3-pytest", "python3-hypothesis",
-    "libbpf1", "libelf1", "zlib1g", "kmod", "iproute2", "busybox-static",
+    "libbpf1", "libelf1", "zlib1g", "kmod", "iproute2", "bpftool", "busybox-static",
     "dash", "bash", "coreutils", "util-linux", "mount", "findutils", "grep", "sed", "procps",
 )  # fmt: skip
 # The library links that update-alternatives makes at install time (dpkg-deb -x runs no scripts).
@@ -33,8 +33,9 @@ ALTERNATIVES = {
     "usr/lib/aarch64-linux-gnu/liblapack.so.3": "lapack/liblapack.so.3",
     "bin/sh": "dash",
 }
-# Loading every object, and the core library's kernel tests; the tools' end-to-end tests need the
-# host's user space (gcc, nginx, nft...) that this root does not carry.
+# Loading every object, the core library's kernel tests (test_attach: every attach kind, uprobes on
+# libc included), and the tools whose end-to-end tests need no more than this root carries; the
+# others need a compiler, nginx or curl (execsnoop, funclatency, httptrace, bad_input's builds).
 DEFAULT_TESTS = [
     "tests/kernel/test_shipped_objects.py",
     "tests/kernel/test_features.py",
@@ -42,6 +43,12 @@ DEFAULT_TESTS = [
     "tests/kernel/test_objects.py",
     "tests/kernel/test_maps.py",
     "tests/kernel/test_ringbuf.py",
+    "tests/kernel/test_attach.py",
+    "tests/tools/test_packets.py",
+    "tests/tools/test_flows.py",
+    "tests/tools/test_tcmon.py",
+    "tests/tools/test_guard.py",
+    "tests/tools/test_opensnoop.py",
 ]
 
 
