@@ -28,7 +28,7 @@ from ctypes import (
     c_uint64,
     c_void_p,
 )
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from .errors import NotSupportedError, PermissionDeniedError, SyscallError
 
@@ -428,6 +428,15 @@ libbpf_find_vmlinux_btf_id = _fn("libbpf_find_vmlinux_btf_id", c_int, c_char_p, 
 bpf_obj_pin = _fn("bpf_obj_pin", c_int, c_int, c_char_p)
 bpf_obj_get = _fn("bpf_obj_get", c_int, c_char_p)
 bpf_obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, POINTER(c_uint32))
+
+_Info = TypeVar("_Info", bound=Structure)
+
+
+def obj_info(fd: int, info: _Info, what: str) -> _Info:
+    """`info` (BpfProgInfo, BpfMapInfo, BpfLinkInfo...) filled in by the kernel for the object behind `fd`."""
+    size = c_uint32(ctypes.sizeof(info))
+    check(bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), f"read info of {what}")
+    return info
 bpf_prog_test_run_opts = _fn("bpf_prog_test_run_opts", c_int, c_int, POINTER(BpfTestRunOpts))
 
 bpf_prog_get_next_id = _fn("bpf_prog_get_next_id", c_int, c_uint32, POINTER(c_uint32))

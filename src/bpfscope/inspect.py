@@ -16,7 +16,7 @@ import struct
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -47,7 +47,6 @@ __all__ = [
     "verify",
 ]
 
-_Info = TypeVar("_Info", bound=ctypes.Structure)
 
 # libbpf 1.1 has no names for what Linux 6.4 and later added; spelled as the kernel's enums have them.
 _NEWER_NAMES = {
@@ -152,12 +151,6 @@ def _each(kind: str, ids: Optional[Sequence[int]]) -> Iterator[int]:
             os.close(fd)
 
 
-def _info(fd: int, info: _Info, what: str) -> _Info:
-    size = ctypes.c_uint32(ctypes.sizeof(info))
-    _libbpf.check(_libbpf.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), f"read info of {what}")
-    return info
-
-
 def _fdinfo(path: str) -> dict[str, str]:
     with open(path) as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
@@ -194,7 +187,7 @@ class _Cache:
         record = (ctypes.c_uint32 * 2)()  # struct bpf_func_info: insn_off, type_id
         query = _libbpf.BpfProgInfo(nr_func_info=1, func_info_rec_size=ctypes.sizeof(record),
                                     func_info=ctypes.addressof(record))
-        _info(fd, query, f"program {info.id}")
+        _libbpf.obj_info(fd, query, f"program {info.id}")
         if not query.nr_func_info or not record[1]:
             return name  # func_info withheld (kernel.kptr_restrict)
         return self.btf(info.btf_id)[int(record[1])].name
@@ -205,7 +198,8 @@ class _Cache:
             if fd is None:
                 return ""
             try:
-                self._names[prog_id] = self.program_name(fd, _info(fd, _libbpf.BpfProgInfo(), f"program {prog_id}"))
+                info = _libbpf.obj_info(fd, _libbpf.BpfProgInfo(), f"program {prog_id}")
+                self._names[prog_id] = self.program_name(fd, info)
             finally:
                 os.close(fd)
         return self._names[prog_id]
@@ -290,7 +284,7 @@ def _named_link(fd: int, info: _libbpf.BpfLinkInfo) -> str:
     else:  # raw_tracepoint, iter
         query.u.named.name = ctypes.addressof(buffer)
         query.u.named.name_len = len(buffer)
-    _info(fd, query, f"link {info.id}")
+    _libbpf.obj_info(fd, query, f"link {info.id}")
     return buffer.value.decode(errors="replace")
 
 
@@ -352,7 +346,7 @@ def _link_target(fd: int, info: _libbpf.BpfLinkInfo) -> tuple[str, dict[str, Uni
 
 
 def _link(fd: int, held: dict[tuple[str, int], tuple[Holder, ...]]) -> LinkInfo:
-    info = _info(fd, _libbpf.BpfLinkInfo(), "link")
+    info = _libbpf.obj_info(fd, _libbpf.BpfLinkInfo(), "link")
     target, details = _link_target(fd, info)
     return LinkInfo(info.id, _type_name("link", info.type), info.prog_id, target, details,
                     held.get(("link", info.id), ()))
@@ -516,13 +510,14 @@ def _stats_enabled() -> bool:
 
 def _map_ids(fd: int, info: _libbpf.BpfProgInfo) -> tuple[int, ...]:
     ids = (ctypes.c_uint32 * info.nr_map_ids)()
-    query = _info(fd, _libbpf.BpfProgInfo(nr_map_ids=len(ids), map_ids=ctypes.addressof(ids)), f"program {info.id}")
+    query = _libbpf.BpfProgInfo(nr_map_ids=len(ids), map_ids=ctypes.addressof(ids))
+    _libbpf.obj_info(fd, query, f"program {info.id}")
     return tuple(ids[: query.nr_map_ids])
 
 
 def _program(fd: int, cache: _Cache, attached: dict[int, list[str]], held: dict[tuple[str, int], tuple[Holder, ...]],
              boot: float, counted: bool) -> ProgramInfo:
-    info = _info(fd, _libbpf.BpfProgInfo(), "program")
+    info = _libbpf.obj_info(fd, _libbpf.BpfProgInfo(), "program")
     counted = counted or bool(info.run_cnt or info.run_time_ns)
     return ProgramInfo(
         id=info.id, type=_type_name("prog", info.type), name=cache.program_name(fd, info), tag=bytes(info.tag).hex(),
@@ -635,7 +630,7 @@ def _btf_type_name(btf: Optional[Btf], type_id: int) -> Optional[str]:
 
 
 def _map(fd: int, cache: _Cache, held: dict[tuple[str, int], tuple[Holder, ...]]) -> MapInfo:
-    info = _info(fd, _libbpf.BpfMapInfo(), "map")
+    info = _libbpf.obj_info(fd, _libbpf.BpfMapInfo(), "map")
     btf = cache.btf(info.btf_id) if info.btf_id else None
     frozen = _fdinfo(f"/proc/self/fdinfo/{fd}").get("frozen", "0") == "1"
     return MapInfo(
@@ -773,10 +768,10 @@ def _pin(path: str, cache: _Cache) -> Pin:
     try:
         kind = _fd_kind(fd)
         if kind == "map":
-            m = _info(fd, _libbpf.BpfMapInfo(), path)
+            m = _libbpf.obj_info(fd, _libbpf.BpfMapInfo(), path)
             return Pin(path, kind, m.id, _type_name("map", m.type), m.name.decode())
         if kind == "prog":
-            p = _info(fd, _libbpf.BpfProgInfo(), path)
+            p = _libbpf.obj_info(fd, _libbpf.BpfProgInfo(), path)
             return Pin(path, kind, p.id, _type_name("prog", p.type), cache.program_name(fd, p))
         if kind == "link":
             link = _link(fd, {})
@@ -880,7 +875,7 @@ def verify(path: str, *, log: bool = False) -> Verdict:
     with obj:
         found = []
         for program in obj.programs.values():
-            info = _info(program.fd, _libbpf.BpfProgInfo(), f"program {program.name!r}")
+            info = _libbpf.obj_info(program.fd, _libbpf.BpfProgInfo(), f"program {program.name!r}")
             found.append(VerifiedProgram(program.name, program.section, _type_name("prog", info.type),
                                          info.verified_insns or None, info.xlated_prog_len, info.jited_prog_len))
         map_count = len(obj.maps)

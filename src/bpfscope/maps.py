@@ -360,10 +360,7 @@ class Map:
         """A map's fd (from a pin, or by id) as a Map typed by the BTF the kernel keeps for it. The Map
         owns the fd: closing it closes the fd, and so does a failure here."""
         try:
-            info = _libbpf.BpfMapInfo()
-            size = ctypes.c_uint32(ctypes.sizeof(info))
-            _libbpf.check(_libbpf.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
-                          f"read info of {what}")
+            info = _libbpf.obj_info(fd, _libbpf.BpfMapInfo(), what)
             btf = Btf(_libbpf.kernel_btf(info.btf_id)) if info.btf_id else None
             m = Map.create(fd, name=info.name.decode(), type=info.type, key_size=info.key_size,
                            value_size=info.value_size, max_entries=info.max_entries, btf=btf,

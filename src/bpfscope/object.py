@@ -294,6 +294,10 @@ class Object:
                 value_type_id=_libbpf.bpf_map__btf_value_type_id(ptr), owner=owner,
             )
 
+    def missed_runs(self) -> int:
+        """Runs of this object's programs the kernel skipped (Program.missed_runs): events a tool did not see."""
+        return sum(program.missed_runs for program in self.programs.values())
+
     def exported_type(self, name: str) -> TypeCodec:
         """The type a program published with BTF_EXPORT(type, name)."""
         var = self.btf.find(f"__btf_export_{name}", Kind.VAR)

@@ -118,6 +118,13 @@ class Program:
             raise BpfscopeError(errno.EBADF, f"program {self.name!r} is not loaded (autoload off?)")
         return fd
 
+    @property
+    def missed_runs(self) -> int:
+        """Times the kernel skipped this program at its hook, counted by the kernel from Linux 6.7 for
+        tracepoints, kprobes and uprobes (another BPF program was running on that CPU: a tracepoint or
+        probe that fires inside a BPF program, or one preempted on a busy CPU); 0 where it is not counted."""
+        return int(_libbpf.obj_info(self.fd, _libbpf.BpfProgInfo(), f"program {self.name!r}").recursion_misses)
+
     def __repr__(self) -> str:
         return f"<Program {self.name} {self.section}>"
 

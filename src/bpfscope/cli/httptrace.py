@@ -158,7 +158,7 @@ class _View:
                           "p99_ms": round(percentile(lat, 99) * 1000, 3) if lat else None})
         return {"time": round(time.time(), 3), "final": True, "seconds": round(seconds, 3),
                 "requests": self.total, "heads": counts.heads, "skipped": counts.skipped, "lost": counts.lost,
-                "paths": paths}
+                "missed": counts.missed, "paths": paths}
 
 
 _HEADER = (f"{'TIME':<12} {'PID':>7} {'COMM':<15} {'SIDE':<6} {'TLS':<3} {'METHOD':<7} {'STATUS':>6} "
@@ -186,6 +186,7 @@ def _print_json(r: Request) -> None:
 
 def _summary_text(summary: dict[str, Any]) -> str:
     lines = [f"{summary['requests']:,} requests in {summary['seconds']:.1f} s, {summary['lost']:,} records lost, "
+             f"{summary['missed']:,} program runs the kernel skipped, "
              f"{summary['skipped']:,} heads skipped (not a socket or not on --port)"]
     if summary["paths"]:
         lines.append(f"  {'PATH':<32} {'SIDE':<6} {'REQS':>6}  {'P50':>10} {'P99':>10}  STATUS")

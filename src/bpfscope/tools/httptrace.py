@@ -74,11 +74,13 @@ class Request:
 @dataclass(frozen=True)
 class Counts:
     """The kernel's counters: buffers that started like an HTTP head, those left out (not a
-    socket, or not on --port), and records lost to a full ring."""
+    socket, or not on --port), records lost to a full ring, and runs of the programs the kernel
+    skipped (Program.missed_runs: counted from Linux 6.7; a busy Linux 7.x CPU skips some)."""
 
     heads: int
     skipped: int
     lost: int
+    missed: int
 
 
 class _Record(NamedTuple):
@@ -294,7 +296,7 @@ class Tracer(Attached):
     def counts(self) -> Counts:
         _, totals = self.obj.maps["counts"].lookup_batch_sum()  # type: ignore[attr-defined]
         row = totals[0]
-        return Counts(int(row["heads"]), int(row["skipped"]), self.lost)
+        return Counts(int(row["heads"]), int(row["skipped"]), self.lost, self.obj.missed_runs())
 
     @property
     def lost(self) -> int:
