@@ -183,8 +183,8 @@ def stop(proc: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], dict[str, A
 def skip_if_missed(missed: int) -> None:
     """The tool said the kernel skipped runs of its programs: what it saw then cannot be complete."""
     if missed:
-        pytest.skip(f"the kernel skipped {missed} runs of httptrace's programs (it runs one BPF program at a "
-                    "time per CPU): the requests seen cannot be checked for completeness")
+        pytest.skip(f"the kernel skipped {missed} run{'s' * (missed != 1)} of httptrace's programs (it runs one BPF "
+                    "program at a time per CPU): the requests seen cannot be checked for completeness")
 
 
 def urllib_client(port: int, *requests: str) -> subprocess.CompletedProcess[str]:
