@@ -54,7 +54,11 @@ def start_flows(pair: VethPair, *extra: str) -> subprocess.Popen[str]:
 def stop(proc: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """SIGTERM, then every interval record and the final one, each parsed."""
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=10)
+    # Through the pipes' file objects, not communicate(): that reads the bare fds, and would skip what a
+    # test's readline() left in the file's buffer (the rest of the records behind the one it read).
+    out = proc.stdout.read()  # type: ignore[union-attr]
+    err = proc.stderr.read()  # type: ignore[union-attr]
+    proc.wait(timeout=10)
     assert proc.returncode == 0, err
     records = [json.loads(line) for line in out.strip().splitlines()]
     assert records[-1]["final"] is True

@@ -168,7 +168,7 @@ def test_missing_tracepoint_switches_its_programs_off(
 
 def test_no_tracepoint_at_all_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(opensnoop, "_present_calls", lambda calls: ())
-    with pytest.raises(NotSupportedError, match="syscall tracepoints for open, openat, openat2"):
+    with pytest.raises(NotSupportedError, match="syscall tracepoints for (open, )?openat, openat2"):  # arm64: no open
         Snoop().open()
 
 
