@@ -216,7 +216,7 @@ def test_cli_pid_filter_and_json(tmp_path: Path) -> None:
     results = opener.run()
     events, final, err = stop(proc)
     check_exactly_once(events, opens, results)
-    assert final["events"] == len(opens) and final["failed"] == 1 and final["lost"] == 0
+    assert final["events"] == len(opens) and final["failed"] == 1 and final["lost"] == 0 and final["missed"] == 0
     assert err.strip().splitlines()[-1].endswith(f"{len(opens)} opens (1 failed), 0 lost in {final['seconds']:.1f} s")
     assert not programs_loaded()
 

@@ -16,7 +16,7 @@ from ..errors import BpfscopeError
 from ..mounts import mounts
 from ..output.jsonlines import emit
 from ..tools.execsnoop import ARG_BYTES, COMM_BYTES, DEFAULT_RING_BYTES, MAX_ARGS, Exec, ExecSnoop, Filters, Limits
-from .options import StopFlag, positive_float, ring_bytes, stop_flag, ticks
+from .options import StopFlag, positive_float, ring_bytes, stop_flag, ticks, unseen
 
 SHOWN_EXECS = 20  # rows of the live view: the newest execs, scrolling up
 _HEADER = f"{'TIME':<8} {'PID':>7} {'PPID':>7} {'UID':>5} {'RET':>7} {'COMM':<15} COMMAND"
@@ -172,7 +172,7 @@ class _View:
     def summary(self, seconds: float) -> dict[str, Any]:
         f = self.snoop.filters
         return {"time": round(time.time(), 3), "final": True, "seconds": round(seconds, 3), "execs": self.execs,
-                "failed": self.failed, "lost": self.snoop.lost,
+                "failed": self.failed, "lost": self.snoop.lost, "missed": self.snoop.obj.missed_runs(),
                 "filters": {"name": f.name, "uid": f.uid, "ppid": f.ppid, "cgroup_id": f.cgroup_id,
                             "failed_only": f.failed_only}}
 
@@ -193,4 +193,4 @@ def _print_line(e: Exec) -> None:
 def _summary_line(summary: dict[str, Any]) -> str:
     ok = summary["execs"] - summary["failed"]
     return (f"execsnoop: {summary['execs']:,} execs ({ok:,} ok, {summary['failed']:,} failed), "
-            f"{summary['lost']:,} lost in {summary['seconds']:.1f} s")
+            f"{unseen(summary)} in {summary['seconds']:.1f} s")

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 from ..output.jsonlines import emit
 from ..output.units import count_of
 from ..tools.opensnoop import COMM_BYTES, DEFAULT_RING_BYTES, PATH_BYTES, CommCount, Filters, Snoop
-from .options import StopFlag, pid_number, positive_float, ring_bytes, stop_flag
+from .options import StopFlag, pid_number, positive_float, ring_bytes, stop_flag, unseen
 
 TOP_COMMS = 20  # rows of the count table
 
@@ -98,7 +98,8 @@ def _stream(snoop: Snoop, args: argparse.Namespace, stopped: StopFlag, start: fl
     except BrokenPipeError:  # the reader went away (`| head`): stop as if told to
         sys.stdout = None  # nothing more to flush at exit
     return {"time": round(time.time(), 3), "final": True, "seconds": round(time.monotonic() - start, 3),
-            "calls": list(snoop.calls), "events": events, "failed": failed, "lost": snoop.lost}
+            "calls": list(snoop.calls), "events": events, "failed": failed, "lost": snoop.lost,
+            "missed": snoop.obj.missed_runs()}
 
 
 def _count(snoop: Snoop, args: argparse.Namespace, stopped: StopFlag, start: float) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def _count(snoop: Snoop, args: argparse.Namespace, stopped: StopFlag, start: flo
         _print_counts(counts, args, seconds, final=True, lost=snoop.lost)
     return {"time": round(time.time(), 3), "final": True, "seconds": round(seconds, 3), "calls": list(snoop.calls),
             "opens": sum(c.opens for c in counts), "failed": sum(c.failed for c in counts), "lost": snoop.lost,
-            "counts": [vars(c) for c in counts]}
+            "missed": snoop.obj.missed_runs(), "counts": [vars(c) for c in counts]}
 
 
 def _print_counts(counts: list[CommCount], args: argparse.Namespace, seconds: float, *, final: bool,
@@ -142,8 +143,7 @@ def _summary_line(summary: dict[str, Any]) -> str:
     calls = ", ".join(summary["calls"])
     if "counts" in summary:
         return (f"opensnoop --count ({calls}): {count_of(summary['opens'], 'open')} ({summary['failed']:,} failed) "
-                f"by {count_of(len(summary['counts']), 'comm')}, {summary['lost']:,} lost in "
-                f"{summary['seconds']:.1f} s")
+                f"by {count_of(len(summary['counts']), 'comm')}, {unseen(summary)} in {summary['seconds']:.1f} s")
     return (f"opensnoop ({calls}): {count_of(summary['events'], 'open')} ({summary['failed']:,} failed), "
-            f"{summary['lost']:,} lost in {summary['seconds']:.1f} s")
+            f"{unseen(summary)} in {summary['seconds']:.1f} s")
 

@@ -109,6 +109,12 @@ def remove_stale_filters(tool: str) -> None:
         print(f"bpfscope {tool}: removed {removed}, left by a bpfscope that was killed", file=sys.stderr, flush=True)
 
 
+def unseen(summary: dict[str, Any]) -> str:
+    """"N lost" for a summary line, and the program runs the kernel skipped when there were any."""
+    missed = f", {summary['missed']:,} program runs skipped by the kernel" if summary["missed"] else ""
+    return f"{summary['lost']:,} lost{missed}"
+
+
 def note_tc_fallback(tool: str, requested: TcMode, used: TcMode, iface: str) -> None:
     """One line on stderr when AUTO found no tcx links and attached with clsact + cls_bpf instead."""
     if requested is TcMode.AUTO and used is TcMode.CLSACT:
