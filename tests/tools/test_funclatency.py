@@ -163,7 +163,7 @@ def test_counts_per_bucket_match_the_known_sleeps(worker):
         # A busy machine overslept a call past its bucket: the tool was right, the run is not the one planned.
     if buckets(measured) != EXPECTED_US_BUCKETS:  # the kernel agreed with each run; the scheduler did not
         pytest.skip(f"this machine overslept three runs in a row (e.g. under emulation): {measured} ns")
-    assert snap.count == 18 and (snap.too_deep, snap.unmatched, snap.untracked) == (0, 0, 0)
+    assert snap.count == 18 and (snap.too_deep, snap.unmatched, snap.untracked, snap.missed) == (0, 0, 0, 0)
     assert snap.histogram.average == pytest.approx(snap.sum_ns / 18 / 1000)
     p50 = snap.histogram.percentile(50)
     assert p50 is not None and (p50.low, p50.high) == (1024, 2047)
@@ -250,7 +250,7 @@ def test_cli_json_intervals_and_final(worker):
     assert final["final"] is True and final["unit"] == "usecs" and final["symbol"] == "work"
     kernel = {i: b["count"] for i, b in enumerate(final["buckets"]) if b["count"]}
     assert fits(kernel, measured, sum(measured) - final["sum_ns"]), measured
-    assert final["count"] == 18
+    assert final["count"] == 18 and final["missed"] == 0
     assert (final["buckets"][10]["low"], final["buckets"][10]["high"]) == (1024, 2047)
     if buckets(measured) == EXPECTED_US_BUCKETS:  # not overslept (a busy or emulated machine may)
         assert final["percentiles"]["p50"]["low"] == 1024  # 10 of the 18 calls sleep 1,350 us

@@ -87,7 +87,8 @@ def _print(snap: LatencySnapshot) -> None:
     print(hist.summary())
     notes = [f"{n:,} {what}" for n, what in ((snap.too_deep, "calls nested too deep to time"),
                                               (snap.unmatched, "returns of calls entered before attach"),
-                                              (snap.untracked, "calls lost to a full thread table")) if n]
+                                              (snap.untracked, "calls lost to a full thread table"),
+                                              (snap.missed, "probe runs the kernel skipped")) if n]
     if notes:
         print("not timed: " + ", ".join(notes))
     sys.stdout.flush()

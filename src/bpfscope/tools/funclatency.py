@@ -89,7 +89,8 @@ def is_go_binary(path: str) -> bool:
 @dataclass(frozen=True)
 class LatencySnapshot:
     """Counters since attach: the histogram (in `unit`), calls timed and their total in ns, calls
-    nested too deep to time, returns without an entry, entries lost to a full thread table."""
+    nested too deep to time, returns without an entry, entries lost to a full thread table, and
+    probe runs the kernel skipped (Program.missed_runs)."""
 
     time: float
     unit: Unit
@@ -99,6 +100,7 @@ class LatencySnapshot:
     too_deep: int = 0
     unmatched: int = 0
     untracked: int = 0
+    missed: int = 0
 
     @property
     def histogram(self) -> Log2Histogram:
@@ -108,7 +110,7 @@ class LatencySnapshot:
         return LatencySnapshot(
             self.time - earlier.time, self.unit, tuple(a - b for a, b in zip(self.slots, earlier.slots)),
             self.count - earlier.count, self.sum_ns - earlier.sum_ns, self.too_deep - earlier.too_deep,
-            self.unmatched - earlier.unmatched, self.untracked - earlier.untracked,
+            self.unmatched - earlier.unmatched, self.untracked - earlier.untracked, self.missed - earlier.missed,
         )
 
 
@@ -159,7 +161,7 @@ class FunctionLatency:
         row = values[0]
         return LatencySnapshot(
             now, self.unit, tuple(int(n) for n in row["slots"]), int(row["count"]), int(row["sum_ns"]),
-            int(row["too_deep"]), int(row["unmatched"]), int(row["untracked"]),
+            int(row["too_deep"]), int(row["unmatched"]), int(row["untracked"]), self._obj.missed_runs(),
         )
 
     def _close_links(self) -> None:
@@ -192,4 +194,5 @@ class FunctionLatency:
             "too_deep": snap.too_deep,
             "unmatched": snap.unmatched,
             "untracked": snap.untracked,
+            "missed": snap.missed,
         }
