@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.report_only:
         ran = [k for k in kernels if (args.out / k.name / "run.sh").exists()]
+        if not ran:  # an empty table would also wipe the support table of --docs
+            print(f"vmtest: no results under {args.out} to report: run make test-kernels first", file=sys.stderr)
+            return 2
         return _report([report.read(guest.finished(k, args.out / k.name)) for k in ran], args.docs, args.out)
 
     x86 = [k for k in kernels if k.arch == "x86_64"]

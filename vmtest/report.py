@@ -14,6 +14,7 @@ from xml.etree import ElementTree
 from .guest import Outcome
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+LEGEND = f"{PASSED}/{FAILED}/{SKIPPED}"  # how a cell of either table counts tests
 _VERBOSE = re.compile(r"^(tests/\S+?::.+?) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)(?: +\[ *\d+%\])?$")
 _VERDICTS = {"PASSED": PASSED, "FAILED": FAILED, "ERROR": FAILED, "SKIPPED": SKIPPED, "XFAIL": SKIPPED, "XPASS": PASSED}
 
@@ -74,27 +75,33 @@ def _module(test: str) -> str:
 
 
 def table(results: list[KernelResult]) -> str:
-    """One row per test module, one column per kernel: passed/run, and how many were skipped."""
+    """One row per test module, one column per kernel: its tests passed/failed/skipped, and a legend."""
     modules = sorted({_module(t) for r in results for t in r.tests})
     header = ["tests", *(r.label for r in results)]
     rows = [header, ["kernel", *(r.release for r in results)]]
     for module in modules:
         row = [module.removeprefix("tests/")]
         for r in results:
-            counts = Counter(o for t, (o, _) in r.tests.items() if _module(t) == module)
-            run = counts[PASSED] + counts[FAILED]
-            cell = f"{counts[PASSED]}/{run}" if run or counts[SKIPPED] else "-"
-            if counts[FAILED]:
-                cell += " FAIL"
-            if counts[SKIPPED]:
-                cell += f" ({counts[SKIPPED]} skip)"
-            row.append(cell)
+            counts = _count(r, module)
+            row.append(_counts_cell(counts) + (" FAIL" if counts[FAILED] else "") if counts else "-")
         rows.append(row)
+    rows.append(["all", *(_counts_cell(_count(r)) for r in results)])
     rows.append(["boot + tests", *(_summary(r) for r in results)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(2, "  ".join("-" * w for w in widths))
+    lines.append(f"(cells: {LEGEND} tests; -: not in that guest's run)")
     return "\n".join(lines)
+
+
+def _count(r: KernelResult, module: str | None = None) -> Counter[str]:
+    """Outcomes of one test module's tests, or of all."""
+    return Counter(o for t, (o, _) in r.tests.items() if module is None or _module(t) == module)
+
+
+def _counts_cell(counts: Counter[str]) -> str:
+    """Every outcome, so a kernel that skips a test never reads as one that passed it all."""
+    return f"{counts[PASSED]}/{counts[FAILED]}/{counts[SKIPPED]}"
 
 
 def _summary(r: KernelResult) -> str:
@@ -118,14 +125,12 @@ def details(results: list[KernelResult]) -> str:
 
 
 def _tool_cell(r: KernelResult, tool: str) -> str:
-    tests = {t: v for t, v in r.tests.items() if _module(t) == f"tests/tools/test_{tool}.py"}
-    counts = Counter(o for o, _ in tests.values())
+    counts = _count(r, f"tests/tools/test_{tool}.py")
     verdict = "yes" if counts[PASSED] and not counts[FAILED] else "FAILS" if counts[FAILED] else "untested"
-    run = counts[PASSED] + counts[FAILED]
     detail = r.doctor.get("tools", {}).get(tool, {}).get("detail", "")
     hook = next((h for h in ("tcx", "clsact") if h in detail), "")
     cut = "" if r.finished else ", run cut off"
-    return f"{verdict} ({counts[PASSED]}/{run} tests{', ' + hook if hook else ''}{cut})"
+    return f"{verdict} ({_counts_cell(counts)}{', ' + hook if hook else ''}{cut})"
 
 
 def support_markdown(results: list[KernelResult]) -> str:
@@ -134,8 +139,8 @@ def support_markdown(results: list[KernelResult]) -> str:
     rule = "|---" * (len(kernels) + 1) + "|"
     features = sorted({f for r in kernels for f in r.doctor.get("features", {})})
     tools = sorted({t for r in kernels for t in r.doctor.get("tools", {})})
-    runs = [f"{len(r.tests)} tests, {r.outcome.seconds / 60:.0f} min" + ("" if r.finished else ", unfinished")
-            for r in kernels]
+    runs = [f"{len(r.tests)} tests ({_counts_cell(_count(r))}), {r.outcome.seconds / 60:.0f} min"
+            + ("" if r.finished else ", unfinished") for r in kernels]
     out = ["### Kernel features (`bpfscope doctor` in each guest)", "", head, rule,
            "| the run | " + " | ".join(runs) + " |"]
     for feature in features:
@@ -144,7 +149,7 @@ def support_markdown(results: list[KernelResult]) -> str:
             answer = r.doctor["features"].get(feature)  # None: that run's bpfscope did not probe it
             cells.append("-" if answer is None else "yes" if answer.get("ok") else "no")
         out.append(f"| {feature} | " + " | ".join(cells) + " |")
-    out += ["", "### Tools (their kernel tests in each guest: passed/run)", "", head, rule]
+    out += ["", f"### Tools (their kernel tests in each guest: {LEGEND})", "", head, rule]
     for tool in tools:
         out.append(f"| {tool} | " + " | ".join(_tool_cell(r, tool) for r in kernels) + " |")
     return "\n".join(out)

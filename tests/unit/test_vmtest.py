@@ -5,12 +5,14 @@ table written into a markdown file. The guests themselves run in `make test-kern
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 from bpfscope.features import Feature
 from vmtest import archive, guest, report
+from vmtest.__main__ import main
 
 
 def test_newc_archive_unpacks_with_cpio(tmp_path: Path) -> None:
@@ -39,13 +41,21 @@ def test_kernels_file_names_each_line_with_checksums() -> None:
 
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
-<testsuites><testsuite name="pytest" tests="4">
+<testsuites><testsuite name="pytest" tests="9">
 <testcase classname="tests.tools.test_flows" name="test_counts" time="1.0"/>
 <testcase classname="tests.tools.test_flows" name="test_kill_9" time="0.1">
   <skipped type="pytest.skip" message="this kernel does not support tcx links: EINVAL">...</skipped></testcase>
 <testcase classname="tests.tools.test_tcmon" name="test_scan" time="2.0">
   <failure message="AssertionError: assert 1 == 2&#10;more">trace</failure></testcase>
 <testcase classname="tests.tools.test_tcmon" name="test_rules" time="0.2"/>
+<testcase classname="tests.tools.test_guard" name="test_drops[atomics]" time="1.0"/>
+<testcase classname="tests.tools.test_guard" name="test_drops[spin_lock]" time="1.0"/>
+<testcase classname="tests.tools.test_guard" name="test_limit" time="3.0">
+  <error message="OSError: [Errno 16] Device or resource busy">trace</error></testcase>
+<testcase classname="tests.tools.test_guard" name="test_tcx" time="0.0">
+  <skipped type="pytest.skip" message="Skipped: this kernel does not support tcx links: EINVAL">...</skipped></testcase>
+<testcase classname="tests.tools.test_guard" name="test_two_cpus" time="0.0">
+  <skipped type="pytest.skip" message="needs two CPUs">...</skipped></testcase>
 </testsuite></testsuites>"""
 
 
@@ -56,24 +66,46 @@ def outcome(tmp_path: Path, name: str, status: int | None = 1) -> guest.Outcome:
     (out / "junit.xml").write_text(JUNIT)
     (out / "doctor.json").write_text(
         '{"features": {"tcx": {"ok": false}, "ringbuf": {"ok": true}},'
-        ' "tools": {"flows": {"ok": true, "detail": "clsact + cls_bpf, CAP_BPF"}, "tcmon": {"ok": true, "detail": ""}}}'
+        ' "tools": {"flows": {"ok": true, "detail": "clsact + cls_bpf, CAP_BPF"}, "tcmon": {"ok": true, "detail": ""},'
+        ' "guard": {"ok": true, "detail": ""}}}'
     )
     return guest.Outcome(kernel, 12.0, status, out)
 
 
-def test_junit_is_read_into_outcomes_and_a_table(tmp_path: Path) -> None:
+def test_junit_is_read_into_outcomes(tmp_path: Path) -> None:
     result = report.read(outcome(tmp_path, "5.10"))
     assert result.tests["tests/tools/test_flows.py::test_counts"] == (report.PASSED, "")
     assert result.tests["tests/tools/test_flows.py::test_kill_9"] == (
         report.SKIPPED, "this kernel does not support tcx links: EINVAL")
-    assert result.failures == ["tests/tools/test_tcmon.py::test_scan"]
+    assert result.tests["tests/tools/test_guard.py::test_tcx"] == (
+        report.SKIPPED, "this kernel does not support tcx links: EINVAL")
+    assert result.failures == ["tests/tools/test_tcmon.py::test_scan", "tests/tools/test_guard.py::test_limit"]
     assert result.finished
-    lines = report.table([result]).splitlines()
-    assert lines[0].split() == ["tests", "5.10"]
-    assert "tools/test_flows.py  1/1 (1 skip)" in lines
-    assert "tools/test_tcmon.py  1/2 FAIL" in lines
-    assert "FAILED on 5.10: tests/tools/test_tcmon.py::test_scan: AssertionError: assert 1 == 2" in report.details(
-        [result])
+    details = report.details([result]).splitlines()
+    assert "FAILED on 5.10: tests/tools/test_tcmon.py::test_scan: AssertionError: assert 1 == 2" in details
+    assert "FAILED on 5.10: tests/tools/test_guard.py::test_limit: OSError: [Errno 16] Device or resource busy" in (
+        details)
+    assert "skipped on 5.10: 2 × this kernel does not support tcx links: EINVAL" in details
+
+
+def test_each_cell_of_the_table_counts_passed_failed_and_skipped(tmp_path: Path) -> None:
+    later = outcome(tmp_path, "6.1")
+    (later.out / "junit.xml").write_text(re.sub(r"<skipped .*?</skipped>", "", JUNIT, flags=re.S))  # none skipped
+    lines = report.table([report.read(outcome(tmp_path, "5.10")), report.read(later)]).splitlines()
+    cells = {line.split()[0]: line.split()[1:] for line in lines}
+    assert cells["tests"] == ["5.10", "6.1"]
+    assert cells["tools/test_flows.py"] == ["1/0/1", "2/0/0"]  # a skip is never hidden in a full count
+    assert cells["tools/test_tcmon.py"] == ["1/1/0", "FAIL", "1/1/0", "FAIL"]
+    assert cells["tools/test_guard.py"] == ["2/1/2", "FAIL", "4/1/0", "FAIL"]
+    assert cells["all"] == ["4/2/3", "7/2/0"]
+    assert lines[-1] == "(cells: passed/failed/skipped tests; -: not in that guest's run)"
+
+
+def test_a_module_a_guest_did_not_run_is_a_dash(tmp_path: Path) -> None:
+    arm = outcome(tmp_path, "arm64-6.1")
+    (arm.out / "junit.xml").write_text(JUNIT.replace("tests.tools.test_guard", "tests.tools.test_flows"))
+    lines = report.table([report.read(outcome(tmp_path, "5.10")), report.read(arm)]).splitlines()
+    assert next(line for line in lines if line.startswith("tools/test_guard.py")).split()[1:] == ["2/1/2", "FAIL", "-"]
 
 
 def test_a_guest_that_wrote_nothing_has_no_result(tmp_path: Path) -> None:
@@ -91,8 +123,11 @@ def test_support_table_replaces_only_its_block(tmp_path: Path) -> None:
     assert text.endswith("<!-- support table: end -->\noutro\n")
     assert "old" not in text
     assert "| tcx | no |" in text and "| ringbuf | yes |" in text
-    assert "| flows | yes (1/1 tests, clsact) |" in text
-    assert "| tcmon | FAILS (1/2 tests) |" in text
+    assert "### Tools (their kernel tests in each guest: passed/failed/skipped)" in text
+    assert "| the run | 9 tests (4/2/3), 0 min |" in text
+    assert "| flows | yes (1/0/1, clsact) |" in text
+    assert "| tcmon | FAILS (1/1/0) |" in text
+    assert "| guard | FAILS (2/1/2) |" in text
 
 
 def test_an_earlier_run_is_read_back_from_its_folder(tmp_path: Path) -> None:
@@ -106,3 +141,10 @@ def test_an_earlier_run_is_read_back_from_its_folder(tmp_path: Path) -> None:
     assert (again.status, again.seconds, again.timed_out) == (1, 90, False)
     (done / "status").unlink()
     assert guest.finished(again.kernel, done).timed_out  # no status: it never finished
+
+
+def test_report_only_without_results_leaves_the_docs_alone(tmp_path: Path) -> None:
+    docs = tmp_path / "kernels.md"
+    docs.write_text("<!-- support table: begin -->\nthe last run\n<!-- support table: end -->\n")
+    assert main(["--report-only", "--out", str(tmp_path / "nothing"), "--docs", str(docs)]) == 2
+    assert "the last run" in docs.read_text()
