@@ -3,10 +3,21 @@ its target, as ratios from one run. Each benchmark module has `run() -> list[Fig
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-__all__ = ["Figure"]
+__all__ = ["Figure", "Rounds", "rounds"]
+
+Rounds = tuple[float, float]  # (lowest, highest) over a benchmark's rounds
+
+
+def rounds(values: Iterable[float]) -> tuple[float, Rounds]:
+    """The median of per-round values and their range: the one statistic every figure and its
+    reference are given in, so neither side is a best-of-N set against the other's typical."""
+    values = list(values)
+    return statistics.median(values), (min(values), max(values))
 
 
 @dataclass(frozen=True)
@@ -23,6 +34,10 @@ class Figure:
     reference: Optional[str] = None
     reference_value: Optional[float] = None
     note: str = ""
+    # The range over rounds of `value` and of `reference_value` (each the median of those rounds);
+    # None for a figure taken once.
+    spread: Optional[Rounds] = None
+    reference_spread: Optional[Rounds] = None
 
     @property
     def ratio(self) -> Optional[float]:

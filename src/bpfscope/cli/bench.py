@@ -1,12 +1,16 @@
-"""`bpfscope bench ringbuf|maps|xdp|startup|guard|opensnoop|agent|all [--json]`: measures on this kernel,
-each figure beside its target and its reference from the same run. A missed target is a result, not an error: the exit
-status is 1 only when a benchmark could not run."""
+"""`bpfscope bench ringbuf|maps|xdp|startup|guard|opensnoop|agent|all [--json] [--save DIR]`: measures
+on this kernel, each figure beside its target and its reference from the same run. A missed target is
+a result, not an error: the exit status is 1 only when a benchmark could not run. `--save DIR` also
+writes each benchmark's run to DIR/<benchmark>.jsonl (the machine first, then the figures), the files
+docs/benchtables.py makes the docs' tables from."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import time
 from typing import Any
 
 from ..errors import BpfscopeError
@@ -17,6 +21,11 @@ BENCHMARKS = ("ringbuf", "maps", "xdp", "startup", "guard", "opensnoop", "agent"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("benchmark", choices=[*BENCHMARKS, "all"], help="which benchmark to run")
     parser.add_argument("--json", action="store_true", help="one JSON object per figure instead of tables")
+    parser.add_argument("--save", metavar="DIR",
+                        help="also write each benchmark's run to DIR/<benchmark>.jsonl: a line describing "
+                             "the machine, then the figures (docs/benchtables.py reads these)")
+    parser.add_argument("--note", default="",
+                        help="a remark saved in the machine line with --save, e.g. 'quiet machine'")
 
 
 def _module(name: str) -> Any:
@@ -31,9 +40,20 @@ def _module(name: str) -> Any:
         return None
 
 
+def _command(args: argparse.Namespace) -> str:
+    words = ["bpfscope", "bench", args.benchmark, *(["--json"] if args.json else []), "--save", args.save]
+    return " ".join(words + (["--note", repr(args.note)] if args.note else []))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..benchmarks import report
 
+    if args.save:
+        try:
+            os.makedirs(args.save, exist_ok=True)
+        except OSError as exc:
+            print(f"bpfscope bench: --save {args.save}: {exc.strerror}", file=sys.stderr)
+            return 2
     names = BENCHMARKS if args.benchmark == "all" else (args.benchmark,)
     if not args.json:
         m = report.machine()
@@ -42,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     failed = False
     for name in names:
         print(f"running {name}…", file=sys.stderr, flush=True)
+        header = report.machine() if args.save else {}  # the load average just before this benchmark
+        started = time.monotonic()
         try:
             module = _module(name)
             if module is None:
@@ -54,4 +76,11 @@ def run(args: argparse.Namespace) -> int:
             failed = True
             continue
         print(report.json_lines(figures) if args.json else "\n" + report.table(name, figures), flush=True)
+        if args.save:
+            header.update(command=_command(args), seconds=f"{time.monotonic() - started:.0f}")
+            if args.note:
+                header["note"] = args.note
+            path = os.path.join(args.save, f"{name}.jsonl")
+            report.save(path, header, figures)
+            print(f"saved {path}", file=sys.stderr)
     return 1 if failed else 0
