@@ -12,10 +12,10 @@ agent --config FILE`, in a child process; everything is removed at the end, on e
 - **Idle**: after the agent answers and a few seconds of settling (scraped too, so first-scrape work
   is out of it), /metrics is scraped every second (the harsh case; Prometheus's default is 15 s)
   for `idle` seconds. CPU is utime + stime of the whole process from /proc/<pid>/stat (every thread,
-  those that have exited included: the HTTP server starts one per scrape), over the wall time, as %
-  of one core; also per window, for the spread. RSS is VmRSS sampled at each scrape (the largest is
-  given), VmHWM at the end of each phase; a scrape's time is GET /metrics on a new connection to the
-  whole body read (the median), and the body's size.
+  those that have exited included: the HTTP server starts one per scrape), over the wall time of
+  each of `windows` windows, as % of one core: the median of the windows, with their range. RSS is
+  VmRSS sampled at each scrape (the largest is given), VmHWM at the end of each phase; a scrape's
+  time is GET /metrics on a new connection to the whole body read (the median), and the body's size.
 - **Under load**, for `load` seconds, the same readings while: a raw AF_PACKET sender in each pair's
   namespace floods its veth (one frame after another, `flows` distinct UDP flows into the packets +
   flows end; 8 sources far over guard's limit into the guard end); openloop runs its loop; a child
@@ -51,14 +51,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
 from ..errors import BpfscopeError
 from ..testing import packets
 from ..testing.netns import VethPair
-from . import Figure
+from . import Figure, Rounds
+from . import rounds as over_rounds
 from .opensnoop import _build_loop
 from .startup import package_env
 
@@ -675,6 +676,10 @@ def _remove_pins(pin_dir: str) -> None:
         shutil.rmtree(pin_dir, ignore_errors=True)
 
 
+# How one figure is read from a phase's reading (of the agent or the peer): value and range.
+_Statistic = Callable[[Optional[_Reading]], tuple[Optional[float], Optional[Rounds]]]
+
+
 def _figures(
     agent: str, phases: dict[str, dict[str, _Reading]], work: _Loads, final: bytes, *, every: float, windows: int,
     flows: int, web: str, peer: Optional[str],
@@ -682,9 +687,6 @@ def _figures(
     n, a, b = (phases[k][agent] for k in ("bare", "idle", "load"))
     pn, pa, pb = (phases[k][peer] for k in ("bare", "idle", "load")) if peer else (None, None, None)
     peer_name = "prometheus-node-exporter" if peer else None
-
-    def spread(values: list[float]) -> str:
-        return f"{min(values):.2f}–{statistics.median(values):.2f}–{max(values):.2f}"
 
     def per_scrape(quiet: _Reading, bare: _Reading) -> float:
         """CPU per scrape, ms: the scraped phase's CPU less the unscraped phase's rate over as long."""
@@ -696,28 +698,48 @@ def _figures(
     def rss_parts(reading: _Reading) -> str:
         return ", ".join(f"{k[3:]} {v / 1024:.1f}" for k, v in reading.parts_kib.items())
 
-    how_cpu = (f"utime + stime of the whole process (/proc/<pid>/stat: every thread, exited ones too; 10 ms ticks) "
-               f"over {a.seconds:.0f} s, scraped every {every:g} s (the harsh case; Prometheus's default is 15 s); "
-               f"{windows} windows, min–median–max: agent {spread(a.windows)} %"
-               + (f", node exporter {spread(pa.windows)} %" if pa else ""))
-    how_bare = f"the same over {n.seconds:.0f} s with no scrape, right before the scraped phase"
+    def cpu(reading: Optional[_Reading]) -> tuple[Optional[float], Optional[Rounds]]:
+        """The median of the phase's windows and their range: the same for the agent and the peer."""
+        return over_rounds(reading.windows) if reading else (None, None)
+
+    def rss(reading: Optional[_Reading]) -> tuple[Optional[float], Optional[Rounds]]:
+        """The largest VmRSS sample (a ceiling is judged by the peak) and the samples' range."""
+        if reading is None:
+            return None, None
+        return reading.rss_mib, (min(reading.rss_kib) / 1024, max(reading.rss_kib) / 1024)
+
+    def scrape(reading: Optional[_Reading]) -> tuple[Optional[float], Optional[Rounds]]:
+        return over_rounds(1000 * t for t in reading.scrapes) if reading else (None, None)
+
+    def figure(name: str, of: _Statistic, ours: _Reading, unit: str, note: str, reference: Optional[str] = peer_name,
+               theirs: Optional[_Reading] = None, target: Optional[float] = None) -> Figure:
+        value, spread = of(ours)
+        reference_value, reference_spread = of(theirs)
+        assert value is not None
+        return Figure("agent", name, value, unit, False, target=target,
+                      reference=reference if reference_value is not None else None,
+                      reference_value=reference_value, spread=spread, reference_spread=reference_spread, note=note)
+
+    how_cpu = (f"utime + stime of the whole process (/proc/<pid>/stat: every thread, exited ones too; 10 ms ticks, "
+               f"±{100 * 0.01 / (a.seconds / windows):.2f} % per window) in each of {windows} windows of "
+               f"{a.seconds / windows:.0f} s, scraped every {every:g} s (the harsh case; Prometheus's default is "
+               f"15 s); the median of the windows, range beside it, for both")
+    how_bare = f"the same over {n.seconds:.0f} s (one window) with no scrape, right before the scraped phase"
     how_per_scrape = (f"(scraped phase's CPU − the unscraped phase's rate × its length) ÷ {len(a.scrapes)} scrapes; "
                       "ticks of 10 ms make this ±1 ms or so")
     how_15 = "the unscraped rate + CPU per scrape ÷ 15 s: estimated from the two figures above, not measured"
-    how_load_cpu = (f"the same over {b.seconds:.0f} s under the load below, scraped every {every:g} s; windows "
-                    f"min–median–max: agent {spread(b.windows)} %"
-                    + (f", node exporter {spread(pb.windows)} %" if pb else ""))
-    how_rss = (f"VmRSS from /proc/<pid>/status at each scrape, the largest; its parts at the end of the idle phase, "
-               f"in MiB: agent {rss_parts(a)}" + (f"; node exporter {rss_parts(pa)}" if pa else "")
-               + f"; at the end of the load phase: agent {rss_parts(b)}")
+    how_load_cpu = (f"the same in {windows} windows of {b.seconds / windows:.0f} s under the load below, scraped every "
+                    f"{every:g} s; the median of the windows, range beside it")
+    how_rss = (f"VmRSS from /proc/<pid>/status at each scrape: the largest, the samples' range beside it; its parts "
+               f"at the end of the idle phase, in MiB: agent {rss_parts(a)}"
+               + (f"; node exporter {rss_parts(pa)}" if pa else "") + f"; at the end of the load phase: agent "
+               f"{rss_parts(b)}")
     how_hwm = "VmHWM from /proc/<pid>/status at the end of the load phase: the peak since the process started"
     how_scrape = (f"GET /metrics on a new connection until the body is read, median of {len(a.scrapes)} scrapes "
-                  f"(idle) and {len(b.scrapes)} (under load); agent's range idle {1000 * min(a.scrapes):.1f}–"
-                  f"{1000 * max(a.scrapes):.1f} ms, under load {1000 * min(b.scrapes):.1f}–"
-                  f"{1000 * max(b.scrapes):.1f} ms")
+                  f"(idle) and {len(b.scrapes)} (under load), range beside it")
     figures = [
-        Figure("agent", f"idle: agent CPU, scraped every {every:g} s", a.cpu_percent, "% of a core", False,
-               target=CPU_TARGET, reference=peer_name, reference_value=pa.cpu_percent if pa else None, note=how_cpu),
+        figure(f"idle: agent CPU, scraped every {every:g} s", cpu, a, "% of a core", how_cpu, theirs=pa,
+               target=CPU_TARGET),
         Figure("agent", "idle: agent CPU, not scraped", n.cpu_percent, "% of a core", False,
                reference=peer_name, reference_value=pn.cpu_percent if pn else None, note=how_bare),
         Figure("agent", "idle: agent CPU per scrape", per_scrape(a, n), "ms", False,
@@ -725,29 +747,24 @@ def _figures(
         Figure("agent", "idle: agent CPU, scraped every 15 s (estimate)", at_15_s(a, n), "% of a core", False,
                target=CPU_TARGET, reference=peer_name, reference_value=at_15_s(pa, pn) if pa and pn else None,
                note=how_15),
-        Figure("agent", "idle: agent RSS (VmRSS)", a.rss_mib, "MiB", False, target=RSS_TARGET,
-               reference=peer_name, reference_value=pa.rss_mib if pa else None, note=how_rss),
-        Figure("agent", "idle: one scrape of /metrics", a.scrape_ms, "ms", False,
-               reference=peer_name, reference_value=pa.scrape_ms if pa else None, note=how_scrape),
+        figure("idle: agent RSS (VmRSS)", rss, a, "MiB", how_rss, theirs=pa, target=RSS_TARGET),
+        figure("idle: one scrape of /metrics", scrape, a, "ms", how_scrape, theirs=pa),
         Figure("agent", "idle: /metrics size", a.size_kib, "KiB", False,
                reference=peer_name, reference_value=pa.size_kib if pa else None,
                note="text format 0.0.4, no gzip (Prometheus asks for gzip, which costs the exporter more CPU)"),
-        Figure("agent", "under load: agent CPU", b.cpu_percent, "% of a core", False,
-               reference="the agent idle", reference_value=a.cpu_percent, note=how_load_cpu),
-        Figure("agent", "under load: agent RSS (VmRSS)", b.rss_mib, "MiB", False, target=RSS_TARGET,
-               reference=peer_name, reference_value=pb.rss_mib if pb else None, note=how_rss),
+        figure("under load: agent CPU", cpu, b, "% of a core", how_load_cpu, reference="the agent idle", theirs=a),
+        figure("under load: agent RSS (VmRSS)", rss, b, "MiB", how_rss, theirs=pb, target=RSS_TARGET),
         Figure("agent", "agent peak RSS (VmHWM), start to end", b.hwm_kib / 1024, "MiB", False, target=RSS_TARGET,
                reference=peer_name, reference_value=pb.hwm_kib / 1024 if pb else None, note=how_hwm),
-        Figure("agent", "under load: one scrape of /metrics", b.scrape_ms, "ms", False,
-               reference="the agent idle", reference_value=a.scrape_ms, note=how_scrape),
+        figure("under load: one scrape of /metrics", scrape, b, "ms", how_scrape, reference="the agent idle",
+               theirs=a),
         Figure("agent", "under load: /metrics size", b.size_kib, "KiB", False,
                reference="the agent idle", reference_value=a.size_kib,
                note=f"flows exports the top 20 of the {flows} flows of the flood (and the ICMP replies)"),
     ]
     if pb is not None:
-        figures.append(Figure("agent", "under load: node exporter CPU (the peer)", pb.cpu_percent, "% of a core",
-                              False, reference="the node exporter idle",
-                              reference_value=pa.cpu_percent if pa else None, note=how_load_cpu))
+        figures.append(figure("under load: node exporter CPU (the peer)", cpu, pb, "% of a core", how_load_cpu,
+                              reference="the node exporter idle", theirs=pa))
 
     seconds = work.seconds
     seen_http = _total(final, "bpfscope_http_requests", 'side="server"')

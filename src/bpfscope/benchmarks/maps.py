@@ -7,7 +7,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import shutil
-import statistics
 import subprocess
 import time
 from typing import Any, Callable
@@ -18,7 +17,7 @@ from .. import _libbpf
 from ..errors import BpfscopeError
 from ..maps import Map
 from ..object import ObjectSpec, tool_object
-from . import Figure
+from . import Figure, rounds
 
 __all__ = ["run"]
 
@@ -26,15 +25,11 @@ _MAP = "flows"
 _TARGET_ENTRIES = 100_000  # the 30 ms target is for a map this full
 
 
-def _median_ms(action: Callable[[], Any], runs: int) -> tuple[float, Any]:
-    """The median time of `runs` calls, and what the last call returned (to check it)."""
-    times = []
-    result = None
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        result = action()
-        times.append(time.perf_counter_ns() - start)
-    return statistics.median(times) / 1e6, result
+def _timed_ms(action: Callable[[], Any]) -> tuple[float, Any]:
+    """One call's time, and what it returned (to check it)."""
+    start = time.perf_counter_ns()
+    result = action()
+    return (time.perf_counter_ns() - start) / 1e6, result
 
 
 def _dump_with_bpftool(command: list[str]) -> None:
@@ -88,53 +83,64 @@ def _map_id(fd: int) -> int:
 
 
 def run(*, entries: int = _TARGET_ENTRIES, runs: int = 5) -> list[Figure]:
-    """Fills a hash map with `entries` flows in one update_batch and times whole-map reads,
-    the median of `runs` each (the per-key walk and bpftool: at most 3 runs, they are slow)."""
+    """Fills a hash map with `entries` flows in one update_batch and times whole-map reads in `runs`
+    rounds, each round reading the map every way once (the per-key walk and bpftool, which are slow,
+    in the first 3 rounds only), so a busy stretch of time lands on all of them; each figure is the
+    median over its rounds, with their range."""
     spec = ObjectSpec.open(tool_object("maps_bench"))
     if spec.maps[_MAP].max_entries < entries:
         spec.maps[_MAP].max_entries = entries
     with spec.load() as obj:
         flows = obj.maps[_MAP]
         keys, values = _entries(flows, entries)
-        start = time.perf_counter_ns()
-        flows.update_batch(keys, values)
-        fill_ms = (time.perf_counter_ns() - start) / 1e6
-
-        batch_ms, (read_keys, read_values) = _median_ms(flows.lookup_batch, runs)
-        if len(read_keys) != entries or int(read_values["packets"].sum()) != int(values["packets"].sum()):
-            raise BpfscopeError(errno.EIO, f"batch read returned {len(read_keys)} of {entries} entries")
-        syscall_ms, count = _median_ms(_syscall_only(flows), runs)
-        if count != entries:
-            raise BpfscopeError(errno.EIO, f"one batch lookup call returned {count} of {entries} entries")
-        per_key_ms, (read_keys, _) = _median_ms(flows._lookup_by_key, min(runs, 3))
-        if len(read_keys) != entries:
-            raise BpfscopeError(errno.EIO, f"per-key read returned {len(read_keys)} of {entries} entries")
+        fill_ms, _ = _timed_ms(lambda: flows.update_batch(keys, values))
         bpftool = shutil.which("bpftool")
-        bpftool_ms = None
-        if bpftool is not None:
-            command = [bpftool, "map", "dump", "id", str(_map_id(flows.fd)), "-j"]
-            bpftool_ms, _ = _median_ms(lambda: _dump_with_bpftool(command), min(runs, 3))
+        command = [bpftool, "map", "dump", "id", str(_map_id(flows.fd)), "-j"] if bpftool else []
+        syscall_only = _syscall_only(flows)
+        times: dict[str, list[float]] = {"batch": [], "syscall": [], "per_key": [], "bpftool": []}
+        for round_ in range(runs):
+            took, (read_keys, read_values) = _timed_ms(flows.lookup_batch)
+            if len(read_keys) != entries or int(read_values["packets"].sum()) != int(values["packets"].sum()):
+                raise BpfscopeError(errno.EIO, f"batch read returned {len(read_keys)} of {entries} entries")
+            times["batch"].append(took)
+            took, count = _timed_ms(syscall_only)
+            if count != entries:
+                raise BpfscopeError(errno.EIO, f"one batch lookup call returned {count} of {entries} entries")
+            times["syscall"].append(took)
+            if round_ < 3:
+                took, (read_keys, _) = _timed_ms(flows._lookup_by_key)
+                if len(read_keys) != entries:
+                    raise BpfscopeError(errno.EIO, f"per-key read returned {len(read_keys)} of {entries} entries")
+                times["per_key"].append(took)
+                if command:
+                    times["bpftool"].append(_timed_ms(lambda: _dump_with_bpftool(command))[0])
 
+    batch_ms, batch_spread = rounds(times["batch"])
+    syscall_ms, syscall_spread = rounds(times["syscall"])
+    per_key_ms, per_key_spread = rounds(times["per_key"])
     size = f"{entries:,} entries"
+    how = f"median of {runs} rounds (the per-key walk and bpftool: of {len(times['per_key'])}), range beside it"
     figures = [
         Figure(
             "maps", f"batch read, {size}", batch_ms, "ms", False,
             target=30.0 if entries == _TARGET_ENTRIES else None,
             reference="per-key read (get_next_key + lookup)", reference_value=per_key_ms,
-            note="Map.lookup_batch into numpy; " + (
-                "bpftool peer below" if bpftool_ms is not None else "bpftool not installed: no peer figure"),
+            spread=batch_spread, reference_spread=per_key_spread,
+            note=f"Map.lookup_batch into numpy; {how}; " + (
+                "bpftool peer below" if command else "bpftool not installed: no peer figure"),
         ),
         Figure("maps", "batch read, the syscall alone", syscall_ms, "ms", False,
-               reference="batch read", reference_value=batch_ms,
-               note="one bpf_map_lookup_batch for the whole map into preallocated buffers"),
+               reference="batch read", reference_value=batch_ms, spread=syscall_spread,
+               reference_spread=batch_spread,
+               note=f"one bpf_map_lookup_batch for the whole map into preallocated buffers; {how}"),
         Figure("maps", f"batch write, {size}", fill_ms, "ms", False,
                note="one Map.update_batch call, single run"),
     ]
-    if bpftool_ms is not None:
+    if times["bpftool"]:
+        bpftool_ms, bpftool_spread = rounds(times["bpftool"])
         figures.append(Figure(
             "maps", f"bpftool map dump -j, {size}", bpftool_ms, "ms", False,
-            reference="batch read", reference_value=batch_ms,
-            note="peer: exec bpftool, JSON to /dev/null",
+            reference="batch read", reference_value=batch_ms, spread=bpftool_spread,
+            reference_spread=batch_spread, note=f"peer: exec bpftool, JSON to /dev/null; {how}",
         ))
     return figures
-

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import BpfscopeError
-from . import Figure
+from . import Figure, Rounds, rounds
 
 __all__ = ["run", "XdpWatch", "Launch", "launch", "package_env"]
 
@@ -227,26 +226,28 @@ def run(*, runs: int = 5, duration: float = 1.0) -> list[Figure]:
                     if round_:
                         launches[key].append(result)
 
-    def median(key: str, field: str) -> float:
-        return float(statistics.median(getattr(x, field) for x in launches[key]))
+    def over_rounds(key: str, field: str) -> tuple[float, Rounds]:
+        return rounds(float(getattr(x, field)) for x in launches[key])
 
-    def fastest(key: str) -> str:
-        return f"fastest {min(x.attached_ms or 0.0 for x in launches[key]):.0f} ms"
+    def figure(name: str, key: str, field: str, unit: str, reference: str, reference_key: str,
+               reference_field: str, note: str, target: Optional[float] = None) -> Figure:
+        value, spread = over_rounds(key, field)
+        reference_value, reference_spread = over_rounds(reference_key, reference_field)
+        return Figure("startup", name, value, unit, False, target=target, reference=reference,
+                      reference_value=reference_value, spread=spread, reference_spread=reference_spread, note=note)
 
-    tool_attached, library_attached = median("tool", "attached_ms"), median("library", "attached_ms")
-    tool_rss, library_rss = median("tool", "peak_rss_mib"), median("library", "peak_rss_mib")
-    interpreter_rss = median("sleep", "peak_rss_mib")
-    how = (f"median of {runs} after a warm-up round, bytecode cached; "
+    how = (f"median of {runs} rounds after a warm-up round, range beside it; bytecode cached; "
            f"python -m bpfscope.cli.main {' '.join(arguments)}")
     return [
-        Figure("startup", "bpfscope packets: exec → XDP attached", tool_attached, "ms", False, target=150.0,
-               reference="library only: load + attach_xdp (python -c)", reference_value=library_attached,
-               note=f"{how}; {fastest('tool')}; attach seen over rtnetlink, polled every 1 ms"),
-        Figure("startup", "library only: exec → XDP attached", library_attached, "ms", False,
-               reference="python3 -c pass: exec → exit", reference_value=median("pass", "exited_ms"),
-               note=f"imports bpfscope.object, opens, loads, attaches; no CLI; {fastest('library')}"),
-        Figure("startup", "bpfscope packets: peak RSS (VmHWM)", tool_rss, "MiB", False, target=40.0,
-               reference="library only: peak RSS", reference_value=library_rss, note=how),
-        Figure("startup", "library only: peak RSS (VmHWM)", library_rss, "MiB", False,
-               reference="python3 -c 'time.sleep()': peak RSS", reference_value=interpreter_rss),
+        figure("bpfscope packets: exec → XDP attached", "tool", "attached_ms", "ms",
+               "library only: load + attach_xdp (python -c)", "library", "attached_ms",
+               f"{how}; attach seen over rtnetlink, polled every 1 ms", target=150.0),
+        figure("library only: exec → XDP attached", "library", "attached_ms", "ms",
+               "python3 -c pass: exec → exit", "pass", "exited_ms",
+               f"imports bpfscope.object, opens, loads, attaches; no CLI; median of {runs} rounds, range beside it"),
+        figure("bpfscope packets: peak RSS (VmHWM)", "tool", "peak_rss_mib", "MiB",
+               "library only: peak RSS", "library", "peak_rss_mib", how, target=40.0),
+        figure("library only: peak RSS (VmHWM)", "library", "peak_rss_mib", "MiB",
+               "python3 -c 'time.sleep()': peak RSS", "sleep", "peak_rss_mib",
+               f"median of {runs} rounds, range beside it"),
     ]

@@ -21,7 +21,7 @@ from ..errors import BpfscopeError
 from ..maps import PerCpuArrayMap
 from ..object import Object, load, tool_object
 from ..program import Program, XdpAction
-from . import Figure
+from . import Figure, Rounds, rounds
 
 __all__ = ["run", "udp_frame"]
 
@@ -70,13 +70,6 @@ def call_overhead_ns(program: Program, frame: bytes, *, calls: int = _OVERHEAD_C
 def _timed_run(program: Program, frame: bytes, repeat: int, overhead_ns: float) -> _Sample:
     elapsed, kernel_ns = _cpu_ns(program, frame, repeat)
     return _Sample((elapsed - overhead_ns) / repeat, kernel_ns)
-
-
-def _median(samples: list[_Sample]) -> _Sample:
-    return _Sample(statistics.median(s.per_packet_ns for s in samples),
-                   round(statistics.median(s.kernel_ns for s in samples)))
-
-
 
 
 def _together(program: Program, frame: bytes, repeat: int, overhead_ns: float, cpus: list[int]) -> _Sample:
@@ -148,51 +141,52 @@ def _check_counted(bench: Object, packets: Object, *, expected: int) -> None:
 
 
 def _figures(
-    rounds: dict[str, list[_Sample]], pairs: dict[str, list[_Sample]], *, repeat: int, runs: int,
+    samples: dict[str, list[_Sample]], pairs: dict[str, list[_Sample]], *, repeat: int, runs: int,
     overhead_us: float,
 ) -> list[Figure]:
-    one = {key: _median(samples) for key, samples in rounds.items()}
-    two = {key: _median(samples) for key, samples in pairs.items()}
+    def over_rounds(values: list[_Sample]) -> tuple[float, Rounds]:
+        return rounds(s.per_packet_ns for s in values)
+
+    one = {key: over_rounds(values) for key, values in samples.items()}
+    two = {key: over_rounds(values) for key, values in pairs.items()}
     # Each overhead is taken within a round, then the median over rounds.
-    differences = {
-        key: [s.per_packet_ns - e.per_packet_ns for s, e in zip(samples, rounds["empty"])]
-        for key, samples in rounds.items()
+    over_empty = {
+        key: rounds(s.per_packet_ns - e.per_packet_ns for s, e in zip(values, samples["empty"]))
+        for key, values in samples.items()
     }
-    over_empty = {key: statistics.median(values) for key, values in differences.items()}
 
-    fastest = {key: min(s.per_packet_ns for s in samples) for key, samples in rounds.items()}
+    def kernel(of: dict[str, list[_Sample]]) -> str:
+        return ", ".join(f"{key} {round(statistics.median(s.kernel_ns for s in values))}" for key, values in of.items())
 
-    def kernel(samples: dict[str, _Sample]) -> str:
-        return ", ".join(f"{key} {sample.kernel_ns}" for key, sample in samples.items())
+    how = (f"test_run ×{repeat:,} on a 64-byte UDP frame, median of {runs} rounds, range beside it; thread CPU time "
+           f"less the call's own ({overhead_us:.0f} µs), / repeat. The kernel's whole-ns figures (medians): "
+           f"{kernel(samples)}")
 
-    how = (f"test_run ×{repeat:,} on a 64-byte UDP frame, median of {runs} rounds; thread CPU time less "
-           f"the call's own ({overhead_us:.0f} µs), / repeat. Fastest rounds: "
-           + ", ".join(f"{key} {value:.1f}" for key, value in fastest.items())
-           + f". The kernel's whole-ns figures: {kernel(one)}")
-    empty, ours = one["empty"].per_packet_ns, one["ours"].per_packet_ns
-    shared, per_cpu = one["shared"].per_packet_ns, one["per_cpu"].per_packet_ns
+    def figure(name: str, key: str, reference: str = "", reference_key: str = "", note: str = how,
+               values: dict[str, tuple[float, Rounds]] = one, target: float | None = None) -> Figure:
+        value, spread = values[key]
+        ref_value, ref_spread = values[reference_key] if reference_key else (None, None)
+        return Figure("xdp", name, value, "ns/packet", False, target=target, reference=reference or None,
+                      reference_value=ref_value, note=note, spread=spread, reference_spread=ref_spread)
+
     figures = [
-        Figure("xdp", "empty XDP_PASS program", empty, "ns/packet", False, note=how),
-        Figure("xdp", "packets counter (count_packets)", ours, "ns/packet", False,
-               reference="seed: shared atomic counter", reference_value=shared, note=how),
-        Figure("xdp", "packets counter: overhead over empty", over_empty["ours"], "ns/packet", False,
-               target=3.0,
-               reference="seed: overhead over empty", reference_value=over_empty["shared"],
-               note=f"within each round, then the median (rounds: {min(differences['ours']):.1f} to "
-                    f"{max(differences['ours']):.1f} ns; fastest rounds: "
-                    f"{fastest['ours'] - fastest['empty']:.1f} ns); ours parses Ethernet/IP/L4 and adds to "
-                    "two per-CPU slots, the seed parses nothing"),
-        Figure("xdp", "seed: shared atomic counter", shared, "ns/packet", False,
-               reference="empty XDP_PASS program", reference_value=empty, note=how),
-        Figure("xdp", "per-CPU counter (the seed's work, no atomic)", per_cpu, "ns/packet", False,
-               reference="seed: shared atomic counter", reference_value=shared, note=how),
+        figure("empty XDP_PASS program", "empty"),
+        figure("packets counter (count_packets)", "ours", "seed: shared atomic counter", "shared"),
+        figure("packets counter: overhead over empty", "ours", "seed: overhead over empty", "shared",
+               values=over_empty, target=3.0,
+               note="each program's time less the empty program's in the same round, then the median over "
+                    "rounds, range beside it; ours parses Ethernet/IP/L4 and adds to a per-CPU slot, the seed "
+                    "parses nothing"),
+        figure("seed: shared atomic counter", "shared", "empty XDP_PASS program", "empty"),
+        figure("per-CPU counter (the seed's work, no atomic)", "per_cpu", "seed: shared atomic counter", "shared"),
     ]
     names = {"ours": "packets counter", "shared": "seed: shared atomic counter", "per_cpu": "per-CPU counter"}
-    for key, sample in two.items():
+    for key, (value, spread) in two.items():
         figures.append(Figure(
-            "xdp", f"{names[key]}, 2 threads on 2 CPUs", sample.per_packet_ns, "ns/packet", False,
-            reference=f"{names[key]}, 1 thread", reference_value=one[key].per_packet_ns,
+            "xdp", f"{names[key]}, 2 threads on 2 CPUs", value, "ns/packet", False,
+            reference=f"{names[key]}, 1 thread", reference_value=one[key][0], spread=spread,
+            reference_spread=one[key][1],
             note=f"both threads in test_run at once, each pinned to its CPU; their mean, median of {runs} "
-                 f"rounds (kernel's: {kernel(two)})",
+                 f"rounds, range beside it (kernel's: {kernel(pairs)})",
         ))
     return figures
