@@ -38,11 +38,13 @@ def check(figures: list[Figure], benchmark: str, *, differences: tuple[str, ...]
 def test_maps() -> None:
     from bpfscope.benchmarks import maps
 
-    figures = maps.run(entries=2_000, runs=1)
+    figures = maps.run(entries=2_000, runs=2)
     check(figures, "maps")
     names = [f.name for f in figures]
     assert "batch read, 2,000 entries" in names
     assert all(f.target is None for f in figures)  # the 30 ms target is for 100,000 entries only
+    batch = figures[names.index("batch read, 2,000 entries")]
+    assert batch.spread is not None and batch.reference_spread is not None  # both sides over rounds
 
 
 def test_xdp() -> None:
@@ -52,6 +54,7 @@ def test_xdp() -> None:
     check(figures, "xdp", differences=("packets counter: overhead over empty",))
     overhead = next(f for f in figures if f.name == "packets counter: overhead over empty")
     assert overhead.target == 3.0 and overhead.unit == "ns/packet"
+    assert overhead.spread is not None and overhead.reference_spread is not None
     if len(os.sched_getaffinity(0)) >= 2:
         assert any("2 threads" in f.name for f in figures)
 
@@ -73,13 +76,24 @@ def test_startup() -> None:
     figures = startup.run(runs=1, duration=0.2)
     check(figures, "startup")
     assert {f.unit for f in figures} == {"ms", "MiB"}
+    assert all(f.spread is not None and f.reference_spread is not None for f in figures)
     with startup.XdpWatch(startup.IFACE) as watch:
         assert watch.prog_id() == 0  # the tool's link went with its process
 
 
 def test_ringbuf() -> None:
-    ringbuf = pytest.importorskip("bpfscope.benchmarks.ringbuf")
-    check(ringbuf.run(events=20_000), "ringbuf")
+    from bpfscope.benchmarks import ringbuf
+
+    figures = ringbuf.run(events=20_000, rounds=2, load_seconds=0.2, load_rounds=2)
+    check(figures, "ringbuf")
+    targeted = [f for f in figures if f.target is not None]
+    assert len(targeted) == 5
+    # The median over rounds with its range, ours and the C reader's alike: no best-of-N
+    assert all(f.spread is not None for f in targeted)
+    drain = next(f for f in figures if f.name == "batch reader drain()")
+    if drain.reference is not None:
+        assert drain.reference_spread is not None
+        assert drain.spread is not None and drain.spread[0] <= drain.value <= drain.spread[1]
 
 
 def test_guard() -> None:
@@ -115,8 +129,19 @@ def test_opensnoop() -> None:
     assert by_name["bpfscope opensnoop (streaming): traced ÷ untraced"].target == opensnoop.STREAM_TARGET
     assert by_name["bpfscope opensnoop --count: traced ÷ untraced"].target == opensnoop.COUNT_TARGET
     assert "received 4,000 of 4,000 opens" in by_name["bpfscope opensnoop --count: traced ÷ untraced"].note
+    for figure in by_name.values():
+        if figure.name.startswith("bpfscope") and figure.reference is not None:
+            # like-for-like: bpftrace on the one hook bpfscope's opensnoop uses, the same statistic
+            assert figure.reference.startswith("bpftrace") and "sys_exit_openat" in figure.reference
+            assert figure.reference_spread is not None
     if shutil.which("bpftrace"):
-        assert by_name["bpfscope opensnoop --count: traced ÷ untraced"].reference == "bpftrace count()"
+        count = by_name["bpfscope opensnoop --count: traced ÷ untraced"]
+        assert count.reference == "bpftrace count() on sys_exit_openat (like-for-like)"
+        printf = "bpftrace printf on sys_exit_openat (like-for-like): traced ÷ untraced"
+        if printf in by_name:  # x86-64: where the saved registers are is known
+            assert "received 4,000 of 4,000 opens" in by_name[printf].note
+        typed = by_name["bpftrace count() on sys_enter_openat (as users type it): traced ÷ untraced"]
+        assert typed.reference == count.reference
     shown = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
     assert not any(p.get("name") in ("exit_openat", "enter_openat") for p in json.loads(shown))
 
@@ -145,23 +170,25 @@ def test_agent() -> None:
 def test_table_puts_target_and_reference_side_by_side() -> None:
     figures = [
         Figure("maps", "batch read", 12.5, "ms", False, target=30.0, reference="per-key read",
-               reference_value=1250.0, note="median of 5"),
+               reference_value=1250.0, note="median of 5", spread=(12.0, 13.5), reference_spread=(1200.0, 1300.0)),
         Figure("maps", "batch write", 40.0, "ms", False),
     ]
     lines = report.table("maps", figures).splitlines()
     assert lines[0] == "maps"
     row = lines[2]
-    for cell in ("batch read [1]", "12.5 ms", "≤ 30.0 ms", "✓", "per-key read", "1,250 ms", "0.01×"):
+    for cell in ("batch read [1]", "12.5 ms (12.0–13.5)", "≤ 30.0 ms", "✓", "per-key read", "1,250 ms (1,200–1,300)",
+                 "0.01×"):
         assert cell in row
     assert lines[-1] == "  [1] median of 5"
     assert [json.loads(line)["met"] for line in report.json_lines(figures).splitlines()] == [True, None]
 
 
 @pytest.mark.slow
-def test_cli_json_lines() -> None:
+def test_cli_json_lines(tmp_path: Path) -> None:
     path = os.pathsep.join(filter(None, (str(SRC), os.environ.get("PYTHONPATH"))))
     env = {**os.environ, "PYTHONPATH": path}
-    done = subprocess.run([sys.executable, "-m", "bpfscope.cli.main", "bench", "maps", "--json"],
+    saved = tmp_path / "bench"
+    done = subprocess.run([sys.executable, "-m", "bpfscope.cli.main", "bench", "maps", "--json", "--save", str(saved)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "running maps…" in done.stderr
@@ -170,3 +197,8 @@ def test_cli_json_lines() -> None:
     batch = next(f for f in figures if f["name"] == "batch read, 100,000 entries")
     assert batch["target"] == 30.0 and batch["unit"] == "ms" and batch["met"] in (True, False)
     assert batch["reference"].startswith("per-key read") and batch["ratio"] > 0
+    # --save: the same figures, after a line naming the machine and the command
+    header, figures_saved = report.load(saved / "maps.jsonl")
+    assert [json.loads(json.dumps(f.as_dict())) for f in figures_saved] == figures
+    assert header["command"] == f"bpfscope bench maps --json --save {saved}"
+    assert header["kernel"] == os.uname().release and header["libbpf"].count(".") == 1

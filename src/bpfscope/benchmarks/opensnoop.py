@@ -5,23 +5,29 @@ tracer, in one run, and each traced time is given as a ratio to the untraced one
 - `bpfscope opensnoop --pid N --json` as the real command, its stdout to a file: every event
   streamed through the ring buffer, drained in numpy batches and written as a JSON line;
 - `bpfscope opensnoop --pid N --count --json`: counted per comm in the kernel, nothing streamed;
-- bpftrace (the peer) doing the same: the enter/exit pair with a printf per open, and a count().
+- bpftrace (the peer) doing the same on the same hook, tracepoint:syscalls:sys_exit_openat, which
+  is all bpfscope's opensnoop attaches to: a printf per open of the pid, comm, result, flags and
+  path (read, as bpfscope reads them, from the task's saved user registers), and a count() per comm;
+- with `as_typed`, also bpftrace as its users would type it: opensnoop.bt's enter/exit pair (the
+  path stashed at sys_enter_openat, printed at exit) and a count() on sys_enter_openat.
 
 Every tracer is filtered to the loop's pid in the kernel, which all of them can do. Each traced run
-also counts what reached the tracer against the opens made: the events in the output, the counts
-printed at the end, and what the tool says it lost; and the tracer's own CPU time (user + system,
-from its rusage) per open. The loop is pinned to one CPU and every tracer to the others, so what a
-tracer costs the loop is its kernel work, and its reader's work shows in its own CPU time, as on
-any machine with a core to spare. Each traced run comes right after an untraced one; configurations
-take turns in a rotating order; each ratio is the fastest traced run over the fastest of the untraced
-runs paired with them, with the median and range of the per-pair ratios in the note."""
+also counts what reached the tracer against the opens made: the events in the output (bpftrace's
+lines must name the loop's path), the counts printed at the end, and what the tool says it lost;
+and the tracer's own CPU time per open. The loop is pinned to one CPU and every tracer to the
+others, so what a tracer costs the loop is its kernel work, and its reader's work shows in its own
+CPU time, as on any machine with a core to spare. Each traced run comes right after an untraced one
+and the pair gives one ratio; configurations take turns in a rotating order; each figure, ours and
+bpftrace's alike, is the median of its pairs' ratios with their range."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -37,7 +43,8 @@ from typing import Callable, Optional
 from ..errors import BpfscopeError
 from ..link import Link
 from ..object import Object, load, tool_object
-from . import Figure
+from . import Figure, Rounds
+from . import rounds as over_rounds
 from .startup import package_env
 
 __all__ = ["run", "STREAM_TARGET", "COUNT_TARGET"]
@@ -47,24 +54,50 @@ COUNT_TARGET = 1.15
 _LOOP_SOURCE = Path(__file__).with_name("openloop.c")
 _PATH = "/dev/null"
 _READY_TIMEOUT = 30.0
-_FLOOR = "empty BPF program on sys_exit_openat"
 
-# bpftrace's opensnoop.bt reduced to the loop's pid and openat: the same fields bpfscope prints.
-_BPFTRACE_PRINTF = """\
+# The like-for-like peers: bpftrace on the one tracepoint bpfscope's opensnoop uses. At a syscall's
+# exit the saved user registers (struct pt_regs, at the top of the task's kernel stack: x86-64's
+# task_pt_regs) still hold its arguments: the path pointer in si, the flags in dx.
+_BPFTRACE_EXIT_PRINTF = """\
+tracepoint:syscalls:sys_exit_openat /pid == PID/ {
+  $regs = (struct pt_regs *)((uint64)curtask->stack + STACK_TOP) - 1;
+  printf("O %d %d %s %d %d %s\\n", pid, tid, comm, args->ret, $regs->dx, str(uptr($regs->si)));
+}
+"""
+_BPFTRACE_EXIT_COUNT = """\
+tracepoint:syscalls:sys_exit_openat /pid == PID/ { @[comm] = count(); }
+"""
+# As users type them: bpftrace's opensnoop.bt reduced to the loop's pid and openat (the same fields),
+# and the one-liner count() on the enter tracepoint.
+_BPFTRACE_TYPED_PRINTF = """\
 tracepoint:syscalls:sys_enter_openat /pid == PID/ { @filename[tid] = args->filename; @flags[tid] = args->flags; }
 tracepoint:syscalls:sys_exit_openat /@filename[tid]/ {
   printf("O %d %d %s %d %d %s\\n", pid, tid, comm, args->ret, @flags[tid], str(@filename[tid]));
   delete(@filename[tid]); delete(@flags[tid]);
 }
 """
-_BPFTRACE_COUNT = """\
+_BPFTRACE_TYPED_COUNT = """\
 tracepoint:syscalls:sys_enter_openat /pid == PID/ { @[comm] = count(); }
 """
 
 
+def _stack_top() -> Optional[int]:
+    """Where x86-64's struct pt_regs ends above a task's stack base (THREAD_SIZE less
+    TOP_OF_KERNEL_STACK_PADDING), from the kernel's config; None on other architectures."""
+    if platform.machine() != "x86_64":
+        return None
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            config = set(f.read().splitlines())
+    except OSError:
+        config = set()
+    thread_size = 32768 if "CONFIG_KASAN=y" in config else 16384
+    return thread_size - (16 if "CONFIG_X86_FRED=y" in config else 0)
+
+
 @dataclass
 class _Trial:
-    ns_per_open: float
+    ns_per_open: float  # the median of the loops under one start of the tracer
     opens: int
     received: int  # events or counts that reached the tracer's output
     lost: int  # what the tracer says it lost
@@ -181,7 +214,13 @@ class _Bpftrace(_Config):
         os.unlink(os.path.join(tmp, "bpftrace.out"))
         lost = sum(int(n) for n in re.findall(r"Lost (\d+) events", text))
         counted = re.search(r"^@\[[^\]]*\]: (\d+)$", text, re.MULTILINE)
-        received = int(counted.group(1)) if counted else text.count("\nO ") + text.startswith("O ")
+        if counted:
+            return _Finished(int(counted.group(1)), lost, cpu_seconds)
+        printed = re.findall(r"^O .*$", text, re.MULTILINE)
+        received = sum(line.endswith(f" {_PATH}") for line in printed)
+        if printed and not received:
+            raise BpfscopeError(errno.EIO, f"{self.name} printed no path {_PATH}, as in {printed[0]!r}: it "
+                                           "could not read the path")
         return _Finished(received, lost, cpu_seconds)
 
 
@@ -257,7 +296,7 @@ class _Loop:
 def _trial(config: _Config, binary: str, opens: int, repeats: int, cpus: tuple[set[int], set[int]],
            tmp: str) -> _Trial:
     """`repeats` timed loops on cpus[0] under one start of `config`'s tracer on cpus[1]; the time
-    per open is the fastest loop's."""
+    per open is the median loop's."""
     loop = _Loop(binary, opens, cpus[0])
     tracer = None
     try:
@@ -272,7 +311,7 @@ def _trial(config: _Config, binary: str, opens: int, repeats: int, cpus: tuple[s
         raise
     finished = config.finish(tracer, tmp)
     made = sum(made for made, _ in runs)
-    return _Trial(min(ns / made for made, ns in runs), made, finished.received, finished.lost,
+    return _Trial(statistics.median(ns / made for made, ns in runs), made, finished.received, finished.lost,
                   finished.cpu_seconds - started)
 
 
@@ -288,22 +327,24 @@ def _build_loop(tmp: str) -> str:
     return binary
 
 
-def run(*, opens: int = 100_000, rounds: int = 7, repeats: int = 3, bpftrace: Optional[str] = None) -> list[Figure]:
+def run(*, opens: int = 100_000, rounds: int = 7, repeats: int = 3, bpftrace: Optional[str] = None,
+        as_typed: bool = True) -> list[Figure]:
     """`opens` openat + close per timed loop, `repeats` loops per start of a tracer, `rounds` turns
     of every configuration. `bpftrace`: the binary (default: bpftrace on PATH; its rows are left out
-    when there is none)."""
+    when there is none). `as_typed`: also bpftrace's programs as users type them (on the enter
+    tracepoint), beside the like-for-like ones on the exit tracepoint."""
     bpftrace = bpftrace or shutil.which("bpftrace")
     allowed = sorted(os.sched_getaffinity(0))
     # The loop on one CPU, tracers on the rest; with one CPU, both share it.
     cpus = ({allowed[0]}, set(allowed[1:])) if len(allowed) > 1 else (set(), set())
     with tempfile.TemporaryDirectory(prefix="bpfscope-bench-") as tmp:
         env = package_env(os.path.join(tmp, "pycache"))
-        stream = _Bpfscope("bpfscope opensnoop (streaming)", "stream", (), env)
-        count = _Bpfscope("bpfscope opensnoop --count", "count", ("--count",), env)
-        configs: list[_Config] = [_Untraced("untraced", "untraced"), _EmptyProgram(_FLOOR, "floor"), stream, count]
+        stream = _Bpfscope(_NAMES["stream"], "stream", (), env)
+        count = _Bpfscope(_NAMES["count"], "count", ("--count",), env)
+        configs: list[_Config] = [_Untraced("untraced", "untraced"), _EmptyProgram(_NAMES["floor"], "floor"),
+                                  stream, count]
         if bpftrace:
-            configs += [_Bpftrace("bpftrace printf (opensnoop.bt)", "bt-printf", _BPFTRACE_PRINTF, bpftrace),
-                        _Bpftrace("bpftrace count()", "bt-count", _BPFTRACE_COUNT, bpftrace)]
+            configs += _bpftrace_configs(bpftrace, as_typed)
         binary = _build_loop(tmp)
         _trial(stream, binary, 1000, 1, cpus, tmp)  # warm up: bytecode cache, page cache, BTF
         trials: dict[str, list[_Trial]] = {c.short: [] for c in configs}
@@ -318,47 +359,78 @@ def run(*, opens: int = 100_000, rounds: int = 7, repeats: int = 3, bpftrace: Op
                 trials["untraced"].append(bare)
                 trials[config.short].append(trial)
                 bare_before[config.short].append(bare)
-    return _figures(configs, trials, bare_before, opens, rounds, repeats, bool(bpftrace))
+    return _figures(trials, bare_before, opens, rounds, repeats)
 
 
-def _figures(configs: list[_Config], trials: dict[str, list[_Trial]], bare_before: dict[str, list[_Trial]],
-             opens: int, rounds: int, repeats: int, have_bpftrace: bool) -> list[Figure]:
-    # Another process on the machine can only make a loop slower, never faster: the fastest of a
-    # configuration's runs is the one least disturbed, and it is divided by the fastest of the
-    # untraced runs paired with them (as timeit takes the minimum). The median of the per-pair
-    # ratios goes in the note, beside their range.
-    untraced = min(t.ns_per_open for t in trials["untraced"])
-    ratio = {short: min(t.ns_per_open for t in trials[short]) / min(t.ns_per_open for t in bare)
+_NAMES = {
+    "floor": "empty BPF program on sys_exit_openat",
+    "stream": "bpfscope opensnoop (streaming)",
+    "count": "bpfscope opensnoop --count",
+    "bt-printf": "bpftrace printf on sys_exit_openat (like-for-like)",
+    "bt-count": "bpftrace count() on sys_exit_openat (like-for-like)",
+    "bt-printf-typed": "bpftrace opensnoop.bt printf, sys_enter + sys_exit (as users type it)",
+    "bt-count-typed": "bpftrace count() on sys_enter_openat (as users type it)",
+}
+# Each bpfscope figure beside bpftrace's like-for-like one; each typed form beside its like-for-like one.
+_PEERS = {"stream": "bt-printf", "count": "bt-count", "bt-printf-typed": "bt-printf", "bt-count-typed": "bt-count"}
+
+
+def _bpftrace_configs(binary: str, as_typed: bool) -> list[_Config]:
+    configs: list[_Config] = []
+    stack_top = _stack_top()
+    if stack_top is not None:  # where the saved registers are is known for x86-64 only
+        configs.append(_Bpftrace(_NAMES["bt-printf"], "bt-printf",
+                                 _BPFTRACE_EXIT_PRINTF.replace("STACK_TOP", str(stack_top)), binary))
+    configs.append(_Bpftrace(_NAMES["bt-count"], "bt-count", _BPFTRACE_EXIT_COUNT, binary))
+    if as_typed:
+        configs += [_Bpftrace(_NAMES["bt-printf-typed"], "bt-printf-typed", _BPFTRACE_TYPED_PRINTF, binary),
+                    _Bpftrace(_NAMES["bt-count-typed"], "bt-count-typed", _BPFTRACE_TYPED_COUNT, binary)]
+    return configs
+
+
+def _figures(trials: dict[str, list[_Trial]], bare_before: dict[str, list[_Trial]], opens: int, rounds: int,
+             repeats: int) -> list[Figure]:
+    # Each traced run over the untraced one just before it: one ratio per pair, and what the
+    # tracer added per open; each figure is the median over the pairs, with their range.
+    ratio = {short: over_rounds(t.ns_per_open / b.ns_per_open for t, b in zip(trials[short], bare))
              for short, bare in bare_before.items()}
-    ratios = {short: [t.ns_per_open / b.ns_per_open for t, b in zip(trials[short], bare)]
-              for short, bare in bare_before.items()}
-    names = {c.short: c.name for c in configs}
+    added = {short: over_rounds(t.ns_per_open - b.ns_per_open for t, b in zip(trials[short], bare))
+             for short, bare in bare_before.items()}
+    spent = {short: over_rounds(1e9 * t.cpu_seconds / t.opens for t in trials[short])
+             for short in bare_before if short != "floor"}
 
     def note(short: str) -> str:
         made = sum(t.opens for t in trials[short])
         got = sum(t.received for t in trials[short])
         lost = sum(t.lost for t in trials[short])
-        pairs = ratios[short]
-        return (f"fastest of {rounds} × {repeats} loops of {opens:,} openat+close of {_PATH} ÷ fastest of the "
-                f"untraced loops just before them; each pair's ratio: median {statistics.median(pairs):.2f}×, range "
-                f"{min(pairs):.2f} to {max(pairs):.2f}×; received {got:,} of {made:,} opens, {lost:,} lost")
+        how = (f"each of {rounds} pairs: the median of {repeats} loops of {opens:,} openat+close of {_PATH} under "
+               f"the tracer ÷ the same untraced just before; median of the pairs, range beside it")
+        return how if short == "floor" else f"{how}; received {got:,} of {made:,} opens, {lost:,} lost"
 
-    figures = [Figure("opensnoop", "untraced openat+close loop (C, pinned to one CPU)", untraced, "ns/open", False,
-                      note=f"fastest of {len(trials['untraced'])} × {repeats} loops of {opens:,}")]
-    for short, target, peer in (("stream", STREAM_TARGET, "bt-printf"), ("count", COUNT_TARGET, "bt-count")):
-        figures.append(Figure(
-            "opensnoop", f"{names[short]}: traced ÷ untraced", ratio[short], "×", False, target=target,
-            reference=names[peer] if have_bpftrace else None,
-            reference_value=ratio[peer] if have_bpftrace else None, note=note(short)))
-    for short in ("floor", "bt-printf", "bt-count") if have_bpftrace else ("floor",):
-        figures.append(Figure("opensnoop", f"{names[short]}: traced ÷ untraced", ratio[short], "×", False,
-                              note=note(short)))
-    for c in configs[1:]:
-        figures.append(Figure("opensnoop", f"{c.name}: added per open", (ratio[c.short] - 1) * untraced, "ns/open",
-                              False, note="(ratio − 1) × untraced"))
-    for c in configs[2:]:
-        spent = sum(t.cpu_seconds for t in trials[c.short]) / sum(t.opens for t in trials[c.short])
-        figures.append(Figure("opensnoop", f"{c.name}: tracer's own CPU per open", spent * 1e9, "ns/open", False,
-                              note="the tracer process's CPU time from the loop's start to its own exit "
-                                   "(start-up left out), on the other CPUs"))
+    def figure(short: str, what: str, of: dict[str, tuple[float, Rounds]], unit: str, note: str,
+               target: Optional[float] = None) -> Figure:
+        value, spread = of[short]
+        peer = _PEERS.get(short)
+        reference, reference_spread = of.get(peer, (None, None)) if peer else (None, None)
+        return Figure("opensnoop", f"{_NAMES[short]}: {what}", value, unit, False, target=target,
+                      reference=f"{_NAMES[peer]}" if peer and reference is not None else None,
+                      reference_value=reference, spread=spread, reference_spread=reference_spread, note=note)
+
+    untraced, untraced_spread = over_rounds(t.ns_per_open for t in trials["untraced"])
+    figures = [
+        Figure("opensnoop", "untraced openat+close loop (C, pinned to one CPU)", untraced, "ns/open", False,
+               spread=untraced_spread, note=f"the median of {repeats} loops of {opens:,} per start, median over "
+                                            f"{len(trials['untraced'])} starts, range beside it"),
+        figure("stream", "traced ÷ untraced", ratio, "×", note("stream"), target=STREAM_TARGET),
+        figure("count", "traced ÷ untraced", ratio, "×", note("count"), target=COUNT_TARGET),
+    ]
+    figures += [figure(short, "traced ÷ untraced", ratio, "×", note(short))
+                for short in bare_before if short not in ("stream", "count")]
+    figures += [figure(short, "added per open", added, "ns/open",
+                       "each pair's traced − untraced time per open; median of the pairs, range beside it")
+                for short in bare_before]
+    figures += [figure(short, "tracer's own CPU per open", spent, "ns/open",
+                       "the tracer process's CPU time from the loop's start to its own exit (start-up left out), "
+                       "on the other CPUs, per open; median over its starts, range beside it")
+                for short in spent]
     return figures
