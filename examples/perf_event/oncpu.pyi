@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
+from bpfscope.typed import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap
 
 __all__ = [
     "COMM_DTYPE", "Comm", "OBJECT", "Oncpu", "OncpuConfig", "OncpuMapSpecs", "OncpuMaps", "OncpuPrograms", "OncpuRings",

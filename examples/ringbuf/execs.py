@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bpfscope.gen import (
+from bpfscope.maps import Map
+from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
+from bpfscope.program import Program
+from bpfscope.typed import (
     Knobs,
     LoadedObject,
     Members,
@@ -22,9 +25,6 @@ from bpfscope.gen import (
     record,
     struct_dtype,
 )
-from bpfscope.maps import Map
-from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
-from bpfscope.program import Program
 
 __all__ = [
     "EXEC_EVENT_DTYPE", "ExecEvent", "Execs", "ExecsConfig", "ExecsMapSpecs", "ExecsMaps", "ExecsPrograms",

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap, TypedRingBuffer
 from bpfscope.maps import Map
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
+from bpfscope.typed import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap, TypedRingBuffer
 
 __all__ = [
     "EXEC_EVENT_DTYPE", "ExecEvent", "Execs", "ExecsConfig", "ExecsMapSpecs", "ExecsMaps", "ExecsPrograms",

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bpfscope.gen import (
+from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
+from bpfscope.program import Program
+from bpfscope.typed import (
     Knob,
     Knobs,
     LoadedObject,
@@ -22,8 +24,6 @@ from bpfscope.gen import (
     record,
     struct_dtype,
 )
-from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
-from bpfscope.program import Program
 
 __all__ = [
     "COMM_DTYPE", "Comm", "OBJECT", "Opens", "OpensConfig", "OpensMapSpecs", "OpensMaps", "OpensPrograms", "OpensRings",

@@ -5,9 +5,9 @@
 import os
 from pathlib import Path
 
-from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
+from bpfscope.typed import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap
 
 __all__ = [
     "MallocSizes", "MallocSizesConfig", "MallocSizesMapSpecs", "MallocSizesMaps", "MallocSizesPrograms",

@@ -10,9 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bpfscope.gen import Knobs, LoadedObject, Members, OpenedSpec, ProgramT, Rings, TypedPerCpuMap, record, struct_dtype
 from bpfscope.object import MapSpec, Object, ObjectSpec, ProgramSpec
 from bpfscope.program import Program
+from bpfscope.typed import (
+    Knobs,
+    LoadedObject,
+    Members,
+    OpenedSpec,
+    ProgramT,
+    Rings,
+    TypedPerCpuMap,
+    record,
+    struct_dtype,
+)
 
 __all__ = [
     "OBJECT", "SOURCE_COUNT_DTYPE", "SourceCount", "XdpSources", "XdpSourcesConfig", "XdpSourcesMapSpecs",

@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 
 import bpfscope
+from bpfscope._gen import generate
 from bpfscope.build import find_clang
 from bpfscope.errors import BpfscopeError, VerifierError
-from bpfscope.gen import TypedMap, TypedPerCpuMap, TypedRingBuffer, generate
 from bpfscope.maps import ArrayMap, Map, MapType, possible_cpus
 from bpfscope.program import XdpAction
+from bpfscope.typed import TypedMap, TypedPerCpuMap, TypedRingBuffer
 
 pytestmark = pytest.mark.kernel
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import bpfscope
+from bpfscope._gen import GenError, generate, render, stale
 from bpfscope.build import find_clang
 from bpfscope.cli.main import main
 from bpfscope.errors import BpfscopeError, TypeMismatchError
-from bpfscope.gen import GenError, generate, render, stale
 
 SHAPES = r"""
 /* Every kind of type gen writes Python for. */

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..gen import generate, stale
+    from .._gen import generate, stale
 
     with clang_messages():
         if not args.check:
