@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from .__about__ import __version__
 
 _EXPORTS = {
-    "errors": ["BpfscopeError", "InterfaceNotFoundError", "NotSupportedError", "PermissionDeniedError",
-               "SyscallError", "TypeMismatchError", "VerifierError"],
+    "errors": ["BpfscopeError", "InterfaceNotFoundError", "KernelRefusedError", "NotSupportedError",
+               "PermissionDeniedError", "SyscallError", "TypeMismatchError", "VerifierError"],
     "link": ["Link"],
     "maps": ["ArrayMap", "HashMap", "LpmTrieMap", "Map", "MapType", "PerCpuArrayMap", "PerCpuHashMap",
              "UpdateFlags"],
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .errors import (
         BpfscopeError,
         InterfaceNotFoundError,
+        KernelRefusedError,
         NotSupportedError,
         PermissionDeniedError,
         SyscallError,

@@ -30,7 +30,8 @@ from ctypes import (
 )
 from typing import Any, Callable, Iterator, TypeVar
 
-from .errors import NotSupportedError, PermissionDeniedError, SyscallError
+from . import _privileges
+from .errors import KernelRefusedError, NotSupportedError, PermissionDeniedError, SyscallError
 
 MIN_VERSION = (1, 0)
 
@@ -489,14 +490,31 @@ _LIBBPF_ERRNO_BASE = 4000  # libbpf's own codes (LIBBPF_ERRNO__FORMAT, ...) foll
 
 
 def error(err: int, op: str, capability: str = "CAP_BPF") -> SyscallError:
-    """The one conversion of an errno into an exception."""
+    """The one conversion of an errno into an exception. `capability` is what `op` needs ("CAP_BPF",
+    "CAP_BPF+CAP_PERFMON"): EPERM/EACCES is PermissionDeniedError naming what the process lacks of it, or
+    KernelRefusedError when it holds all of it, so no message blames a privilege the process has."""
     if err in _PERMISSION_ERRNOS:
-        return PermissionDeniedError(err, op, capability)
+        return _denied(err, op, capability)
     if err >= _LIBBPF_ERRNO_BASE:
         text = ctypes.create_string_buffer(256)
         libbpf_strerror(err, text, len(text))
         return SyscallError(errno.EINVAL, op, text.value.decode())
     return SyscallError(err, op)
+
+
+def _denied(err: int, op: str, capability: str) -> SyscallError:
+    needed = _privileges.parse_labels(capability)
+    if needed is None:  # a name this module cannot look up: say what is needed
+        return PermissionDeniedError(err, op, capability)
+    labels = " and ".join(cap.label for cap in needed)
+    if not _privileges.in_initial_user_namespace():
+        return PermissionDeniedError(err, op, labels, user_namespace=True)
+    have = _privileges.effective_capabilities()
+    missing = _privileges.missing_capabilities(needed, have)
+    if missing:
+        return PermissionDeniedError(err, op, " and ".join(cap.label for cap in missing))
+    suspects = _privileges.kernel_restrictions().suspects()  # read only: an error path mounts nothing
+    return KernelRefusedError(err, op, _privileges.holders(needed, have), suspects)
 
 
 def check(ret: int, op: str, capability: str = "CAP_BPF") -> int:

@@ -11,6 +11,7 @@ __all__ = [
     "BpfscopeError",
     "SyscallError",
     "PermissionDeniedError",
+    "KernelRefusedError",
     "VerifierError",
     "NotSupportedError",
     "TypeMismatchError",
@@ -38,12 +39,35 @@ class SyscallError(BpfscopeError):
         self.op = op
 
 
-class PermissionDeniedError(SyscallError):
-    """EPERM/EACCES outside the verifier: the process lacks a capability."""
+def _and(names: Sequence[str]) -> str:
+    return " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + f" and {names[-1]}"
 
-    def __init__(self, err: int, op: str, capability: str = "CAP_BPF") -> None:
-        super().__init__(err, op, f"needs root or {capability}")
+
+class PermissionDeniedError(SyscallError):
+    """EPERM/EACCES outside the verifier where the process lacks `capability` ("CAP_BPF", "CAP_BPF and
+    CAP_PERFMON"). With `user_namespace` it holds them only in a user namespace, which bpf() ignores."""
+
+    def __init__(self, err: int, op: str, capability: str = "CAP_BPF", *, user_namespace: bool = False) -> None:
+        if user_namespace:
+            detail = f"needs {capability} in the initial user namespace; this process has capabilities only in its own"
+        else:
+            detail = f"needs root or {capability}"
+        super().__init__(err, op, detail)
         self.capability = capability
+
+
+class KernelRefusedError(SyscallError):
+    """EPERM/EACCES although the process holds `capabilities`, all the operation needs: the kernel refuses
+    it all the same (lockdown, an LSM, a build option). `suspects` names those, as far as they are known."""
+
+    def __init__(self, err: int, op: str, capabilities: Sequence[str], suspects: str) -> None:
+        super().__init__(err, op)
+        self.capabilities = tuple(capabilities)
+        self.suspects = suspects
+        self.message = (
+            f"{op}: the kernel refused it although this process has {_and(self.capabilities)} "
+            f"({os.strerror(err)}; a kernel restriction: {suspects})"
+        )
 
 
 class NotSupportedError(BpfscopeError):

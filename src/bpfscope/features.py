@@ -4,6 +4,7 @@ map) rather than by comparing kernel versions, which backports and distribution 
 
 A probe that cannot decide because the process lacks a capability raises PermissionDeniedError and is
 not cached, so a later call with more privileges probes again (cilium/ebpf's features/ does the same).
+A refusal although the process holds them is the kernel's answer: not supported, saying so.
 Every probe closes what it creates before returning: nothing stays loaded, attached or pinned."""
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import platform
 import socket
 import struct
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from ctypes import c_uint32
 from typing import Callable
 
 from . import _libbpf, mounts
-from .errors import NotSupportedError, SyscallError
+from ._privileges import Capability, effective_capabilities, missing_capabilities, parse_capabilities
+from .errors import KernelRefusedError, NotSupportedError, SyscallError
 
 __all__ = [
     "Capability",
@@ -66,54 +68,6 @@ _EXIT = b"\x95\x00\x00\x00\x00\x00\x00\x00"
 
 def _return(value: int) -> bytes:
     return b"\xb7\x00\x00\x00" + value.to_bytes(4, "little") + _EXIT
-
-
-# --- capabilities of this process ---
-
-
-class Capability(enum.IntEnum):
-    """Bits of the capability sets in /proc/<pid>/status (linux/capability.h)."""
-
-    NET_ADMIN = 12
-    SYS_ADMIN = 21
-    SYS_RESOURCE = 24
-    PERFMON = 38
-    BPF = 39
-
-    @property
-    def label(self) -> str:
-        return f"CAP_{self.name}"
-
-
-# CAP_SYS_ADMIN still grants what CAP_BPF and CAP_PERFMON split off from it in Linux 5.8.
-_SYS_ADMIN_COVERS = frozenset({Capability.BPF, Capability.PERFMON})
-
-
-def parse_capabilities(mask: str) -> frozenset[Capability]:
-    """The known capabilities in a hex mask as /proc/<pid>/status shows it (CapEff: 000001fffeffffff)."""
-    bits = int(mask, 16)
-    return frozenset(cap for cap in Capability if bits >> cap & 1)
-
-
-def effective_capabilities() -> frozenset[Capability]:
-    """CapEff of the calling process."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return parse_capabilities(line.split(":", 1)[1].strip())
-    return frozenset()
-
-
-def missing_capabilities(
-    needed: Iterable[Capability], have: frozenset[Capability] | None = None
-) -> list[Capability]:
-    """Those of `needed` the process lacks (`have` defaults to its effective set)."""
-    have = effective_capabilities() if have is None else have
-    return [
-        cap
-        for cap in needed
-        if cap not in have and not (cap in _SYS_ADMIN_COVERS and Capability.SYS_ADMIN in have)
-    ]
 
 
 # --- kernel config ---
@@ -160,14 +114,16 @@ def _close(fd: int) -> None:
 
 
 def _answer(feature: Feature, err: int, op: str, needs: tuple[Capability, ...]) -> Exception:
-    """What a failed probe step means: lacking privileges means the probe cannot decide (raise it), an
-    errno that means "unknown to this kernel" is the answer, anything else is a real error."""
+    """What a failed probe step means: lacking privileges means the probe cannot decide (raise it), a
+    refusal although the process holds them is the kernel's no, as is an errno that means "unknown to
+    this kernel"; anything else is a real error."""
     if err in (errno.EPERM, errno.EACCES):
-        if missing_capabilities(needs):
-            return _libbpf.error(err, op, "+".join(cap.label for cap in needs))
-        # denied although privileged: the kernel (or an LSM) refuses this feature
-        have = " and ".join(cap.label for cap in needs)
-        return NotSupportedError(feature.value, f"{op}: {os.strerror(err)} although this process has {have}")
+        denied = _libbpf.error(err, op, "+".join(cap.label for cap in needs))
+        if not isinstance(denied, KernelRefusedError):
+            return denied
+        refused = NotSupportedError(feature.value, str(denied))
+        refused.__cause__ = denied  # callers tell "refused" from "absent" by it
+        return refused
     if err in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP):
         return NotSupportedError(feature.value, f"{op}: {os.strerror(err)}")
     return SyscallError(err, op)
@@ -532,7 +488,8 @@ _PROBES: dict[Feature, Callable[[], None]] = {
 
 @functools.cache
 def probe(feature: Feature) -> NotSupportedError | None:
-    """None when the running kernel has `feature`, else a NotSupportedError whose one line says why.
+    """None when the running kernel has `feature`, else a NotSupportedError whose one line says why (its
+    __cause__ is a KernelRefusedError where the kernel refused the feature to a privileged process).
 
     Cached for the life of the process. Raises PermissionDeniedError (not cached) when the process lacks
     the capabilities to find out, and SyscallError for a failure that says nothing about support."""

@@ -1,5 +1,6 @@
-"""tracefs and bpffs: where they are mounted, and mounting them when a tool needs them. A fresh machine
-has neither: libbpf finds tracepoint ids in tracefs, and pins live on bpffs."""
+"""tracefs, bpffs and securityfs: where they are mounted, and mounting them when bpfscope needs them. A
+fresh machine has none of them: libbpf finds tracepoint ids in tracefs, pins live on bpffs, and the kernel
+shows its lockdown mode and active LSMs in securityfs."""
 
 from __future__ import annotations
 
@@ -10,15 +11,19 @@ import re
 from dataclasses import dataclass
 
 from . import _libbpf
+from ._privileges import SECURITYFS
 from .errors import NotSupportedError
 
 __all__ = [
+    "SECURITYFS",
     "Mount",
     "ensure_bpffs",
+    "ensure_securityfs",
     "ensure_tracefs",
     "kernel_filesystems",
     "mounts",
     "parse_mounts",
+    "securityfs_path",
     "tracefs_path",
 ]
 
@@ -107,3 +112,19 @@ def ensure_bpffs(path: str = BPFFS) -> str:
         os.makedirs(target, mode=0o700, exist_ok=True)
         _mount("bpf", "bpf", target, "mode=0700")
     return target
+
+
+def securityfs_path() -> str | None:
+    """Where securityfs is mounted (/sys/kernel/security preferred), or None."""
+    targets = _mounted("securityfs")
+    return SECURITYFS if SECURITYFS in targets else (targets[0] if targets else None)
+
+
+def ensure_securityfs() -> str:
+    """Returns where securityfs is mounted, mounting it on /sys/kernel/security first if it is nowhere
+    (as systemd does at boot): lockdown and the LSM list are read there."""
+    path = securityfs_path()
+    if path is None:
+        _mount("securityfs", "securityfs", SECURITYFS, None)
+        path = SECURITYFS
+    return path

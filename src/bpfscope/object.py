@@ -16,8 +16,9 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 import numpy as np
 
 from . import _libbpf
+from ._privileges import Capability, load_needs
 from .btf import Btf, Kind, TypeCodec
-from .errors import BpfscopeError, PermissionDeniedError, SyscallError, VerifierError
+from .errors import BpfscopeError, SyscallError, VerifierError
 from .maps import Map
 from .pin import ensure_pin_dir
 from .program import Program
@@ -230,9 +231,9 @@ class ObjectSpec:
         with _libbpf.captured_log() as log:
             ret = _libbpf.bpf_object__load(owner.ptr)
         if ret < 0:
-            err = -ret
+            error = _load_error(-ret, "\n".join(log), owner.path, self.programs)  # reads the failed program's type
             self.close()
-            raise _load_error(err, "\n".join(log), owner.path)
+            raise error
         self.rodata.frozen = True
         return Object(owner, self.btf, self.rodata)
 
@@ -258,15 +259,18 @@ def _last_warning(log: list[str]) -> str:
     return lines[-1].removeprefix("libbpf: ") if lines else ""
 
 
-def _load_error(err: int, log: str, path: str) -> BpfscopeError:
+def _load_error(err: int, log: str, path: str, programs: Mapping[str, ProgramSpec]) -> BpfscopeError:
     sections = _LOG_SECTION.findall(log)
     if sections:
         program, text = sections[-1]
         return VerifierError(program, err, text.splitlines())
     failed = _LOAD_FAILED.search(log)
-    if err in (errno.EPERM, errno.EACCES):
-        return PermissionDeniedError(err, f"load {path}", "CAP_BPF")
     what = f"load program {failed.group(1)!r} of {path}" if failed else f"load {path}"
+    if err in (errno.EPERM, errno.EACCES):
+        # maps need CAP_BPF; a program, by its type, CAP_NET_ADMIN or CAP_PERFMON as well
+        program_spec = programs.get(failed.group(1)) if failed else None
+        needs = load_needs(_libbpf.bpf_program__type(program_spec._ptr)) if program_spec else (Capability.BPF,)
+        return _libbpf.error(err, what, "+".join(cap.label for cap in needs))
     return SyscallError(err, what, _last_warning(log.splitlines(keepends=True)))
 
 

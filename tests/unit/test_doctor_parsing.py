@@ -1,4 +1,5 @@
-"""What doctor reads from /proc and /sys, parsed without root; and its verdicts from given rows."""
+"""What doctor reads from /proc and /sys (capabilities, kernel config, mounts, lockdown, LSMs), parsed without
+root; and its verdicts from given rows."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import io
 
 import pytest
 
-from bpfscope.cli.doctor import TOOLS, Report, Row, Tool, evaluate_tool, parse_lockdown, render
+from bpfscope._privileges import (
+    KernelRestrictions,
+    holders,
+    load_needs,
+    parse_labels,
+    parse_lockdown,
+    parse_lsms,
+    parse_uid_map,
+)
+from bpfscope.cli.doctor import TOOLS, Report, Row, Tool, evaluate_tool, lockdown_row, lsm_row, render
 from bpfscope.features import Capability, missing_capabilities, parse_capabilities, parse_kernel_config
 from bpfscope.mounts import Mount, parse_mounts
 
@@ -26,7 +36,8 @@ def test_capabilities_of_root_without_sys_resource() -> None:
         ("0000008000000000", {Capability.BPF}),
         ("000000c000001000", {Capability.BPF, Capability.PERFMON, Capability.NET_ADMIN}),
         ("0000000000200000", {Capability.SYS_ADMIN}),
-        ("000000c000201000\n", ALL - {Capability.SYS_RESOURCE}),
+        ("000000c000201000\n", {Capability.BPF, Capability.PERFMON, Capability.NET_ADMIN, Capability.SYS_ADMIN}),
+        ("0000000000000004", {Capability.DAC_READ_SEARCH}),
     ],
 )
 def test_capability_masks(mask: str, expected: set[Capability]) -> None:
@@ -71,6 +82,93 @@ def test_kernel_config() -> None:
 )
 def test_lockdown(text: str, mode: str) -> None:
     assert parse_lockdown(text) == mode
+
+
+def test_lsm_list_keeps_the_kernels_order() -> None:
+    # this machine's /sys/kernel/security/lsm (kernel-facts.md)
+    assert parse_lsms("lockdown,capability,landlock,bpf") == ("lockdown", "capability", "landlock", "bpf")
+    assert parse_lsms("capability,selinux\n") == ("capability", "selinux")
+    assert parse_lsms("") == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "initial"),
+    [
+        ("         0          0 4294967295\n", True),
+        ("         0       1000          1\n", False),  # rootless container: root is uid 1000 outside
+        ("         0     100000      65536\n", False),
+    ],
+)
+def test_initial_user_namespace(text: str, initial: bool) -> None:
+    assert parse_uid_map(text) is initial
+
+
+def test_capability_labels_as_errors_name_them() -> None:
+    assert parse_labels("CAP_BPF") == (Capability.BPF,)
+    assert parse_labels("CAP_BPF+CAP_PERFMON") == (Capability.BPF, Capability.PERFMON)
+    assert parse_labels("CAP_SYS_PTRACE") is None  # not one bpfscope tracks: nothing to say about holding it
+
+
+def test_what_loading_a_program_needs_by_its_type() -> None:
+    xdp, tracepoint, tracing, socket_filter = 6, 5, 26, 1
+    assert load_needs(xdp) == (Capability.BPF, Capability.NET_ADMIN)
+    assert load_needs(tracepoint) == (Capability.BPF, Capability.PERFMON)
+    assert load_needs(tracing) == (Capability.BPF, Capability.PERFMON)
+    assert load_needs(socket_filter) == (Capability.BPF,)
+
+
+def test_holders_name_only_what_the_process_has() -> None:
+    needed = (Capability.BPF, Capability.PERFMON)
+    assert holders(needed, ALL) == ["CAP_BPF", "CAP_PERFMON"]
+    # before 5.8 (or granted only CAP_SYS_ADMIN) it is CAP_SYS_ADMIN that grants both
+    assert holders(needed, frozenset({Capability.SYS_ADMIN})) == ["CAP_SYS_ADMIN"]
+    assert holders(needed, frozenset({Capability.SYS_ADMIN, Capability.BPF})) == ["CAP_BPF", "CAP_SYS_ADMIN"]
+
+
+@pytest.mark.parametrize(
+    ("restrictions", "suspects"),
+    [
+        (KernelRestrictions(None, None), "lockdown, an LSM or a build option"),
+        (
+            KernelRestrictions("integrity", ("lockdown", "capability", "landlock", "bpf")),
+            "lockdown (integrity), an LSM (landlock, bpf) or a build option",
+        ),
+        (KernelRestrictions("none", ("capability", "selinux")), "an LSM (selinux) or a build option"),
+        (KernelRestrictions("none", ("lockdown", "capability")), "a build option"),
+    ],
+)
+def test_suspects_name_what_is_known(restrictions: KernelRestrictions, suspects: str) -> None:
+    assert restrictions.suspects() == suspects
+
+
+HERE = KernelRestrictions("integrity", ("lockdown", "capability", "landlock", "bpf"))
+
+
+def test_lockdown_row_says_what_the_mode_refuses_bpf() -> None:
+    row = lockdown_row(HERE, "/sys/kernel/security")
+    assert row.ok and row.value == "integrity"
+    assert row.detail == "integrity: bpf_probe_write_user is refused; reading kernel memory is allowed"
+    strict = lockdown_row(KernelRestrictions("confidentiality", None), "/sys/kernel/security")
+    assert not strict.ok and "read kernel memory" in strict.detail and "lockdown=integrity" in strict.fix
+    assert lockdown_row(KernelRestrictions(None, ("capability",)), "/sys/kernel/security").detail == (
+        "no lockdown LSM in this kernel"
+    )
+
+
+def test_without_securityfs_lockdown_and_lsms_are_unknown_not_absent() -> None:
+    for row in (lockdown_row(KernelRestrictions(None, None), None), lsm_row(KernelRestrictions(None, None), None)):
+        assert not row.ok and row.value is None
+        assert row.detail == "unknown: securityfs is not mounted"
+        assert row.fix == "mount -t securityfs securityfs /sys/kernel/security"
+
+
+def test_lsm_row_says_whether_the_bpf_lsm_is_active() -> None:
+    row = lsm_row(HERE, "/sys/kernel/security")
+    assert row.ok and row.value == ["lockdown", "capability", "landlock", "bpf"]
+    assert row.detail == "lockdown, capability, landlock, bpf; the BPF LSM is active: lsm/ programs can attach"
+    without = lsm_row(KernelRestrictions("none", ("capability", "apparmor")), "/sys/kernel/security")
+    assert not without.ok and "no BPF LSM" in without.detail and "no bpfscope tool needs it" in without.fix
+    assert row.as_json() == {"ok": True, "detail": row.detail, "fix": None, "value": row.value}
 
 
 def test_mounts_unescape_octal() -> None:

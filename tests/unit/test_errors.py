@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import errno
 
-from bpfscope.errors import InterfaceNotFoundError, PermissionDeniedError, SyscallError, VerifierError
+from bpfscope.errors import (
+    InterfaceNotFoundError,
+    KernelRefusedError,
+    PermissionDeniedError,
+    SyscallError,
+    VerifierError,
+)
 
 LOG = """func#0 @0
 0: R1=ctx() R10=fp0
@@ -66,6 +72,23 @@ def test_verifier_error_of_a_kernel_that_reports_takes_the_cause_from_the_trace_
 def test_permission_error_names_the_capability():
     err = PermissionDeniedError(errno.EPERM, "load packets.bpf.o", "CAP_BPF")
     assert "needs root or CAP_BPF" in str(err) and err.errno == errno.EPERM
+
+
+def test_permission_error_in_a_user_namespace_does_not_offer_root():
+    err = PermissionDeniedError(errno.EPERM, "load packets.bpf.o", "CAP_BPF and CAP_NET_ADMIN", user_namespace=True)
+    assert str(err) == ("load packets.bpf.o: Operation not permitted (needs CAP_BPF and CAP_NET_ADMIN in the initial "
+                        "user namespace; this process has capabilities only in its own)")
+
+
+def test_kernel_refusal_names_the_operation_and_what_the_process_holds():
+    err = KernelRefusedError(errno.EPERM, "load program 'trace_entry' of fentry.bpf.o", ["CAP_BPF", "CAP_PERFMON"],
+                             "lockdown (integrity), an LSM (landlock, bpf) or a build option")
+    assert str(err) == ("load program 'trace_entry' of fentry.bpf.o: the kernel refused it although this process "
+                        "has CAP_BPF and CAP_PERFMON (Operation not permitted; a kernel restriction: lockdown "
+                        "(integrity), an LSM (landlock, bpf) or a build option)")
+    assert isinstance(err, SyscallError) and not isinstance(err, PermissionDeniedError)
+    assert err.errno == errno.EPERM and err.capabilities == ("CAP_BPF", "CAP_PERFMON")
+    assert "needs" not in str(err)
 
 
 def test_syscall_error_is_an_oserror_with_errno():

@@ -1,6 +1,8 @@
-"""`bpfscope doctor`: what this kernel and this process can run, and a one-line fix where they can't.
-It only reports: it mounts nothing, and every probe closes what it creates. A check that fails, however
-it fails, is a row in the report, never a traceback."""
+"""`bpfscope doctor`: what this kernel and this process can run, what the kernel restricts (lockdown, LSMs,
+sysctls, features it refuses although the process holds the capabilities), and a one-line fix where they
+can't. It changes one thing: where securityfs is not mounted it mounts it on /sys/kernel/security, as
+tools mount tracefs and bpffs, since the kernel shows lockdown and its LSMs nowhere else. Every probe
+closes what it creates. A check that fails, however it fails, is a row in the report, never a traceback."""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
-from .. import _libbpf, features, mounts
-from ..errors import NotSupportedError, PermissionDeniedError
+from .. import _libbpf, _privileges, features, mounts
+from .._privileges import KernelRestrictions
+from ..errors import KernelRefusedError, NotSupportedError, PermissionDeniedError
 from ..features import Capability, Feature
 
 __all__ = [
@@ -26,7 +29,8 @@ __all__ = [
     "add_arguments",
     "collect",
     "evaluate_tool",
-    "parse_lockdown",
+    "lockdown_row",
+    "lsm_row",
     "render",
     "run",
 ]
@@ -34,16 +38,19 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the report: `key` in JSON, `name` for people, and a fix when not ok."""
+    """One line of the report: `key` in JSON, `name` for people, and a fix when not ok. `value` is what a
+    setting reads (a sysctl's number, the lockdown mode, the LSM list), for JSON."""
 
     key: str
     name: str
     ok: bool
     detail: str = ""
     fix: str = ""
+    value: object = None
 
     def as_json(self) -> dict[str, object]:
-        return {"ok": self.ok, "detail": self.detail, "fix": self.fix or None}
+        found = {"ok": self.ok, "detail": self.detail, "fix": self.fix or None}
+        return found if self.value is None else {**found, "value": self.value}
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,11 @@ _FIXES = {
     "bpf_loop": "needs Linux >= 5.17; execsnoop, tcmon and the ring buffer benchmark run without it",
     "tracefs": f"mount -t tracefs nodev {mounts.TRACEFS}",
     "bpffs": f"mount -t bpf bpf {mounts.BPFFS}",
+    "securityfs": f"mount -t securityfs securityfs {mounts.SECURITYFS}",
+    "lsm": "boot with bpf added to lsm= (CONFIG_BPF_LSM=y); no bpfscope tool needs it",
 }
+# The kernel refused although the process holds the capabilities: no capability fixes that.
+_REFUSED_FIX = "the kernel restricts this process: see the lockdown and LSMs rows"
 
 
 def _capability_fix(missing: Sequence[Capability]) -> str:
@@ -121,19 +132,13 @@ def evaluate_tool(tool: Tool, rows: Mapping[str, Row], have: frozenset[Capabilit
     return Row(tool.name, tool.name, False, "missing " + ", ".join(lacks), fix)
 
 
-def parse_lockdown(text: str) -> str:
-    """The active mode in /sys/kernel/security/lockdown ("none [integrity] confidentiality")."""
-    for word in text.split():
-        if word.startswith("[") and word.endswith("]"):
-            return word[1:-1]
-    return text.strip()
-
-
 def _guarded(key: str, name: str, check: Callable[[], Row]) -> Row:
     try:
         return check()
     except PermissionDeniedError as exc:
         return Row(key, name, False, f"could not check: {exc}", "run bpfscope doctor as root")
+    except KernelRefusedError as exc:
+        return Row(key, name, False, f"could not check: {exc}", _REFUSED_FIX)
     # Any failure, expected or not, is reported as this row's answer: doctor must always finish.
     except Exception as exc:  # noqa: BLE001
         return Row(key, name, False, f"{type(exc).__name__}: {exc}", _FIXES.get(key, ""))
@@ -160,6 +165,8 @@ def _bpf_syscall() -> Row:
         features.check_bpf_syscall()
     except PermissionDeniedError as exc:
         return Row("bpf_syscall", "bpf() syscall", False, str(exc), _FIXES["bpf_syscall"])
+    except KernelRefusedError as exc:
+        return Row("bpf_syscall", "bpf() syscall", False, str(exc), _REFUSED_FIX)
     return Row("bpf_syscall", "bpf() syscall", True, "created and closed a BPF_MAP_TYPE_ARRAY map")
 
 
@@ -189,10 +196,11 @@ def _perf_event_paranoid(have: frozenset[Capability]) -> Row:
     detail = f"{value} ({_PARANOID.get(value, 'restricted')})"
     # CAP_PERFMON (or root) is not subject to the setting
     if not features.missing_capabilities((Capability.PERFMON,), have):
-        return Row("perf_event_paranoid", "perf_event_paranoid", True, detail + "; CAP_PERFMON overrides it")
+        return Row("perf_event_paranoid", "perf_event_paranoid", True, detail + "; CAP_PERFMON overrides it",
+                   value=value)
     ok = value <= -1
     fix = "" if ok else "grant CAP_PERFMON, or sysctl kernel.perf_event_paranoid=-1"
-    return Row("perf_event_paranoid", "perf_event_paranoid", ok, detail, fix)
+    return Row("perf_event_paranoid", "perf_event_paranoid", ok, detail, fix, value)
 
 
 _UNPRIVILEGED_BPF = {0: "allowed", 1: "disabled until reboot", 2: "disabled, root can re-enable"}
@@ -203,20 +211,65 @@ def _unprivileged_bpf(have: frozenset[Capability]) -> Row:
     value = _read_int("/proc/sys/kernel/unprivileged_bpf_disabled")
     detail = f"{value} ({_UNPRIVILEGED_BPF.get(value, 'disabled')})"
     if value == 0 or not features.missing_capabilities((Capability.BPF,), have):
-        return Row(key, key, True, detail + ("" if value == 0 else "; CAP_BPF overrides it"))
-    return Row(key, key, False, detail, "run as root or with CAP_BPF")
+        return Row(key, key, True, detail + ("" if value == 0 else "; CAP_BPF overrides it"), value=value)
+    return Row(key, key, False, detail, "run as root or with CAP_BPF", value)
 
 
-def _lockdown() -> Row:
-    try:
-        with open("/sys/kernel/security/lockdown") as f:
-            mode = parse_lockdown(f.read())
-    except FileNotFoundError:
-        return Row("lockdown", "lockdown", True, "no lockdown LSM")
+# What each lockdown mode refuses BPF (security/lockdown: LOCKDOWN_BPF_WRITE_USER is an integrity reason;
+# LOCKDOWN_BPF_READ_KERNEL, LOCKDOWN_KPROBES and LOCKDOWN_TRACEFS are confidentiality reasons).
+_LOCKDOWN = {
+    "none": "BPF is not restricted",
+    "integrity": "bpf_probe_write_user is refused; reading kernel memory is allowed",
+    "confidentiality": "BPF may neither read kernel memory nor write user memory; kprobes and tracefs are refused",
+}
+_UNKNOWN_WITHOUT_SECURITYFS = "unknown: securityfs is not mounted"
+
+
+def lockdown_row(restrictions: KernelRestrictions, securityfs: str | None) -> Row:
+    """The lockdown mode and what it refuses BPF; `securityfs` is where it is mounted (None: nowhere)."""
+    mode = restrictions.lockdown
+    if securityfs is None:
+        return Row("lockdown", "lockdown", False, _UNKNOWN_WITHOUT_SECURITYFS, _FIXES["securityfs"])
+    if mode is None:
+        return Row("lockdown", "lockdown", True, "no lockdown LSM in this kernel")
+    detail = f"{mode}: {_LOCKDOWN.get(mode, 'an unknown mode')}"
     # confidentiality forbids reading kernel memory, which every tracing program does
     if mode == "confidentiality":
-        return Row("lockdown", "lockdown", False, mode, "boot with lockdown=integrity (or none)")
-    return Row("lockdown", "lockdown", True, mode)
+        return Row("lockdown", "lockdown", False, detail, "boot with lockdown=integrity (or none)", mode)
+    return Row("lockdown", "lockdown", True, detail, value=mode)
+
+
+def lsm_row(restrictions: KernelRestrictions, securityfs: str | None) -> Row:
+    """The active LSMs, and whether the BPF LSM is among them (lsm/ programs attach only then)."""
+    lsms = restrictions.lsms
+    if securityfs is None:
+        return Row("lsm", "LSMs", False, _UNKNOWN_WITHOUT_SECURITYFS, _FIXES["securityfs"])
+    if lsms is None:
+        return Row("lsm", "LSMs", True, f"unknown: no {securityfs}/lsm (Linux < 5.1)")
+    shown = ", ".join(lsms) or "none"
+    if "bpf" in lsms:
+        return Row("lsm", "LSMs", True, f"{shown}; the BPF LSM is active: lsm/ programs can attach", value=list(lsms))
+    return Row("lsm", "LSMs", False, f"{shown}; no BPF LSM: lsm/ programs cannot attach", _FIXES["lsm"], list(lsms))
+
+
+def _securityfs_row(path: str | None, mounted_now: bool) -> Row:
+    key = "securityfs"
+    if path is not None:
+        return Row(key, key, True, f"mounted on {path}" + (" (doctor mounted it)" if mounted_now else ""))
+    if key not in mounts.kernel_filesystems():
+        return Row(key, key, False, "the kernel has no securityfs", "build the kernel with CONFIG_SECURITYFS=y")
+    return Row(key, key, False, "not mounted: lockdown and LSMs unknown", _FIXES[key])
+
+
+def _mount_securityfs(have: frozenset[Capability]) -> tuple[str | None, bool]:
+    """Where securityfs is, mounting it where missing and the process may; and whether this run mounted it."""
+    path = mounts.securityfs_path()
+    if path is not None or Capability.SYS_ADMIN not in have:
+        return path, False
+    try:
+        return mounts.ensure_securityfs(), True
+    except OSError:  # no securityfs in the kernel, or the mount refused: its row says so
+        return None, False
 
 
 _MOUNT_POINTS = {"tracefs": mounts.TRACEFS, "bpf": mounts.BPFFS}
@@ -317,15 +370,20 @@ def collect() -> Report:
         libbpf=f"{major}.{minor}",
         capabilities={cap.label: cap in have for cap in Capability},
     )
+    # before the probes, so that a refusal they meet names lockdown and the LSMs
+    securityfs, mounted_now = _mount_securityfs(have)
+    restrictions = _privileges.kernel_restrictions(securityfs) if securityfs else KernelRestrictions(None, None)
     system: list[tuple[str, str, Callable[[], Row]]] = [
         ("btf", "kernel BTF", _btf),
         ("bpf_syscall", "bpf() syscall", _bpf_syscall),
         ("capabilities", "capabilities", lambda: _capabilities(have)),
         ("perf_event_paranoid", "perf_event_paranoid", lambda: _perf_event_paranoid(have)),
         ("unprivileged_bpf_disabled", "unprivileged_bpf_disabled", lambda: _unprivileged_bpf(have)),
-        ("lockdown", "lockdown", _lockdown),
+        ("lockdown", "lockdown", lambda: lockdown_row(restrictions, securityfs)),
+        ("lsm", "LSMs", lambda: lsm_row(restrictions, securityfs)),
         ("tracefs", "tracefs", lambda: _filesystem("tracefs", "tracefs", mounts.tracefs_path(), have)),
         ("bpffs", "bpffs", lambda: _filesystem("bpffs", "bpf", _bpffs_path(), have)),
+        ("securityfs", "securityfs", lambda: _securityfs_row(securityfs, mounted_now)),
     ]
     report.system = [_guarded(key, name, check) for key, name, check in system]
     report.features = [_guarded(f.key, f.value, functools.partial(_feature, f)) for f in Feature]
