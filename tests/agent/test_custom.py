@@ -22,16 +22,9 @@ import yaml
 
 from bpfscope.agent.config import ConfigError, CustomConfig
 from bpfscope.agent.containers import ContainerResolver
-from bpfscope.agent.custom import (
-    Buckets,
-    CustomProgram,
-    LabelSpec,
-    MetricSpec,
-    _converter,
-    _Exported,
-    _Kallsyms,
-    _Label,
-)
+from bpfscope.agent.custom import Buckets, CustomProgram, LabelSpec, MetricSpec
+from bpfscope.agent.custom.families import Exported
+from bpfscope.agent.custom.labels import Kallsyms, Label, converter
 from bpfscope.testing import packets as pk
 from bpfscope.testing.netns import VethPair
 
@@ -366,9 +359,9 @@ def test_a_failed_attach_leaves_nothing_attached_or_pinned(bpffs_dir: Path, cach
 # --- decoders and buckets on made-up batches ---
 
 def decode(decoder: str, column: np.ndarray[Any, Any], *, enumerators: tuple[tuple[int, str], ...] = (),
-           kallsyms: Optional[_Kallsyms] = None) -> list[str]:
+           kallsyms: Optional[Kallsyms] = None) -> list[str]:
     label = LabelSpec("x", None, decoder, enumerators)
-    texts, codes = _Label(label, _converter(label, kallsyms, None)).read(column)
+    texts, codes = Label(label, converter(label, kallsyms, None)).read(column)
     return [texts[c] for c in codes]
 
 
@@ -383,7 +376,7 @@ def test_decoders() -> None:
     assert decode("string", np.array([b"abc", b"abc\0junk", b"\xff"], dtype="S16")) == ["abc", "abc", "\\xff"]
     assert decode("int", np.array([-3, 7], dtype=np.int32)) == ["-3", "7"]
     assert decode("enum", np.array([1, 5], dtype=np.uint32), enumerators=((1, "ONE"),)) == ["ONE", "5"]
-    kallsyms = _Kallsyms()
+    kallsyms = Kallsyms()
     with open("/proc/kallsyms") as f:
         address, _, name = f.readline().split()[:3]
     assert decode("ksym", np.array([int(address, 16), 0x1000], dtype=np.uint64), kallsyms=kallsyms) == [
@@ -393,7 +386,7 @@ def test_decoders() -> None:
 def histogram(buckets: Buckets, slots: list[int], counts: list[int], multiplier: float = 1.0) -> dict[str, float]:
     spec = MetricSpec("histogram", "h", "", "m", None, (), multiplier, "slot", buckets)
     keys = np.array(slots, dtype=[("slot", np.uint32)])
-    family = _Exported(spec, []).family(keys, np.array(counts, dtype=np.uint64))
+    family = Exported(spec, []).family(keys, np.array(counts, dtype=np.uint64))
     return {s.labels["le"]: s.value for s in family.samples}
 
 
