@@ -21,9 +21,24 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import _libbpf, netdev
+from ._netlink import TCMSG, RouteSocket, attributes
+from ._uapi import (
+    BPF_LOG_LEVEL2,
+    BPF_OBJ_NAME_LEN,
+    BPF_PROG_QUERY,
+    RTM_GETTFILTER,
+    RTM_NEWTFILTER,
+    TC_H_CLSACT_EGRESS,
+    TC_H_CLSACT_INGRESS,
+    TCA_BPF_ID,
+    TCA_KIND,
+    TCA_OPTIONS,
+    AttachType,
+    PerfEventLinkType,
+)
 from .btf import Btf, Kind, TypeCodec
 from .errors import BpfscopeError, SyscallError, VerifierError
-from .maps import Map, MapType, possible_cpus
+from .maps import Map, MapType, NoBatchLookup, lookup_batches, possible_cpus
 from .mounts import BPFFS, mounts
 from .object import ObjectSpec
 from .program import XdpMode
@@ -67,8 +82,6 @@ _LIBBPF_NAMES = {
 # Which hook a tcx or netkit link's attach type is, as `inspect net` names hooks.
 _HOOKS = {"tcx_ingress": "tcx/ingress", "tcx_egress": "tcx/egress", "netkit_primary": "netkit/primary",
           "netkit_peer": "netkit/peer"}
-_PERF_EVENT_KINDS = {1: "uprobe", 2: "uretprobe", 3: "kprobe", 4: "kretprobe", 5: "tracepoint", 6: "event"}
-_OBJ_NAME_LEN = 16  # BPF_OBJ_NAME_LEN: names the kernel keeps are cut to 15 characters
 _NAME_BUFFER = 4096  # PATH_MAX: a uprobe's binary is the longest name a link reports
 
 _NOUNS = {"prog": "program", "map": "map", "link": "link"}
@@ -82,7 +95,6 @@ _FD_KINDS = {"anon_inode:bpf-prog": "prog", "anon_inode:bpf-map": "map", "anon_i
              "anon_inode:bpf_link": "link"}
 _FDINFO_IDS = {"prog_id": "prog", "map_id": "map", "link_id": "link"}
 
-_ENOTSUPP = 524  # the kernel-internal "not supported" some map types return for batch ops
 _HASH_TYPES = (MapType.HASH, MapType.PERCPU_HASH, MapType.LRU_HASH, MapType.LRU_PERCPU_HASH)
 _PER_CPU_HASH_TYPES = (MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH)
 # A hash map's entries are counted by reading it in batches: only when a full map is at most this many
@@ -90,22 +102,11 @@ _PER_CPU_HASH_TYPES = (MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH)
 _COUNT_BUDGET = 64 << 20
 DEFAULT_CHUNK = 4096  # entries per bpf_map_lookup_batch when dumping a map
 
-# include/uapi/linux/if_link.h, pkt_sched.h, pkt_cls.h, rtnetlink.h, netlink.h
+# The fields of struct bpf_xdp_query_opts that give each mode's program.
 _XDP_MODES = (("drv_prog_id", XdpMode.NATIVE.value), ("skb_prog_id", XdpMode.GENERIC.value),
               ("hw_prog_id", "offload"))
-_CLSACT_PARENTS = (("clsact/ingress", 0xFFFFFFF2), ("clsact/egress", 0xFFFFFFF3))
-_TCX_HOOKS = (("tcx/ingress", 46), ("tcx/egress", 47))  # BPF_TCX_INGRESS, BPF_TCX_EGRESS
-_RTM_NEWTFILTER = 44
-_RTM_GETTFILTER = 46
-_NLMSG_ERROR = 2
-_NLMSG_DONE = 3
-_NLM_F_DUMP_REQUEST = 0x301  # NLM_F_REQUEST | NLM_F_DUMP
-_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
-_TCA_KIND = 1
-_TCA_OPTIONS = 2
-_TCA_BPF_ID = 11
-_NLMSG_HEADER = struct.Struct("=IHHII")
-_TCMSG = struct.Struct("=BxxxiIII")
+_CLSACT_PARENTS = (("clsact/ingress", TC_H_CLSACT_INGRESS), ("clsact/egress", TC_H_CLSACT_EGRESS))
+_TCX_HOOKS = (("tcx/ingress", AttachType.TCX_INGRESS), ("tcx/egress", AttachType.TCX_EGRESS))
 _BPF_FS = "bpf"
 
 
@@ -182,7 +183,7 @@ class _Cache:
         """The program's whole name: the kernel keeps 15 characters, its BTF the function's full name
         (bpftool does the same)."""
         name = str(info.name.decode())
-        if len(name) < _OBJ_NAME_LEN - 1 or not info.btf_id or not info.nr_func_info:
+        if len(name) < BPF_OBJ_NAME_LEN - 1 or not info.btf_id or not info.nr_func_info:
             return name
         record = (ctypes.c_uint32 * 2)()  # struct bpf_func_info: insn_off, type_id
         query = _libbpf.BpfProgInfo(nr_func_info=1, func_info_rec_size=ctypes.sizeof(record),
@@ -299,9 +300,9 @@ def _link_target(fd: int, info: _libbpf.BpfLinkInfo) -> tuple[str, dict[str, Uni
         return (f"{_HOOKS.get(attach, attach)} on {name}",
                 {"ifindex": u.target.ifindex, "ifname": name, "attach_type": attach})
     if kind == "perf_event":
-        if u.perf_event.type not in _PERF_EVENT_KINDS:  # kernels before 6.6 say nothing of the event
+        if u.perf_event.type not in PerfEventLinkType._value2member_map_:  # before 6.6 it says nothing of the event
             return "perf_event (its kernel describes these from Linux 6.6)", {"perf_type": None}
-        perf = _PERF_EVENT_KINDS[u.perf_event.type]
+        perf = PerfEventLinkType(u.perf_event.type).name.lower()
         if perf == "event":
             event = u.perf_event.u.event
             return (f"perf event type {event.type} config {event.config}",
@@ -380,53 +381,28 @@ class NetAttachment:
     handle: Optional[int] = None
 
 
-def _netlink_attributes(data: bytes, start: int, end: int) -> dict[int, bytes]:
-    attrs: dict[int, bytes] = {}
-    while start + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, start)
-        if length < 4:
-            break
-        attrs[kind & _NLA_TYPE_MASK] = data[start + 4 : start + length]
-        start += (length + 3) & ~3
-    return attrs
-
-
 def _cls_bpf_filters(ifindex: int, parent: int) -> list[tuple[int, int, int]]:
     """(prog id, priority, handle) of each cls_bpf filter under `parent`, from an RTM_GETTFILTER dump."""
-    request = _TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, parent, 0)
+    request = TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, parent, 0)
+    with RouteSocket() as sock:
+        replies = sock.request(RTM_GETTFILTER, request, dump=True, what=f"list tc filters on {_ifname(ifindex)}")
     found: list[tuple[int, int, int]] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0) as sock:  # NETLINK_ROUTE
-        sock.bind((0, 0))
-        sock.send(_NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(request), _RTM_GETTFILTER, _NLM_F_DUMP_REQUEST, 1, 0)
-                  + request)
-        while True:
-            data = sock.recv(1 << 16)
-            offset = 0
-            while offset + _NLMSG_HEADER.size <= len(data):
-                length, msg_type = _NLMSG_HEADER.unpack_from(data, offset)[:2]
-                body = offset + _NLMSG_HEADER.size
-                if msg_type == _NLMSG_DONE:
-                    return found
-                if msg_type == _NLMSG_ERROR:
-                    (err,) = struct.unpack_from("=i", data, body)
-                    if err:
-                        raise _libbpf.error(-err, f"list tc filters on {_ifname(ifindex)}", "CAP_NET_ADMIN")
-                    return found
-                if msg_type == _RTM_NEWTFILTER:
-                    _family, _ifindex, handle, _parent, info = _TCMSG.unpack_from(data, body)
-                    attrs = _netlink_attributes(data, body + _TCMSG.size, offset + length)
-                    nested = attrs.get(_TCA_OPTIONS, b"")
-                    options = _netlink_attributes(nested, 0, len(nested))
-                    # each chain's first message names the classifier only: it has no program id
-                    if attrs.get(_TCA_KIND) == b"bpf\0" and _TCA_BPF_ID in options:
-                        found.append((struct.unpack("=I", options[_TCA_BPF_ID][:4])[0], info >> 16, handle))
-                offset += (length + 3) & ~3
+    for message in replies:
+        if message.type != RTM_NEWTFILTER:
+            continue
+        _family, _ifindex, handle, _parent, info = TCMSG.unpack_from(message.body)
+        attrs = attributes(message.body, TCMSG.size)
+        options = attributes(attrs.get(TCA_OPTIONS, b""))
+        # each chain's first message names the classifier only: it has no program id
+        if attrs.get(TCA_KIND) == b"bpf\0" and TCA_BPF_ID in options:
+            found.append((struct.unpack_from("=I", options[TCA_BPF_ID])[0], info >> 16, handle))
+    return found
 
 
 def _tcx_programs(ifindex: int, attach_type: int) -> list[tuple[int, int]]:
     """(prog id, link id) of each program on a tcx hook, in the order they run (BPF_PROG_QUERY)."""
     attr = _libbpf.BpfProgQueryAttr(target=ifindex, attach_type=attach_type)
-    ret = _libbpf.bpf(_libbpf.BPF_PROG_QUERY, attr)
+    ret = _libbpf.bpf(BPF_PROG_QUERY, attr)
     if ret == -errno.EINVAL:
         return []  # a kernel before 6.6: no tcx
     _libbpf.check(ret, f"query tcx on {_ifname(ifindex)}", "CAP_NET_ADMIN")
@@ -434,7 +410,7 @@ def _tcx_programs(ifindex: int, attach_type: int) -> list[tuple[int, int]]:
         prog_ids, link_ids = (ctypes.c_uint32 * attr.count)(), (ctypes.c_uint32 * attr.count)()
         attr = _libbpf.BpfProgQueryAttr(target=ifindex, attach_type=attach_type, count=len(prog_ids),
                                         prog_ids=ctypes.addressof(prog_ids), link_ids=ctypes.addressof(link_ids))
-        ret = _libbpf.bpf(_libbpf.BPF_PROG_QUERY, attr)
+        ret = _libbpf.bpf(BPF_PROG_QUERY, attr)
         if ret != -errno.ENOSPC:  # ENOSPC: one was attached between the two queries
             _libbpf.check(ret, f"query tcx on {_ifname(ifindex)}", "CAP_NET_ADMIN")
             return list(zip(prog_ids[: attr.count], link_ids[: attr.count]))
@@ -570,40 +546,6 @@ class MapInfo:
     pids: tuple[Holder, ...]
 
 
-class _NoBatchLookup(Exception):
-    """The map type (or the kernel) has no BPF_MAP_LOOKUP_BATCH."""
-
-
-def _lookup_batches(fd: int, key_size: int, alloc: Callable[[int], tuple[Any, Any]], chunk: int,
-                    what: str) -> Iterator[tuple[Any, Any, int]]:
-    """(keys, values, count) of each bpf_map_lookup_batch call over the whole map, `chunk` entries at a
-    time, into buffers from `alloc(chunk)`. As Map.lookup_batch does, but one batch at a time, so a
-    reader can stop early."""
-    token_in = ctypes.create_string_buffer(max(key_size, 8))
-    token_out = ctypes.create_string_buffer(max(key_size, 8))
-    opts = _libbpf.BpfMapBatchOpts(sz=ctypes.sizeof(_libbpf.BpfMapBatchOpts))
-    first = True
-    while True:
-        keys, values = alloc(chunk)
-        count = ctypes.c_uint32(chunk)
-        ret = _libbpf.bpf_map_lookup_batch(fd, None if first else token_in, token_out, _libbpf.buffer_address(keys),
-                                           _libbpf.buffer_address(values), ctypes.byref(count), opts)
-        err = -ret if ret < 0 else 0
-        if first and err in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP):
-            raise _NoBatchLookup
-        if err == errno.ENOSPC and count.value == 0:
-            chunk *= 2  # one hash bucket holds more entries than the chunk
-            continue
-        if err not in (0, errno.ENOENT):
-            _libbpf.check(ret, f"batch lookup in {what}")
-        if count.value:
-            yield keys, values, count.value
-        if err == errno.ENOENT:
-            return
-        ctypes.memmove(token_in, token_out, len(token_out))
-        first = False
-
-
 def _count_entries(fd: int, info: _libbpf.BpfMapInfo) -> Optional[int]:
     """Entries of a hash map, counted by reading it in batches when that is cheap (see _COUNT_BUDGET);
     None for other map types and for maps too big to read for a listing."""
@@ -620,8 +562,8 @@ def _count_entries(fd: int, info: _libbpf.BpfMapInfo) -> Optional[int]:
         return bytearray(n * info.key_size), bytearray(n * value_bytes)
 
     try:
-        return sum(n for _, _, n in _lookup_batches(fd, info.key_size, alloc, chunk, f"map {info.id}"))
-    except _NoBatchLookup:
+        return sum(n for _, _, n in lookup_batches(fd, info.key_size, alloc, chunk, f"map {info.id}"))
+    except NoBatchLookup:
         return None
 
 
@@ -722,24 +664,15 @@ def map_entries(m: Map, *, limit: Optional[int] = None, chunk: int = DEFAULT_CHU
                     "values": [{"cpu": cpu, "value": plain_value(v)} for cpu, v in enumerate(value)]}
         return {"key": plain_key(key), "value": plain_value(value)}
 
-    def alloc(n: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        return np.zeros(n, dtype=m.key.dtype), m._value_array(n)
-
-    remaining = limit if limit is not None else -1
-    if remaining == 0:
+    if limit == 0:
         return
-    try:
-        for keys, values, count in _lookup_batches(m.fd, m.key_size, alloc, chunk, f"map {m.name!r}"):
-            values = m._unslot(values)
-            for i in range(count):
-                yield entry(keys[i], values[i])
-                remaining -= 1
-                if remaining == 0:
-                    return
-    except _NoBatchLookup:
-        keys, values = m.lookup_batch()  # by key, for map types the kernel cannot batch
-        for i in range(len(keys) if limit is None else min(limit, len(keys))):
+    emitted = 0
+    for keys, values in m.batches(chunk):
+        for i in range(len(keys)):
             yield entry(keys[i], values[i])
+            emitted += 1
+            if emitted == limit:
+                return
 
 
 # --- pins ---
@@ -835,7 +768,6 @@ class Verdict:
     rejection: Optional[VerifierError] = None
 
 
-_LOG_LEVEL2 = 2
 _MIN_LOG = 1 << 20
 _MAX_LOG = 1 << 28  # the kernel refuses a log buffer of 1 GiB or more
 
@@ -853,7 +785,7 @@ def _accepted_logs(path: str) -> dict[str, list[str]]:
             if program.autoload:
                 buffers[name] = ctypes.create_string_buffer(size)
                 _libbpf.check(_libbpf.bpf_program__set_log_buf(program._ptr, buffers[name], size), "set log buffer")
-                _libbpf.check(_libbpf.bpf_program__set_log_level(program._ptr, _LOG_LEVEL2), "set log level")
+                _libbpf.check(_libbpf.bpf_program__set_log_level(program._ptr, BPF_LOG_LEVEL2), "set log level")
         try:
             spec.load().close()
         except SyscallError as exc:

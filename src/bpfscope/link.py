@@ -9,21 +9,48 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
+import errno
 import fcntl
 import os
 from types import TracebackType
 from typing import Optional, Sequence
 
 from . import _libbpf, netdev
+from ._uapi import BPF_TC_EGRESS, BPF_TC_INGRESS
 from .errors import InterfaceNotFoundError
 from .pin import ensure_pin_dir
 
-__all__ = ["Link", "FdLink", "LibbpfLink", "TcFilterLink", "LinkGroup", "TC_LEASES", "remove_stale_tc_filters"]
+__all__ = [
+    "Link", "FdLink", "XdpLink", "TcxLink", "LibbpfLink", "TcFilterLink", "LinkGroup", "XdpMode", "TcDirection",
+    "TcMode", "TC_LEASES", "remove_stale_tc_filters",
+]
 
 # One file per cls_bpf filter a running bpfscope attached, named <ifindex>-<attach point>-<handle>-<priority>
 # and holding the program's id; its process keeps it flock'ed, and the kernel drops the lock with the process.
 TC_LEASES = "/run/bpfscope/tc"
-_ATTACH_POINTS = {1: "ingress", 2: "egress"}  # enum bpf_tc_attach_point
+_ATTACH_POINTS = {BPF_TC_INGRESS: "ingress", BPF_TC_EGRESS: "egress"}
+
+
+class XdpMode(enum.Enum):
+    """Where XDP runs: AUTO tries the driver and falls back to the generic (skb) path."""
+
+    AUTO = "auto"
+    NATIVE = "native"
+    GENERIC = "generic"
+
+
+class TcDirection(enum.Enum):
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
+class TcMode(enum.Enum):
+    """AUTO uses a tcx link where the kernel has one (6.6+) and clsact + cls_bpf otherwise."""
+
+    AUTO = "auto"
+    TCX = "tcx"
+    CLSACT = "clsact"
 
 
 class Link:
@@ -88,6 +115,21 @@ class FdLink(Link):
             os.close(fd)
 
 
+class XdpLink(FdLink):
+    """An XDP program on an interface (BPF_LINK_CREATE, BPF_XDP); `mode` is where it runs, NATIVE or
+    GENERIC (an AUTO attach says here which it got)."""
+
+    def __init__(self, fd: int, description: str, *, mode: XdpMode) -> None:
+        super().__init__(fd, description)
+        self.mode = mode
+
+
+class TcxLink(FdLink):
+    """A tc classifier on a tcx hook (BPF_LINK_CREATE, BPF_TCX_INGRESS or BPF_TCX_EGRESS), Linux 6.6+."""
+
+    mode = TcMode.TCX
+
+
 class LibbpfLink(Link):
     """A `struct bpf_link` from one of libbpf's attach functions (tracepoint, uprobe, perf event)."""
 
@@ -113,6 +155,8 @@ class TcFilterLink(Link):
     """A cls_bpf filter under a clsact qdisc, for kernels without tcx. It is not fd-based: close()
     removes it, and a killed process leaves it in place until remove_stale_tc_filters() (which every
     clsact attach runs first) finds its lease abandoned."""
+
+    mode = TcMode.CLSACT
 
     def __init__(self, hook: _libbpf.BpfTcHook, opts: _libbpf.BpfTcOpts, description: str) -> None:
         self._hook: Optional[_libbpf.BpfTcHook] = hook
@@ -146,7 +190,7 @@ class TcFilterLink(Link):
         return self._hook is None
 
     def pin(self, path: str) -> None:
-        raise _libbpf.error(95, f"pin {self.description}", "a tcx link (this kernel only has clsact)")
+        raise _libbpf.error(errno.EOPNOTSUPP, f"pin {self.description}", "a tcx link (this kernel only has clsact)")
 
     def close(self) -> None:
         hook, self._hook = getattr(self, "_hook", None), None

@@ -5,14 +5,14 @@ iteration only where the kernel has no batch operations for the map type."""
 from __future__ import annotations
 
 import ctypes
-import enum
 import errno
 import os
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
 from . import _libbpf
+from ._uapi import ENOTSUPP, MapType, UpdateFlags
 from .btf import Btf, RawCodec, TypeCodec
 from .errors import BpfscopeError, TypeMismatchError
 from .pin import ensure_pin_dir
@@ -30,36 +30,7 @@ __all__ = [
 ]
 
 Codec = Union[TypeCodec, RawCodec]
-_ENOTSUPP = 524  # the kernel-internal "not supported" some map types return for batch ops
 _BATCH_CHUNK = 1 << 16
-
-
-class MapType(enum.IntEnum):
-    """enum bpf_map_type."""
-
-    UNSPEC = 0
-    HASH = 1
-    ARRAY = 2
-    PROG_ARRAY = 3
-    PERF_EVENT_ARRAY = 4
-    PERCPU_HASH = 5
-    PERCPU_ARRAY = 6
-    STACK_TRACE = 7
-    CGROUP_ARRAY = 8
-    LRU_HASH = 9
-    LRU_PERCPU_HASH = 10
-    LPM_TRIE = 11
-    ARRAY_OF_MAPS = 12
-    HASH_OF_MAPS = 13
-    QUEUE = 22
-    STACK = 23
-    RINGBUF = 27
-
-
-class UpdateFlags(enum.IntFlag):
-    ANY = 0  # BPF_ANY
-    NOEXIST = 1  # BPF_NOEXIST
-    EXIST = 2  # BPF_EXIST
 
 
 def possible_cpus() -> int:
@@ -92,6 +63,41 @@ def _concatenate(parts: list[np.ndarray[Any, Any]], dtype: np.dtype[Any]) -> np.
         return parts[0]
     shape = (-1,) + parts[0].shape[1:]
     return _from_bytes(b"".join(part.tobytes() for part in parts), dtype).reshape(shape)
+
+
+class NoBatchLookup(Exception):
+    """The map type (or the kernel) has no BPF_MAP_LOOKUP_BATCH."""
+
+
+def lookup_batches(fd: int, key_size: int, alloc: Callable[[int], tuple[Any, Any]], chunk: int,
+                   what: str) -> Iterator[tuple[Any, Any, int]]:
+    """(keys, values, count) of each bpf_map_lookup_batch call over the whole map, `chunk` entries at a
+    time (more where one hash bucket holds more), into fresh buffers from `alloc(chunk)`: one batch at a
+    time, so a reader can stop early. Raises NoBatchLookup before anything is read where the map type
+    has no batch lookup."""
+    token_in = ctypes.create_string_buffer(max(key_size, 8))
+    token_out = ctypes.create_string_buffer(max(key_size, 8))
+    opts = _libbpf.BpfMapBatchOpts(sz=ctypes.sizeof(_libbpf.BpfMapBatchOpts))
+    first = True
+    while True:
+        keys, values = alloc(chunk)
+        count = ctypes.c_uint32(chunk)
+        ret = _libbpf.bpf_map_lookup_batch(fd, None if first else token_in, token_out, _libbpf.buffer_address(keys),
+                                           _libbpf.buffer_address(values), ctypes.byref(count), opts)
+        err = -ret if ret < 0 else 0
+        if first and err in (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP):
+            raise NoBatchLookup(what)
+        if err == errno.ENOSPC and count.value == 0:
+            chunk *= 2  # one hash bucket holds more entries than the chunk
+            continue
+        if err not in (0, errno.ENOENT):
+            _libbpf.check(ret, f"batch lookup in {what}")
+        if count.value:
+            yield keys, values, count.value
+        if err == errno.ENOENT:
+            return
+        ctypes.memmove(token_in, token_out, len(token_out))
+        first = False
 
 
 class Map:
@@ -237,35 +243,28 @@ class Map:
     def lookup_batch(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Every key and value as two structured arrays (per-CPU values: shape [n, cpus]), read
         with bpf_map_lookup_batch in chunks; by key where the map type has no batch lookup."""
-        chunk = max(1, min(self.max_entries, _BATCH_CHUNK))
-        token_in = ctypes.create_string_buffer(max(self.key_size, 8))
-        token_out = ctypes.create_string_buffer(max(self.key_size, 8))
-        opts = _libbpf.BpfMapBatchOpts(sz=ctypes.sizeof(_libbpf.BpfMapBatchOpts))
-        key_parts, value_parts = [], []
-        first = True
-        while True:
-            keys = np.zeros(chunk, dtype=self.key.dtype)
-            values = self._value_array(chunk)
-            count = ctypes.c_uint32(chunk)
-            ret = _libbpf.bpf_map_lookup_batch(
-                self.fd, None if first else token_in, token_out, _libbpf.buffer_address(keys),
-                _libbpf.buffer_address(values), ctypes.byref(count), opts,
-            )
-            err = -ret if ret < 0 else 0
-            if first and err in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP):
-                return self._lookup_by_key()
-            if err == errno.ENOSPC and count.value == 0:
-                chunk *= 2  # one hash bucket holds more entries than the chunk
-                continue
-            if err not in (0, errno.ENOENT):
-                _libbpf.check(ret, f"batch lookup in map {self.name!r}")
-            key_parts.append(keys[: count.value])
-            value_parts.append(self._unslot(values[: count.value]))
-            if err == errno.ENOENT:
-                break
-            ctypes.memmove(token_in, token_out, len(token_out))
-            first = False
-        return _concatenate(key_parts, self.key.dtype), _concatenate(value_parts, value_parts[0].dtype)
+        parts = list(self.batches())
+        if not parts:
+            return np.zeros(0, dtype=self.key.dtype), self._unslot(self._value_array(0))
+        keys, values = zip(*parts)
+        return _concatenate(list(keys), self.key.dtype), _concatenate(list(values), values[0].dtype)
+
+    def batches(self, chunk: Optional[int] = None) -> Iterator[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
+        """The map's keys and values as lookup_batch has them, one bpf_map_lookup_batch call's worth
+        (`chunk` entries, by default up to 65536) at a time, so a reader can stop early; all at once,
+        read by key, where the map type has no batch lookup. Empty batches are left out."""
+        chunk = chunk or max(1, min(self.max_entries, _BATCH_CHUNK))
+
+        def alloc(n: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+            return np.zeros(n, dtype=self.key.dtype), self._value_array(n)
+
+        try:
+            for keys, values, count in lookup_batches(self.fd, self.key_size, alloc, chunk, f"map {self.name!r}"):
+                yield keys[:count], self._unslot(values[:count])
+        except NoBatchLookup:
+            keys, values = self._lookup_by_key()
+            if len(keys):
+                yield keys, values
 
     def _lookup_by_key(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         keys = _from_bytes(b"".join(self._raw_keys()), self.key.dtype)

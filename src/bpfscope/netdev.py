@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from ._uapi import RTF_REJECT, RTF_UP
 from .errors import InterfaceNotFoundError
 
 __all__ = ["default_route_interface", "ifindex", "ifname", "interfaces"]
@@ -12,10 +13,6 @@ __all__ = ["default_route_interface", "ifindex", "ifname", "interfaces"]
 # Module attributes so tests can point them at fixture files.
 _PROC_ROUTE = Path("/proc/net/route")
 _PROC_IPV6_ROUTE = Path("/proc/net/ipv6_route")
-
-# include/uapi/linux/route.h
-_RTF_UP = 0x0001
-_RTF_REJECT = 0x0200
 
 
 def interfaces() -> list[str]:
@@ -56,7 +53,7 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _usable(flags: int) -> bool:
-    return bool(flags & _RTF_UP) and not flags & _RTF_REJECT
+    return bool(flags & RTF_UP) and not flags & RTF_REJECT
 
 
 def _ipv4_default() -> str | None:

@@ -4,77 +4,50 @@ test_run, which runs an XDP or tc program on given bytes without any interface."
 from __future__ import annotations
 
 import ctypes
-import enum
 import errno
 import glob
 import os
-import platform
 import struct
 from dataclasses import dataclass
 from typing import Optional, Union
 
 from . import _libbpf, netdev
+from ._uapi import (
+    BPF_F_TEST_XDP_LIVE_FRAMES,
+    BPF_TC_EGRESS,
+    BPF_TC_INGRESS,
+    NR_PERF_EVENT_OPEN,
+    PERF_ATTR_FREQ,
+    PERF_ATTR_SIZE_VER0,
+    PERF_COUNT_SW_CPU_CLOCK,
+    PERF_FLAG_FD_CLOEXEC,
+    PERF_TYPE_SOFTWARE,
+    AttachType,
+    ProgramType,
+    XdpAction,
+    XdpFlags,
+)
 from .errors import BpfscopeError, NotSupportedError, SyscallError
-from .link import FdLink, LibbpfLink, Link, LinkGroup, TcFilterLink, remove_stale_tc_filters
+from .link import (
+    LibbpfLink,
+    Link,
+    LinkGroup,
+    TcDirection,
+    TcFilterLink,
+    TcMode,
+    TcxLink,
+    XdpLink,
+    XdpMode,
+    remove_stale_tc_filters,
+)
 from .mounts import ensure_tracefs
 
 __all__ = ["Program", "ProgramType", "XdpMode", "XdpAction", "TcDirection", "TcMode", "TestRunResult"]
 
 
-class ProgramType(enum.IntEnum):
-    """enum bpf_prog_type, as far as bpfscope attaches them."""
-
-    UNSPEC = 0
-    SOCKET_FILTER = 1
-    KPROBE = 2  # also uprobes
-    SCHED_CLS = 3
-    SCHED_ACT = 4
-    TRACEPOINT = 5
-    XDP = 6
-    PERF_EVENT = 7
-    RAW_TRACEPOINT = 17
-    TRACING = 26
-
-
-class XdpMode(enum.Enum):
-    """Where XDP runs: AUTO tries the driver and falls back to the generic (skb) path."""
-
-    AUTO = "auto"
-    NATIVE = "native"
-    GENERIC = "generic"
-
-
-class XdpAction(enum.IntEnum):
-    ABORTED = 0
-    DROP = 1
-    PASS = 2
-    TX = 3
-    REDIRECT = 4
-
-
-class TcDirection(enum.Enum):
-    INGRESS = "ingress"
-    EGRESS = "egress"
-
-
-class TcMode(enum.Enum):
-    """AUTO uses a tcx link where the kernel has one (6.6+) and clsact + cls_bpf otherwise."""
-
-    AUTO = "auto"
-    TCX = "tcx"
-    CLSACT = "clsact"
-
-
-_XDP_FLAGS = {XdpMode.NATIVE: 1 << 2, XdpMode.GENERIC: 1 << 1}  # XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
-_BPF_XDP = 37
-_BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
-_BPF_TCX = {TcDirection.INGRESS: 46, TcDirection.EGRESS: 47}
-_BPF_TC_HOOK = {TcDirection.INGRESS: 1, TcDirection.EGRESS: 2}  # BPF_TC_INGRESS, BPF_TC_EGRESS
-_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}[platform.machine()]
-_PERF_TYPE_SOFTWARE = 1
-_PERF_COUNT_SW_CPU_CLOCK = 0
-_PERF_ATTR_FREQ = 1 << 10
-_PERF_ATTR_SIZE_VER0 = 64
+_XDP_FLAGS = {XdpMode.NATIVE: XdpFlags.DRV_MODE, XdpMode.GENERIC: XdpFlags.SKB_MODE}
+_TCX_ATTACH = {TcDirection.INGRESS: AttachType.TCX_INGRESS, TcDirection.EGRESS: AttachType.TCX_EGRESS}
+_TC_ATTACH_POINT = {TcDirection.INGRESS: BPF_TC_INGRESS, TcDirection.EGRESS: BPF_TC_EGRESS}
 _LIBRARY_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
                  "/usr/lib/aarch64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib", "/usr/local/lib")
 
@@ -130,7 +103,7 @@ class Program:
 
     # --- network ---
 
-    def attach_xdp(self, iface: Union[str, int], *, mode: XdpMode = XdpMode.AUTO) -> FdLink:
+    def attach_xdp(self, iface: Union[str, int], *, mode: XdpMode = XdpMode.AUTO) -> XdpLink:
         """Attaches as an XDP link (BPF_LINK_CREATE, BPF_XDP). AUTO tries native then generic;
         `link.mode` says which ran."""
         index = iface if isinstance(iface, int) else netdev.ifindex(iface)
@@ -139,11 +112,9 @@ class Program:
         for candidate in modes:
             opts = _libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(_libbpf.BpfLinkCreateOpts))
             opts.flags = _XDP_FLAGS[candidate]
-            fd = _libbpf.bpf_link_create(self.fd, index, _BPF_XDP, opts)
+            fd = _libbpf.bpf_link_create(self.fd, index, AttachType.XDP, opts)
             if fd >= 0:
-                link = FdLink(fd, f"xdp {self.name} on {name} ({candidate.value})")
-                link.mode = candidate  # type: ignore[attr-defined]
-                return link
+                return XdpLink(fd, f"xdp {self.name} on {name} ({candidate.value})", mode=candidate)
             err = -fd
             if err in (errno.EOPNOTSUPP, errno.EINVAL) and candidate is XdpMode.NATIVE and mode is XdpMode.AUTO:
                 continue  # the driver has no native XDP: fall back to generic
@@ -151,27 +122,29 @@ class Program:
                 raise SyscallError(err, f"attach xdp {self.name} to {name}",
                                    "another XDP program is attached there; detach it first")
             if err in (errno.EOPNOTSUPP, errno.EINVAL) and candidate is XdpMode.NATIVE:
-                raise BpfscopeError(err, f"{name} has no native XDP (its driver lacks it); use --mode generic or auto")
+                raise BpfscopeError(err, f"{name} has no native XDP (its driver lacks it); attach with "
+                                         "XdpMode.GENERIC, or XdpMode.AUTO to fall back to it")
             _libbpf.check(fd, f"attach xdp {self.name} to {name}", "CAP_NET_ADMIN")
         raise AssertionError("unreachable")
 
     def attach_tc(
         self, iface: Union[str, int], *, direction: TcDirection = TcDirection.INGRESS, mode: TcMode = TcMode.AUTO
-    ) -> Link:
-        """Attaches a tc classifier: a tcx link where the kernel has one, else clsact + cls_bpf."""
+    ) -> Union[TcxLink, TcFilterLink]:
+        """Attaches a tc classifier: a tcx link where the kernel has one, else clsact + cls_bpf;
+        `link.mode` says which."""
         index = iface if isinstance(iface, int) else netdev.ifindex(iface)
         name = netdev.ifname(index)
         what = f"tc {direction.value} {self.name} on {name}"
         if mode in (TcMode.AUTO, TcMode.TCX):
             opts = _libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(_libbpf.BpfLinkCreateOpts))
-            fd = _libbpf.bpf_link_create(self.fd, index, _BPF_TCX[direction], opts)
+            fd = _libbpf.bpf_link_create(self.fd, index, _TCX_ATTACH[direction], opts)
             if fd >= 0:
-                return FdLink(fd, f"{what} (tcx)")
+                return TcxLink(fd, f"{what} (tcx)")
             if mode is TcMode.TCX or -fd not in (errno.EINVAL, errno.EOPNOTSUPP):
                 _libbpf.check(fd, f"attach {what} (tcx)", "CAP_NET_ADMIN")
         remove_stale_tc_filters()
         hook = _libbpf.BpfTcHook(sz=ctypes.sizeof(_libbpf.BpfTcHook), ifindex=index,
-                                 attach_point=_BPF_TC_HOOK[direction])
+                                 attach_point=_TC_ATTACH_POINT[direction])
         ret = _libbpf.bpf_tc_hook_create(hook)
         if ret < 0 and -ret != errno.EEXIST:
             _libbpf.check(ret, f"create clsact qdisc on {name}", "CAP_NET_ADMIN")
@@ -226,10 +199,10 @@ class Program:
         links: list[Link] = []
         try:
             for cpu in cpus if cpus is not None else online_cpus():
-                attr = struct.pack("=IIQQQQQII", _PERF_TYPE_SOFTWARE, _PERF_ATTR_SIZE_VER0,
-                                   _PERF_COUNT_SW_CPU_CLOCK, frequency, 0, 0, _PERF_ATTR_FREQ, 0, 0)
+                attr = struct.pack("=IIQQQQQII", PERF_TYPE_SOFTWARE, PERF_ATTR_SIZE_VER0,
+                                   PERF_COUNT_SW_CPU_CLOCK, frequency, 0, 0, PERF_ATTR_FREQ, 0, 0)
                 attr = attr.ljust(128, b"\0")
-                pfd = _libbpf._syscall(_PERF_EVENT_OPEN, attr, -1, cpu, -1, 0x8)  # PERF_FLAG_FD_CLOEXEC
+                pfd = _libbpf._syscall(NR_PERF_EVENT_OPEN, attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
                 if pfd < 0:
                     raise _libbpf.error(ctypes.get_errno(), f"perf_event_open cpu-clock on cpu {cpu}",
                                         "CAP_PERFMON")
@@ -261,7 +234,7 @@ class Program:
         opts = _libbpf.BpfTestRunOpts(sz=ctypes.sizeof(_libbpf.BpfTestRunOpts))
         opts.data_in = ctypes.addressof(data_in)
         opts.data_size_in = len(data)
-        if not flags & _BPF_F_TEST_XDP_LIVE_FRAMES:  # the kernel refuses data_out with live frames
+        if not flags & BPF_F_TEST_XDP_LIVE_FRAMES:  # the kernel refuses data_out with live frames
             opts.data_out = ctypes.addressof(data_out)
             opts.data_size_out = len(data_out)
         opts.repeat = repeat

@@ -241,8 +241,8 @@ class Guard(GuardControl):
             for name in PINNED_MAPS:
                 if not (self.keep_counts and name == "counts"):
                     self.maps[name].pin(os.path.join(self.pin_dir, name))
-            self._link = limiter(self._obj).attach_xdp(self.iface, mode=self.mode)
-            self.mode = getattr(self._link, "mode", self.mode)
+            link = limiter(self._obj).attach_xdp(self.iface, mode=self.mode)
+            self._link, self.mode = link, link.mode
         except BaseException:
             self.close()
             raise

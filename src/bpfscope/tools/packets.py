@@ -61,12 +61,12 @@ class PacketCounter:
         spec.pin_maps(self.pin_dir, ["counts"])
         obj = spec.load()
         try:
-            self._link = obj.programs["count_packets"].attach_xdp(self.iface, mode=self.mode)
+            link = obj.programs["count_packets"].attach_xdp(self.iface, mode=self.mode)
+            self._link, self.mode = link, link.mode
         except BaseException:
             obj.close()
             raise
         self._obj = obj
-        self.mode = getattr(self._link, "mode", self.mode)
         for table in ("l3", "l4"):
             labels = obj.exported_type(table).python_type  # enum l3_proto: L3_IPV4 = 0, ...
             self._names[table] = [m.name.split("_", 1)[1].lower() for m in labels if not m.name.endswith("_COUNT")]
