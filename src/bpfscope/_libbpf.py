@@ -31,6 +31,7 @@ from ctypes import (
 from typing import Any, Callable, Iterator, TypeVar
 
 from . import _privileges
+from ._uapi import NR_BPF
 from .errors import KernelRefusedError, NotSupportedError, PermissionDeniedError, SyscallError
 
 MIN_VERSION = (1, 0)
@@ -531,14 +532,10 @@ def check_ptr(ptr: int | None, op: str, capability: str = "CAP_BPF") -> int:
     return ptr
 
 
-_NR_BPF = {"x86_64": 321, "aarch64": 280}[platform.machine()]
-BPF_PROG_QUERY = 16
-
-
 def bpf(cmd: int, attr: Structure) -> int:
     """The bpf() syscall itself, for commands libbpf 1.1 has no wrapper for; -errno on failure, as
     libbpf returns, so `check` applies."""
-    ret = int(_syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
+    ret = int(_syscall(NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
     return -(ctypes.get_errno() or errno.EINVAL) if ret < 0 else ret
 
 

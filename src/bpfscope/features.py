@@ -25,6 +25,19 @@ from typing import Callable
 
 from . import _libbpf, mounts
 from ._privileges import Capability, effective_capabilities, missing_capabilities, parse_capabilities
+from ._uapi import (
+    BPF_FUNC_GET_CURRENT_TASK_BTF,
+    BPF_FUNC_LOOP,
+    BPF_FUNC_TASK_PT_REGS,
+    BPF_PSEUDO_FUNC,
+    ENOTSUPP,
+    TCX_PASS,
+    AttachType,
+    MapType,
+    ProgramType,
+    XdpAction,
+    XdpFlags,
+)
 from .errors import KernelRefusedError, NotSupportedError, SyscallError
 
 __all__ = [
@@ -40,27 +53,6 @@ __all__ = [
     "require",
 ]
 
-
-# --- kernel constants (linux/bpf.h) ---
-
-_BPF_MAP_TYPE_HASH = 1
-_BPF_MAP_TYPE_ARRAY = 2
-_BPF_MAP_TYPE_RINGBUF = 27
-_BPF_PROG_TYPE_SOCKET_FILTER = 1
-_BPF_PROG_TYPE_KPROBE = 2
-_BPF_PROG_TYPE_SCHED_CLS = 3
-_BPF_PROG_TYPE_TRACEPOINT = 5
-_BPF_PROG_TYPE_XDP = 6
-_BPF_PROG_TYPE_TRACING = 26
-_BPF_TRACE_FENTRY = 24
-_BPF_XDP = 37
-_BPF_TCX_INGRESS = 46
-_XDP_FLAGS_SKB_MODE = 2
-_XDP_PASS = 2
-_TCX_PASS = 0
-_BPF_FUNC_LOOP = 181
-_BPF_PSEUDO_FUNC = 4  # src_reg of a ld_imm64 that loads a subprogram's address (a callback)
-_ENOTSUPP = 524  # kernel-internal errno that bpf() lets through for unsupported map operations
 
 # r0 = <imm>; exit
 _EXIT = b"\x95\x00\x00\x00\x00\x00\x00\x00"
@@ -124,7 +116,7 @@ def _answer(feature: Feature, err: int, op: str, needs: tuple[Capability, ...]) 
         refused = NotSupportedError(feature.value, str(denied))
         refused.__cause__ = denied  # callers tell "refused" from "absent" by it
         return refused
-    if err in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP):
+    if err in (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP):
         return NotSupportedError(feature.value, f"{op}: {os.strerror(err)}")
     return SyscallError(err, op)
 
@@ -180,7 +172,7 @@ _TRACE = (Capability.BPF, Capability.PERFMON)
 def _ringbuf() -> None:
     _libbpf_probe(
         _libbpf.libbpf_probe_bpf_map_type,
-        _BPF_MAP_TYPE_RINGBUF,
+        MapType.RINGBUF,
         Feature.RINGBUF,
         "creating a BPF_MAP_TYPE_RINGBUF map",
         (Capability.BPF,),
@@ -189,7 +181,7 @@ def _ringbuf() -> None:
 
 def _batch_map_ops() -> None:
     op = "BPF_MAP_LOOKUP_BATCH on an empty hash map"
-    fd = _map_create(_BPF_MAP_TYPE_HASH, 1, Feature.BATCH_MAP_OPS, "creating a BPF_MAP_TYPE_HASH map")
+    fd = _map_create(MapType.HASH, 1, Feature.BATCH_MAP_OPS, "creating a BPF_MAP_TYPE_HASH map")
     try:
         # an empty map has nothing to return: ENOENT means the kernel knows the command
         keys, values, batch = (ctypes.c_char * 8)(), (ctypes.c_char * 8)(), (ctypes.c_char * 8)()
@@ -218,7 +210,7 @@ def _attach_link(
 
 
 def _tcx() -> None:
-    _attach_link(Feature.TCX, _BPF_PROG_TYPE_SCHED_CLS, _TCX_PASS, _BPF_TCX_INGRESS, 0, ())
+    _attach_link(Feature.TCX, ProgramType.SCHED_CLS, TCX_PASS, AttachType.TCX_INGRESS, 0, ())
 
 
 def _xdp_link() -> None:
@@ -226,10 +218,10 @@ def _xdp_link() -> None:
     # has XDP links can say.
     _attach_link(
         Feature.XDP_LINK,
-        _BPF_PROG_TYPE_XDP,
-        _XDP_PASS,
-        _BPF_XDP,
-        _XDP_FLAGS_SKB_MODE,
+        ProgramType.XDP,
+        XdpAction.PASS,
+        AttachType.XDP,
+        XdpFlags.SKB_MODE,
         (errno.EBUSY, errno.EEXIST),
     )
 
@@ -256,16 +248,16 @@ def _fentry() -> None:
     for option in options:
         if _config(option) == "n":
             raise NotSupportedError(feature.value, f"{option} is not set")
-    btf_id = _libbpf.libbpf_find_vmlinux_btf_id(_FENTRY_TARGET.encode(), _BPF_TRACE_FENTRY)
+    btf_id = _libbpf.libbpf_find_vmlinux_btf_id(_FENTRY_TARGET.encode(), AttachType.TRACE_FENTRY)
     if btf_id < 0:
         raise NotSupportedError(feature.value, f"{_FENTRY_TARGET} is not in the kernel's BTF")
     # The prog type alone is not enough (kernels can refuse fentry at load or attach): load and attach.
     opts = _libbpf.BpfProgLoadOpts(
-        sz=ctypes.sizeof(_libbpf.BpfProgLoadOpts), expected_attach_type=_BPF_TRACE_FENTRY, attach_btf_id=btf_id
+        sz=ctypes.sizeof(_libbpf.BpfProgLoadOpts), expected_attach_type=AttachType.TRACE_FENTRY, attach_btf_id=btf_id
     )
-    fd = _prog_load(_BPF_PROG_TYPE_TRACING, 0, feature, f"loading fentry/{_FENTRY_TARGET}", _TRACE, opts)
+    fd = _prog_load(ProgramType.TRACING, 0, feature, f"loading fentry/{_FENTRY_TARGET}", _TRACE, opts)
     try:
-        link = _libbpf.bpf_link_create(fd, 0, _BPF_TRACE_FENTRY, None)
+        link = _libbpf.bpf_link_create(fd, 0, AttachType.TRACE_FENTRY, None)
         if link < 0:
             raise _answer(feature, -link, f"attaching fentry/{_FENTRY_TARGET}", _TRACE)
         os.close(link)
@@ -303,7 +295,7 @@ def _uprobes() -> None:
     # uprobe programs are BPF_PROG_TYPE_KPROBE, which needs CONFIG_BPF_EVENTS
     _libbpf_probe(
         _libbpf.libbpf_probe_bpf_prog_type,
-        _BPF_PROG_TYPE_KPROBE,
+        ProgramType.KPROBE,
         Feature.UPROBES,
         "loading a BPF_PROG_TYPE_KPROBE program",
         _TRACE,
@@ -321,7 +313,7 @@ def _tracepoints() -> None:
         )
     _libbpf_probe(
         _libbpf.libbpf_probe_bpf_prog_type,
-        _BPF_PROG_TYPE_TRACEPOINT,
+        ProgramType.TRACEPOINT,
         feature,
         "loading a BPF_PROG_TYPE_TRACEPOINT program",
         _TRACE,
@@ -330,8 +322,6 @@ def _tracepoints() -> None:
 
 # --- instruction set and helpers newer than the oldest kernels bpfscope runs on ---
 
-_BPF_FUNC_GET_CURRENT_TASK_BTF = 158
-_BPF_FUNC_TASK_PT_REGS = 175
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
@@ -357,19 +347,19 @@ def _atomics() -> None:
         _insn(0xDB, dst=10, src=1, off=-8, imm=0x01),         # r1 = atomic_fetch_add((u64 *)(r10 - 8), r1)
         _insn(0xB7, dst=0),                                   # r0 = 0
         _insn(0xDB, dst=10, src=1, off=-8, imm=0xF1),         # r0 = cmpxchg_64(r10 - 8, r0, r1)
-    )) + _return(_XDP_PASS)
-    _load_insns(_BPF_PROG_TYPE_XDP, insns, Feature.ATOMICS, "loading an XDP program with BPF_CMPXCHG", _NET)
+    )) + _return(XdpAction.PASS)
+    _load_insns(ProgramType.XDP, insns, Feature.ATOMICS, "loading an XDP program with BPF_CMPXCHG", _NET)
 
 
 def _task_pt_regs() -> None:
     # opensnoop's fast path: the syscall's saved user registers from its exit tracepoint.
     insns = b"".join((
-        _insn(0x85, imm=_BPF_FUNC_GET_CURRENT_TASK_BTF),      # r0 = bpf_get_current_task_btf()
+        _insn(0x85, imm=BPF_FUNC_GET_CURRENT_TASK_BTF),      # r0 = bpf_get_current_task_btf()
         _insn(0xBF, dst=1, src=0),                            # r1 = r0
-        _insn(0x85, imm=_BPF_FUNC_TASK_PT_REGS),              # r0 = bpf_task_pt_regs(r1)
+        _insn(0x85, imm=BPF_FUNC_TASK_PT_REGS),              # r0 = bpf_task_pt_regs(r1)
     )) + _return(0)
     _load_insns(
-        _BPF_PROG_TYPE_TRACEPOINT,
+        ProgramType.TRACEPOINT,
         insns,
         Feature.TASK_PT_REGS,
         "loading a tracepoint program calling bpf_task_pt_regs(bpf_get_current_task_btf())",
@@ -406,11 +396,11 @@ def _loop_probe_btf() -> bytes:
 # cb: return 0. The ld_imm64's imm is cb's offset from the instruction after it.
 _LOOP_INSNS = b"".join((
     _insn(0xB7, dst=1, imm=1),
-    _insn(0x18, dst=2, src=_BPF_PSEUDO_FUNC, imm=6),
+    _insn(0x18, dst=2, src=BPF_PSEUDO_FUNC, imm=6),
     _insn(0x00),
     _insn(0xB7, dst=3),
     _insn(0xB7, dst=4),
-    _insn(0x85, imm=_BPF_FUNC_LOOP),
+    _insn(0x85, imm=BPF_FUNC_LOOP),
     _return(0),
     _return(0),
 ))
@@ -434,7 +424,7 @@ def _bpf_loop() -> None:
             func_info=ctypes.cast(func_info, ctypes.c_void_p), func_info_cnt=2, func_info_rec_size=8,
         )
         fd = _libbpf.bpf_prog_load(
-            _BPF_PROG_TYPE_SOCKET_FILTER, b"bpfscope_probe", b"GPL", _LOOP_INSNS, len(_LOOP_INSNS) // 8, opts
+            ProgramType.SOCKET_FILTER, b"bpfscope_probe", b"GPL", _LOOP_INSNS, len(_LOOP_INSNS) // 8, opts
         )
         if fd < 0:
             raise _answer(feature, -fd, op, needs)
@@ -511,7 +501,7 @@ def check_bpf_syscall() -> None:
     """Creates and closes a 1-entry BPF_MAP_TYPE_ARRAY; raises PermissionDeniedError or SyscallError
     when the bpf() syscall is unusable for this process. Not cached: privileges can change."""
     fd = _libbpf.check(
-        _libbpf.bpf_map_create(_BPF_MAP_TYPE_ARRAY, b"bpfscope_probe", 4, 4, 1, None),
+        _libbpf.bpf_map_create(MapType.ARRAY, b"bpfscope_probe", 4, 4, 1, None),
         "bpf(BPF_MAP_CREATE, BPF_MAP_TYPE_ARRAY)",
     )
     os.close(fd)
