@@ -26,6 +26,7 @@ from typing import Callable
 from . import _libbpf, mounts
 from ._privileges import Capability, effective_capabilities, missing_capabilities, parse_capabilities
 from ._uapi import (
+    BPF_F_TEST_XDP_LIVE_FRAMES,
     BPF_FUNC_GET_CURRENT_TASK_BTF,
     BPF_FUNC_LOOP,
     BPF_FUNC_TASK_PT_REGS,
@@ -224,6 +225,25 @@ def _xdp_link() -> None:
         XdpFlags.SKB_MODE,
         (errno.EBUSY, errno.EEXIST),
     )
+
+
+def _xdp_live_frames() -> None:
+    # One 64-byte frame through BPF_PROG_TEST_RUN in live-frames mode on lo, which the program drops:
+    # nothing reaches the stack. The 2026-12 build of Linux 6.18 refuses the flag even to root.
+    feature, what = Feature.XDP_LIVE_FRAMES, "BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES on lo"
+    fd = _prog_load(ProgramType.XDP, XdpAction.DROP, feature, f"loading a program for {what}", _NET)
+    try:
+        frame = ctypes.create_string_buffer(64)
+        ctx = struct.pack("=6I", 0, len(frame), 0, _loopback(), 0, 0)  # struct xdp_md: data_end, ingress_ifindex
+        ctx_in = ctypes.create_string_buffer(ctx, len(ctx))
+        opts = _libbpf.BpfTestRunOpts(sz=ctypes.sizeof(_libbpf.BpfTestRunOpts), data_in=ctypes.addressof(frame),
+                                      data_size_in=len(frame), ctx_in=ctypes.addressof(ctx_in),
+                                      ctx_size_in=len(ctx), repeat=1, flags=BPF_F_TEST_XDP_LIVE_FRAMES)
+        ret = _libbpf.bpf_prog_test_run_opts(fd, opts)
+        if ret < 0:
+            raise _answer(feature, -ret, what, _NET)
+    finally:
+        os.close(fd)
 
 
 def _kprobes() -> None:
@@ -452,6 +472,7 @@ class Feature(enum.Enum):
     TASK_PT_REGS = "bpf_task_pt_regs"
     XDP_LINK = "XDP links"
     BPF_LOOP = "bpf_loop"
+    XDP_LIVE_FRAMES = "XDP live frames in BPF_PROG_TEST_RUN"
 
     @property
     def key(self) -> str:
@@ -473,6 +494,7 @@ _PROBES: dict[Feature, Callable[[], None]] = {
     Feature.TASK_PT_REGS: _task_pt_regs,
     Feature.XDP_LINK: _xdp_link,
     Feature.BPF_LOOP: _bpf_loop,
+    Feature.XDP_LIVE_FRAMES: _xdp_live_frames,
 }
 
 

@@ -96,6 +96,7 @@ _FIXES = {
     "task_pt_regs": "needs Linux >= 5.15; opensnoop falls back to stashing arguments at syscall entry",
     "xdp_link": "needs Linux >= 5.9",
     "bpf_loop": "needs Linux >= 5.17; execsnoop, tcmon and the ring buffer benchmark run without it",
+    "xdp_live_frames": "needs Linux >= 5.18 and a kernel that allows it; bench guard floods through AF_PACKET instead",
     "tracefs": f"mount -t tracefs nodev {mounts.TRACEFS}",
     "bpffs": f"mount -t bpf bpf {mounts.BPFFS}",
     "securityfs": f"mount -t securityfs securityfs {mounts.SECURITYFS}",
