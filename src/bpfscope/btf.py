@@ -194,6 +194,16 @@ class Btf:
         type_id = self._by_name.get((name, kind))
         return self[type_id] if type_id else None
 
+    def struct(self, name: str) -> TypeCodec:
+        """The codec of `struct name`, `union name` or a typedef of one: a type named the way the
+        program's C names it, such as a ring buffer's record."""
+        for kind in (Kind.STRUCT, Kind.UNION, Kind.TYPEDEF):
+            found = self.find(name, kind)
+            if found is not None and self.resolve(found.id).kind in (Kind.STRUCT, Kind.UNION):
+                return self.codec(found.id)
+        raise TypeMismatchError(f"no struct, union or typedef of one named {name!r} in the BTF (clang writes BTF "
+                                "for the types of maps, globals and functions, not of local variables)")
+
     def resolve(self, type_id: int) -> BtfType:
         """Follows typedefs and qualifiers to the type that has a layout."""
         t = self[type_id]

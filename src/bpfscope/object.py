@@ -19,9 +19,10 @@ from . import _libbpf
 from ._privileges import Capability, load_needs
 from .btf import Btf, Kind, TypeCodec
 from .errors import BpfscopeError, SyscallError, VerifierError
-from .maps import Map
+from .maps import Map, MapType
 from .pin import ensure_pin_dir
 from .program import Program
+from .ringbuf import Record, RingBuffer
 
 __all__ = ["ObjectSpec", "Object", "MapSpec", "ProgramSpec", "Config", "tool_object"]
 
@@ -309,11 +310,23 @@ class Object:
             raise BpfscopeError(errno.ENOENT, f"the object exports no type named {name!r} (BTF_EXPORT)")
         return self.btf.codec(self.btf.resolve(var.ref).ref)
 
-    def ring_buffer(self, name: str, **kwargs: Any) -> Any:
-        """A reader for ring buffer map `name`, its records typed by DEFINE_RINGBUF's record type."""
-        from .ringbuf import RingBuffer
-
-        return RingBuffer(self, name, **kwargs)
+    def ring_buffer(self, name: str, *, record: Union[str, Record, None] = None) -> RingBuffer:
+        """A reader for ring buffer map `name`. Its records are `record`: a struct of the object's
+        BTF by name ("event" for `struct event`), a TypeCodec, a numpy dtype, or `bytes` for records
+        of any size; by default the type DEFINE_RINGBUF exported for the ring. DEFINE_RINGBUF's
+        counter beside it (`name`_lost) is the reader's `lost`."""
+        ring = self.maps.get(name)
+        if ring is None or ring.type != MapType.RINGBUF:
+            raise BpfscopeError(errno.ENOENT, f"the object has no ring buffer map {name!r}")
+        if record is None:
+            try:
+                record = self.exported_type(name)
+            except BpfscopeError:
+                raise BpfscopeError(errno.ENOENT, f"ring buffer {name!r} has no record type exported by "
+                                    "DEFINE_RINGBUF: name one, as record=\"event\", a numpy dtype or bytes") from None
+        elif isinstance(record, str):
+            record = self.btf.struct(record)
+        return RingBuffer(ring, record=record, lost=self.maps.get(f"{name}_lost"))
 
     @property
     def closed(self) -> bool:

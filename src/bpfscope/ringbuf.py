@@ -1,13 +1,17 @@
-"""Ring buffer reader: the mmap'd ring drained straight into a numpy structured array.
+"""Ring buffer reader: the mmap'd ring drained straight into a numpy array.
 
 The kernel's BPF ring buffer (BPF_MAP_TYPE_RINGBUF) is a consumer page (writable by us), a
 producer page, and the data area mapped twice back to back, so a record that wraps past the end
 still reads contiguously. Each record has an 8-byte header: its length with the BUSY (reserved,
 not yet committed) and DISCARD bits, then a page offset. Records are 8-byte aligned.
 
-All records of one DEFINE_RINGBUF have the same size, so a batch is a strided view over the ring:
-numpy checks every header and copies every record in a few C loops, with no Python per event.
-What a drain does with each record, in ring order:
+A reader is made from the ring map and the record type, as cilium's `ringbuf.NewReader(*ebpf.Map)`
+leaves decoding to its caller: a BTF struct (DEFINE_RINGBUF exports one, `Object.ring_buffer` finds
+it), a numpy dtype, or `bytes` for records of any size.
+
+Records of one type all have the same size, so a batch is a strided view over the ring: numpy
+checks every header and copies every record in a few C loops, with no Python per event
+(`parse_fixed`). What a drain does with each record, in ring order:
 
 - committed, of the record type's size: delivered;
 - discarded (bpf_ringbuf_discard): skipped; not delivered, not counted as lost;
@@ -17,6 +21,9 @@ What a drain does with each record, in ring order:
   BPF program. The records before it are delivered; the drain that finds it at the head
   of the ring steps past it and raises TypeMismatchError, so a caller that catches the
   error reads on from the next record.
+
+Records of any size (`bytes`) are walked header by header (`parse_variable`), one Python step each.
+The parsers are pure functions of the data area and the two positions, tested on synthetic rings.
 
 After publishing its consumer position a drain reads the producer position again and goes on
 once if records came meanwhile, as libbpf does (libbpf goes on until none came): a record
@@ -36,26 +43,133 @@ import itertools
 import mmap
 import platform
 import select
+import struct
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 
 from .btf import Kind, TypeCodec
 from .errors import BpfscopeError, TypeMismatchError
-from .maps import MapType
+from .maps import Map, MapType
 
-if TYPE_CHECKING:
-    from .object import Object
+__all__ = ["Parsed", "Record", "RingBuffer", "parse_fixed", "parse_variable"]
 
-__all__ = ["RingBuffer"]
+# What a reader's records are: a BTF type, a numpy dtype, or `bytes` (records of any size).
+Record = Union[TypeCodec, np.dtype[Any], type[bytes]]
+DataArea = Union[np.ndarray[Any, Any], bytes, bytearray, memoryview]
 
 _BUSY = 1 << 31  # BPF_RINGBUF_BUSY_BIT
 _DISCARD = 1 << 30  # BPF_RINGBUF_DISCARD_BIT
 _SIZE = _DISCARD - 1
 _HEADER = 8  # BPF_RINGBUF_HDR_SZ
+_LENGTH = struct.Struct("=I")  # a header's first word: the length and the two bits
 _CHUNK = 1024  # records made into Python objects at a time: small enough to stay in cache
+
+
+def _no_fence() -> None:
+    pass
+
+
+class Parsed(NamedTuple):
+    """What one pass over the ring found between the consumer and the producer position."""
+
+    records: np.ndarray[Any, Any]  # parse_fixed: (n, size) uint8 rows; parse_variable: n `bytes`
+    consumer: int  # the position to publish: past every record delivered or skipped
+    blocked: bool  # stopped short of the producer position, at a busy or a foreign record
+    foreign: Optional[int] = None  # the size of a record of another size it stepped past
+
+
+def _bytes_of(data: DataArea) -> np.ndarray[Any, Any]:
+    return data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+
+
+def _slot(length: int) -> int:
+    """Bytes a record of `length` takes in the ring: header and padding to 8 bytes included."""
+    return (_HEADER + length + 7) & ~7
+
+
+def parse_fixed(
+    data: DataArea,
+    consumer: int,
+    producer: int,
+    *,
+    size: int,
+    holding: bool = False,
+    fence: Callable[[], None] = _no_fence,
+) -> Parsed:
+    """The records of `size` bytes committed between the `consumer` and `producer` positions of a
+    ring whose data area, mapped twice, is `data` (uint8). Discarded records are skipped; a busy
+    one ends the pass. A committed record of another size ends it too, unless it is at the head
+    and nothing came before it (in this pass, or earlier in the caller's drain: `holding`): then
+    the pass steps past it and reports its size in `foreign`. `fence` runs between reading the
+    headers and copying the records (a memory barrier where the CPU needs one)."""
+    data = _bytes_of(data)
+    mask = len(data) // 2 - 1
+    stride = _slot(size)
+    discarded = size | _DISCARD
+    parts: list[np.ndarray[Any, Any]] = []
+    while consumer < producer:
+        start = consumer & mask
+        region = data[start : start + (producer - consumer)]
+        count = len(region) // stride
+        # One row per slot: the header's length word, then the record's bytes.
+        slots = region[: count * stride].reshape(count, stride)
+        lengths = region.view(np.uint32)[:: stride // 4][:count]
+        committed = lengths == size
+        fence()
+        if committed.all():
+            ready = count
+            parts.append(slots[:, _HEADER : _HEADER + size].copy())
+        else:
+            # Records of our size, committed or discarded, up to the first that is neither;
+            # past that one the slots no longer line up with headers.
+            irregular = np.flatnonzero(~(committed | (lengths == discarded)))
+            ready = int(irregular[0]) if len(irregular) else count
+            parts.append(slots[:ready, _HEADER : _HEADER + size][committed[:ready]])
+        consumer += ready * stride
+        if consumer == producer:
+            break
+        (length,) = _LENGTH.unpack_from(region.data, ready * stride)
+        if length & _BUSY:
+            return Parsed(_joined(parts, size), consumer, True)
+        if not length & _DISCARD:
+            if holding or any(len(part) for part in parts):
+                return Parsed(_joined(parts, size), consumer, True)  # delivered first; the next drain raises
+            return Parsed(_joined(parts, size), consumer + _slot(length & _SIZE), True, length & _SIZE)
+        consumer += _slot(length & _SIZE)
+    return Parsed(_joined(parts, size), consumer, False)
+
+
+def _joined(parts: list[np.ndarray[Any, Any]], size: int) -> np.ndarray[Any, Any]:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.empty((0, size), dtype=np.uint8)
+
+
+def parse_variable(
+    data: DataArea, consumer: int, producer: int, *, fence: Callable[[], None] = _no_fence
+) -> Parsed:
+    """The records of any size committed between the `consumer` and `producer` positions, each
+    as `bytes`: what parse_fixed does, header by header. No size is foreign here."""
+    raw = _bytes_of(data).data  # a memoryview: a slice of it costs less than a numpy slice
+    mask = len(raw) // 2 - 1
+    samples: list[bytes] = []
+    blocked = False
+    while consumer < producer:
+        start = consumer & mask
+        (length,) = _LENGTH.unpack_from(raw, start)
+        if length & _BUSY:
+            blocked = True
+            break
+        fence()
+        if not length & _DISCARD:
+            samples.append(raw[start + _HEADER : start + _HEADER + (length & _SIZE)].tobytes())
+        consumer += _slot(length & _SIZE)
+    records = np.empty(len(samples), dtype=object)
+    records[:] = samples
+    return Parsed(records, consumer, blocked)
 
 
 class _Fence:
@@ -85,14 +199,14 @@ def _record_maker(codec: TypeCodec) -> Callable[[np.ndarray[Any, Any]], Iterable
     def by_record(batch: np.ndarray[Any, Any]) -> Iterable[Any]:
         return map(codec.to_python, batch)
 
-    struct = codec.btf.resolve(codec.type_id)
-    if struct.kind not in (Kind.STRUCT, Kind.UNION):
+    struct_type = codec.btf.resolve(codec.type_id)
+    if struct_type.kind not in (Kind.STRUCT, Kind.UNION):
         return by_record
     # The class to_python makes (the same one for every record of this codec).
     cls = type(codec.to_python(np.zeros(1, dtype=codec.dtype)[0]))
     if not dataclasses.is_dataclass(cls):
         return by_record
-    members = {m.name: m for m in struct.members if m.name}
+    members = {m.name: m for m in struct_type.members if m.name}
     names = [field.name for field in dataclasses.fields(cls)]
     for name in names:
         member = members.get(name)
@@ -114,28 +228,43 @@ def _record_maker(codec: TypeCodec) -> Callable[[np.ndarray[Any, Any]], Iterable
     return by_column
 
 
-class RingBuffer:
-    """Reads ring buffer map `name` of a loaded object. `poll()` and `drain()` return a batch (a
-    numpy array of the record type, possibly empty); `records()` and iteration yield one frozen
-    dataclass at a time from the same batches. `lost` is what the programs failed to reserve
-    (DEFINE_RINGBUF's counter); `received` is what this reader has delivered."""
+def _as_is(batch: np.ndarray[Any, Any]) -> Iterable[Any]:
+    return batch
 
-    def __init__(self, obj: Object, name: str) -> None:
-        ring = obj.maps.get(name)
-        if ring is None or ring.type != MapType.RINGBUF:
-            raise BpfscopeError(errno.ENOENT, f"the object has no ring buffer map {name!r}")
-        self.name = name
-        self.record = obj.exported_type(name)
-        self.dtype = self.record.dtype
+
+class RingBuffer:
+    """Reads ring buffer map `ring` (BPF_MAP_TYPE_RINGBUF). Its records are `record`: a BTF struct
+    (`obj.btf.struct("event")`; records() yields its frozen dataclasses), a numpy dtype (records()
+    yields numpy records), or `bytes` for records of any size. `poll()` and `drain()` return a
+    batch, a numpy array of the record type (of `bytes` objects for `bytes`), possibly empty;
+    `records()` and iteration yield one record at a time from the same batches. `lost` counts what
+    the programs failed to reserve, from `lost`: DEFINE_RINGBUF's per-CPU counter beside the ring
+    (or any array map whose entry 0 counts); `received` is what this reader has delivered."""
+
+    def __init__(self, ring: Map, *, record: Record = bytes, lost: Optional[Map] = None) -> None:
+        if ring.type != MapType.RINGBUF:
+            raise BpfscopeError(errno.EINVAL, f"map {ring.name!r} is not a ring buffer (BPF_MAP_TYPE_RINGBUF)")
+        self.name = ring.name
+        self.record = record
         self.received = 0
-        self._lost_map = obj.maps.get(f"{name}_lost")
-        self._make_records = _record_maker(self.record)
+        self._lost_map = lost
         self._fence = _Fence()
         self._size = ring.max_entries
-        self._mask = self._size - 1
-        self._itemsize = self.dtype.itemsize
-        self._stride = (_HEADER + self._itemsize + 7) & ~7
-        self._discarded = self._itemsize | _DISCARD
+        self._make_records: Callable[[np.ndarray[Any, Any]], Iterable[Any]] = _as_is
+        if record is bytes:
+            self.dtype: np.dtype[Any] = np.dtype(object)
+        elif isinstance(record, TypeCodec):
+            self.dtype = record.dtype
+            self._make_records = _record_maker(record)
+        elif isinstance(record, np.dtype) and not record.hasobject:
+            self.dtype = record
+        else:
+            raise TypeMismatchError(f"ring {self.name!r}: a record is a TypeCodec, a numpy dtype or bytes, "
+                                    f"not {record!r}")
+        self._itemsize = 0 if record is bytes else self.dtype.itemsize  # 0: records of any size
+        if record is not bytes and not 0 < self._itemsize <= self._size - _HEADER:
+            raise TypeMismatchError(
+                f"ring {self.name!r}: a {self._itemsize}-byte record cannot be in a {self._size}-byte ring")
         self._fd = ring.fd
         page = mmap.PAGESIZE
         self._consumer_mmap = mmap.mmap(self._fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -162,12 +291,18 @@ class RingBuffer:
         """Records the programs could not reserve because the ring was full, over all CPUs."""
         if self._lost_map is None:
             return 0
-        return sum(int(v) for v in self._lost_map.lookup(0))
+        counted = self._lost_map.lookup(0)
+        return sum(int(v) for v in counted) if isinstance(counted, tuple) else int(counted or 0)
 
     @property
     def pending_bytes(self) -> int:
         """Bytes reserved by the programs and not yet consumed, headers included."""
         return int(self._producer_pos[0]) - int(self._consumer_pos[0])
+
+    def _parse(self, consumer: int, end: int, holding: bool) -> Parsed:
+        if self._itemsize:
+            return parse_fixed(self._data, consumer, end, size=self._itemsize, holding=holding, fence=self._fence)
+        return parse_variable(self._data, consumer, end, fence=self._fence)
 
     def drain(self) -> np.ndarray[Any, Any]:
         """Every committed record now in the ring, in order, as one array; never waits. Raises
@@ -178,70 +313,33 @@ class RingBuffer:
         end = int(self._producer_pos[0])
         if consumer >= end:
             return np.empty(0, dtype=self.dtype)
-        batches: list[np.ndarray[Any, Any]] = []
-        looked_again = False
-        while True:
-            self._fence()
-            consumer, blocked, mismatch = self._take(consumer, end, batches)
-            self._fence()
-            self._consumer_pos[0] = consumer
-            if mismatch is not None:
-                raise TypeMismatchError(
-                    f"ring {self.name!r}: a {mismatch}-byte record where {self.record.name} "
-                    f"({self._itemsize} bytes) was expected; skipped it"
-                )
-            # Look again once (see the module docstring): more passes would chase a fast producer
-            # a few records at a time, paying per pass what a batch is meant to save.
-            if blocked or looked_again:
-                break
-            looked_again = True
+        self._fence()
+        parsed = self._parse(consumer, end, False)
+        self._fence()
+        self._consumer_pos[0] = parsed.consumer
+        records = parsed.records
+        # Look again once (see the module docstring): more passes would chase a fast producer
+        # a few records at a time, paying per pass what a batch is meant to save.
+        if not parsed.blocked:
             end = int(self._producer_pos[0])
-            if end == consumer:
-                break
-        result = batches[0] if len(batches) == 1 else np.concatenate(batches)
-        self.received += len(result)
-        return result
+            if end != parsed.consumer:
+                self._fence()
+                again = self._parse(parsed.consumer, end, len(records) > 0)
+                self._fence()
+                self._consumer_pos[0] = again.consumer
+                records = np.concatenate([records, again.records]) if len(records) else again.records
+                parsed = again
+        if parsed.foreign is not None:  # stepped past only at the head: `records` is empty
+            raise TypeMismatchError(
+                f"ring {self.name!r}: a {parsed.foreign}-byte record where {self._record_name()} "
+                f"({self._itemsize} bytes) was expected; skipped it"
+            )
+        batch = records.view(self.dtype).reshape(-1) if self._itemsize else records
+        self.received += len(batch)
+        return batch
 
-    def _take(
-        self, consumer: int, end: int, batches: list[np.ndarray[Any, Any]]
-    ) -> tuple[int, bool, Optional[int]]:
-        """Appends the committed records between `consumer` and `end` to `batches`. Returns the
-        new consumer position, whether a busy or foreign record stopped it, and the size of a
-        foreign record it stepped past (to raise for) when nothing came before it."""
-        stride = self._stride
-        while consumer < end:
-            start = consumer & self._mask
-            region = self._data[start : start + (end - consumer)]
-            count = len(region) // stride
-            # One row per slot: the header's length word, then the record's bytes.
-            slots = region[: count * stride].reshape(count, stride)
-            lengths = region.view(np.uint32)[:: stride // 4][:count]
-            committed = lengths == self._itemsize
-            self._fence()
-            if committed.all():
-                ready = count
-                records = slots[:, _HEADER : _HEADER + self._itemsize].copy()
-            else:
-                # Records of our size, committed or discarded, up to the first that is neither;
-                # past that one the slots no longer line up with headers.
-                irregular = np.flatnonzero(~(committed | (lengths == self._discarded)))
-                ready = int(irregular[0]) if len(irregular) else count
-                records = slots[:ready, _HEADER : _HEADER + self._itemsize][committed[:ready]]
-            batches.append(records.view(self.dtype).reshape(-1))
-            consumer += ready * stride
-            if consumer == end:
-                break
-            head = ready * stride
-            length = int(region[head : head + 4].view(np.uint32)[0])
-            if length & _BUSY:
-                return consumer, True, None
-            step = (_HEADER + (length & _SIZE) + 7) & ~7
-            if not length & _DISCARD:
-                if any(len(batch) for batch in batches):
-                    return consumer, True, None  # deliver what came before it; the next drain raises
-                return consumer + step, True, length & _SIZE
-            consumer += step
-        return consumer, False, None
+    def _record_name(self) -> str:
+        return self.record.name if isinstance(self.record, TypeCodec) else "the record dtype"
 
     def poll(self, timeout_ms: int = 100) -> np.ndarray[Any, Any]:
         """A batch of records: what is there now, or what arrives within `timeout_ms` (-1: wait

@@ -11,7 +11,7 @@ from typing import Any, Generic, Optional, TypeVar, Union, cast, overload
 
 import numpy as np
 
-from .btf import Btf, Kind, frozen_record
+from .btf import Btf, Kind, TypeCodec, frozen_record
 from .errors import BpfscopeError, TypeMismatchError
 from .maps import Map, PerCpuHashMap, UpdateFlags
 from .object import Config, Object, ObjectSpec, ProgramSpec
@@ -258,12 +258,11 @@ class TypedPerCpuMap(_TypedMapBase[K], Generic[K, V]):
 class TypedRingBuffer(RingBuffer, Generic[R]):
     """A RingBuffer whose records are the generated module's class (and its dtype, checked)."""
 
-    def __init__(self, obj: Object, name: str, dtype: np.dtype[Any]) -> None:
+    def __init__(self, ring: Map, *, record: TypeCodec, lost: Optional[Map], dtype: np.dtype[Any]) -> None:
         self.closed = False
-        super().__init__(obj, name)
-        if self.dtype != dtype:
-            self.close()
-            raise _stale(f"ring buffer {name!r}: its record {self.record.name} has another layout")
+        if record.dtype != dtype:
+            raise _stale(f"ring buffer {ring.name!r}: its record {record.name} has another layout")
+        super().__init__(ring, record=record, lost=lost)
 
     def records(self, timeout_ms: int = 100) -> Iterator[R]:
         return cast("Iterator[R]", super().records(timeout_ms))
@@ -333,7 +332,9 @@ class Rings:
     def _reader(self, name: str, dtype: np.dtype[Any]) -> TypedRingBuffer[Any]:
         reader = self._readers.get(name)
         if reader is None or reader.closed:
-            reader = self._readers[name] = TypedRingBuffer(self._object, name, dtype)
+            obj = self._object  # the look-ups of Object.ring_buffer, for a ring of DEFINE_RINGBUF
+            reader = self._readers[name] = TypedRingBuffer(
+                obj.maps[name], record=obj.exported_type(name), lost=obj.maps.get(f"{name}_lost"), dtype=dtype)
         return reader
 
     def close(self) -> None:

@@ -21,11 +21,13 @@ from bpfscope import _libbpf
 from bpfscope import ringbuf as ringbuf_module
 from bpfscope.errors import BpfscopeError, TypeMismatchError
 from bpfscope.maps import possible_cpus
-from bpfscope.object import Object, ObjectSpec
+from bpfscope.object import Object, ObjectSpec, load
+from bpfscope.ringbuf import RingBuffer
 
 pytestmark = pytest.mark.kernel
 
 OBJECT = Path(__file__).parents[1] / "bpf" / "build" / platform.machine() / "ringbuf_events.bpf.o"
+PLAIN = OBJECT.with_name("ringbuf_plain.bpf.o")  # rings declared without DEFINE_RINGBUF
 PACKET = bytes(64)
 MAGIC = 0xB0F5C0DE
 TAG = b"bpfscop"
@@ -372,6 +374,63 @@ def test_a_map_that_is_no_ring_buffer_is_refused() -> None:
     with events_object() as obj:
         with pytest.raises(BpfscopeError, match="no ring buffer map 'next_seq'"):
             obj.ring_buffer("next_seq")
+
+
+def test_a_ring_buffer_is_made_from_its_map_record_type_and_lost_counter() -> None:
+    """No Object needed: the map, the record type and the counter, as cilium's ringbuf.NewReader(map)."""
+    with events_object(ring_bytes=4096, cfg_per_run=200) as obj:
+        with RingBuffer(obj.maps["events"], record=obj.btf.struct("test_event"), lost=obj.maps["events_lost"]) as rb:
+            emit(obj, 1)
+            check_events(rb.drain(), range(127))
+            assert rb.lost == 200 - 127 and rb.name == "events"
+        with RingBuffer(obj.maps["events"]) as rb:  # no record type: bytes, as the kernel wrote them
+            emit(obj, 1)
+            batch = rb.drain()
+            assert len(batch) == 127 and all(len(sample) == 24 for sample in batch)
+            assert rb.lost == 0  # no counter given
+        with pytest.raises(BpfscopeError, match="'next_seq' is not a ring buffer"):
+            RingBuffer(obj.maps["next_seq"])
+        with pytest.raises(TypeMismatchError, match="cannot be in a 4096-byte ring"):
+            RingBuffer(obj.maps["events"], record=np.dtype("V4096"))
+
+
+def test_a_plain_libbpf_ring_reads_by_naming_its_struct() -> None:
+    with load(PLAIN) as obj:
+        with pytest.raises(BpfscopeError, match='no record type exported.*record="event"'):
+            obj.ring_buffer("events")
+        with obj.ring_buffer("events", record="event") as rb:
+            emit(obj, 3, "emit_event")
+            batch = rb.drain()
+            assert batch["pid"].tolist() == [4242] * 3 and (batch["comm"] == b"plain").all()
+            assert (batch["seq"] >= 1).all()  # counted per CPU, in the scratch map
+            emit(obj, 1, "emit_event")
+            (event,) = rb.records(timeout_ms=0)
+            assert (event.pid, event.comm) == (4242, b"plain")
+            assert rb.lost == 0 and rb.received == 4
+
+
+def test_a_record_type_not_in_the_btf_reads_with_a_numpy_dtype() -> None:
+    with load(PLAIN) as obj:
+        with pytest.raises(TypeMismatchError, match="'pair'"):
+            obj.ring_buffer("pairs", record="pair")
+        with obj.ring_buffer("pairs", record=np.dtype([("left", "u8"), ("right", "u8")])) as rb:
+            emit(obj, 2, "emit_pair")
+            assert rb.drain().tolist() == [(1, 2**64 - 2)] * 2
+            emit(obj, 1, "emit_pair")
+            (pair,) = rb.records(timeout_ms=0)
+            assert (int(pair["left"]), int(pair["right"])) == (1, 2**64 - 2)
+
+
+def test_records_of_any_size_read_as_bytes() -> None:
+    text = b"0123456789abcdefghijklmnopqrstu\0"
+    samples = [text[:size] for size in (1, 5, 8, 13, 32)]
+    with load(PLAIN) as obj, obj.ring_buffer("samples", record=bytes) as rb:
+        emit(obj, 2, "emit_samples")
+        batch = rb.drain()
+        assert batch.dtype == object and list(batch) == samples * 2
+        emit(obj, 1, "emit_samples")
+        assert list(rb.records(timeout_ms=0)) == samples
+        assert rb.received == 15 and rb.pending_bytes == 0 and rb.lost == 0
 
 
 # --- the benchmark ---
