@@ -9,7 +9,9 @@ tracer, in one run, and each traced time is given as a ratio to the untraced one
   is all bpfscope's opensnoop attaches to: a printf per open of the pid, comm, result, flags and
   path (read, as bpfscope reads them, from the task's saved user registers), and a count() per comm;
 - with `as_typed`, also bpftrace as its users would type it: opensnoop.bt's enter/exit pair (the
-  path stashed at sys_enter_openat, printed at exit) and a count() on sys_enter_openat.
+  path stashed at sys_enter_openat, printed at exit) and a count() on sys_enter_openat;
+- an empty BPF program on sys_exit_openat, the floor under any tracer there, and one on
+  sys_enter_openat, to compare the two hooks.
 
 Every tracer is filtered to the loop's pid in the kernel, which all of them can do. Each traced run
 also counts what reached the tracer against the opens made: the events in the output (bpftrace's
@@ -130,16 +132,19 @@ class _Untraced(_Config):
 
 
 class _EmptyProgram(_Config):
-    """The floor: an empty BPF program on sys_exit_openat, attached from this process."""
+    """The floor: an empty BPF program on sys_exit_openat (or sys_enter_openat: `hook` "enter"),
+    attached from this process."""
 
-    def __init__(self, name: str, short: str) -> None:
+    def __init__(self, name: str, short: str, hook: str) -> None:
         super().__init__(name, short)
+        self.hook = hook
         self._link: Optional[Link] = None
         self._obj: Optional[Object] = None
 
     def start(self, pid: int, tmp: str, cpus: set[int]) -> Optional[subprocess.Popen[bytes]]:
         self._obj = load(tool_object("tracepoint_bench"))
-        self._link = self._obj.programs["empty_exit_openat"].attach_tracepoint("syscalls", "sys_exit_openat")
+        program = self._obj.programs[f"empty_{self.hook}_openat"]
+        self._link = program.attach_tracepoint("syscalls", f"sys_{self.hook}_openat")
         return None
 
     def finish(self, proc: Optional[subprocess.Popen[bytes]], tmp: str) -> _Finished:
@@ -341,8 +346,8 @@ def run(*, opens: int = 100_000, rounds: int = 7, repeats: int = 3, bpftrace: Op
         env = package_env(os.path.join(tmp, "pycache"))
         stream = _Bpfscope(_NAMES["stream"], "stream", (), env)
         count = _Bpfscope(_NAMES["count"], "count", ("--count",), env)
-        configs: list[_Config] = [_Untraced("untraced", "untraced"), _EmptyProgram(_NAMES["floor"], "floor"),
-                                  stream, count]
+        configs: list[_Config] = [_Untraced("untraced", "untraced"), _EmptyProgram(_NAMES["floor"], "floor", "exit"),
+                                  _EmptyProgram(_NAMES["floor-enter"], "floor-enter", "enter"), stream, count]
         if bpftrace:
             configs += _bpftrace_configs(bpftrace, as_typed)
         binary = _build_loop(tmp)
@@ -364,6 +369,7 @@ def run(*, opens: int = 100_000, rounds: int = 7, repeats: int = 3, bpftrace: Op
 
 _NAMES = {
     "floor": "empty BPF program on sys_exit_openat",
+    "floor-enter": "empty BPF program on sys_enter_openat",
     "stream": "bpfscope opensnoop (streaming)",
     "count": "bpfscope opensnoop --count",
     "bt-printf": "bpftrace printf on sys_exit_openat (like-for-like)",
@@ -371,8 +377,10 @@ _NAMES = {
     "bt-printf-typed": "bpftrace opensnoop.bt printf, sys_enter + sys_exit (as users type it)",
     "bt-count-typed": "bpftrace count() on sys_enter_openat (as users type it)",
 }
-# Each bpfscope figure beside bpftrace's like-for-like one; each typed form beside its like-for-like one.
-_PEERS = {"stream": "bt-printf", "count": "bt-count", "bt-printf-typed": "bt-printf", "bt-count-typed": "bt-count"}
+# Each bpfscope figure beside bpftrace's like-for-like one; each typed form beside its like-for-like one;
+# the enter hook beside the exit one.
+_PEERS = {"floor-enter": "floor", "stream": "bt-printf", "count": "bt-count", "bt-printf-typed": "bt-printf",
+          "bt-count-typed": "bt-count"}
 
 
 def _bpftrace_configs(binary: str, as_typed: bool) -> list[_Config]:
@@ -397,7 +405,7 @@ def _figures(trials: dict[str, list[_Trial]], bare_before: dict[str, list[_Trial
     added = {short: over_rounds(t.ns_per_open - b.ns_per_open for t, b in zip(trials[short], bare))
              for short, bare in bare_before.items()}
     spent = {short: over_rounds(1e9 * t.cpu_seconds / t.opens for t in trials[short])
-             for short in bare_before if short != "floor"}
+             for short in bare_before if not short.startswith("floor")}
 
     def note(short: str) -> str:
         made = sum(t.opens for t in trials[short])
@@ -405,7 +413,7 @@ def _figures(trials: dict[str, list[_Trial]], bare_before: dict[str, list[_Trial
         lost = sum(t.lost for t in trials[short])
         how = (f"each of {rounds} pairs: the median of {repeats} loops of {opens:,} openat+close of {_PATH} under "
                f"the tracer ÷ the same untraced just before; median of the pairs, range beside it")
-        return how if short == "floor" else f"{how}; received {got:,} of {made:,} opens, {lost:,} lost"
+        return how if short.startswith("floor") else f"{how}; received {got:,} of {made:,} opens, {lost:,} lost"
 
     def figure(short: str, what: str, of: dict[str, tuple[float, Rounds]], unit: str, note: str,
                target: Optional[float] = None) -> Figure:
