@@ -2,8 +2,9 @@
 `<!-- /bench -->` stands the table of the run saved in PATH (`bpfscope bench NAME --save docs/bench`
 writes docs/bench/NAME.jsonl: the machine, then the figures), with the machine it ran on above it;
 between `<!-- bench-targets DIR -->` and `<!-- /bench -->`, every figure with a target in DIR's runs.
+A block whose file does not exist says so, and how to make it.
 `python docs/benchtables.py` rewrites the blocks; `--check` exits 1 naming each block that differs
-or whose file is missing (a test runs it, so no table can drift from its file)."""
+from its file or whose file cannot be read (a test runs it, so no table can drift from its file)."""
 
 from __future__ import annotations
 
@@ -38,20 +39,25 @@ def machine_lines(header: dict[str, str]) -> list[str]:
 
 
 def _run_table(path: str) -> str:
+    if not (ROOT / path).exists():  # said in the page, so a benchmark never run shows as such
+        return (f"No saved run: `bpfscope bench {Path(path).stem} --json --save {Path(path).parent}` writes "
+                f"{path}, then `python docs/benchtables.py`.")
     header, figures = report.load(ROOT / path)
     return "\n".join([*machine_lines(header), "", report.markdown(figures)])
 
 
 def _targets_table(folder: str) -> str:
     """Every figure with a target, file by file (in name order), with its run's date and commit."""
-    rows = ["| benchmark | figure | value | target | met | run |", "| --- | --- | ---: | ---: | :-: | --- |"]
+    rows = ["| benchmark | figure | value | target | met | reference | reference value | run |",
+            "| --- | --- | ---: | ---: | :-: | --- | ---: | --- |"]
     for path in sorted((ROOT / folder).glob("*.jsonl")):
         header, figures = report.load(path)
         run = f"{header.get('date', '?')}, {header.get('commit', 'unknown')[:10]}"
         for figure in figures:
             if figure.target is not None:
-                _, value, target, met, *_ = report.cells(figure)
-                rows.append(f"| {figure.benchmark} | {figure.name} | {value} | {target} | {met} | {run} |")
+                _, value, target, met, reference, reference_value, _ = report.cells(figure)
+                rows.append(f"| {figure.benchmark} | {figure.name} | {value} | {target} | {met} | {reference} | "
+                            f"{reference_value} | {run} |")
     return "\n".join(rows)
 
 

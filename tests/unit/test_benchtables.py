@@ -82,7 +82,8 @@ def test_a_changed_run_makes_its_table_stale(tmp_path: Path, monkeypatch: pytest
     assert benchtables.main([str(doc)]) == 0
     text = doc.read_text()
     assert "at commit 0123456789ab: `bpfscope bench ringbuf --json --save docs/bench`" in text
-    assert "| ringbuf | batch reader drain() | 135 M events/s (120–140) | ≥ 20.0 M events/s | ✓ |" in text
+    assert ("| ringbuf | batch reader drain() | 135 M events/s (120–140) | ≥ 20.0 M events/s | ✓ | libbpf (C) | "
+            "300 M events/s (280–320) | 2026-12-01, 0123456789 |") in text
     assert benchtables.stale(doc) == []
 
     report.save(tmp_path / "bench" / "ringbuf.jsonl", HEADER, FIGURES[1:])
@@ -90,5 +91,11 @@ def test_a_changed_run_makes_its_table_stale(tmp_path: Path, monkeypatch: pytest
     assert benchtables.main(["--check", str(doc)]) == 1
     assert "the table for bench/ringbuf.jsonl is stale" in capsys.readouterr().err
 
-    (tmp_path / "bench" / "ringbuf.jsonl").unlink()
+    (tmp_path / "bench" / "ringbuf.jsonl").write_text("not json\n")
     assert benchtables.stale(doc)[0].startswith("bench/ringbuf.jsonl (")
+
+    # A run not saved yet: the page says so, and that is not stale until the file appears.
+    (tmp_path / "bench" / "ringbuf.jsonl").unlink()
+    assert benchtables.main([str(doc)]) == 0
+    assert "No saved run: `bpfscope bench ringbuf --json --save bench` writes bench/ringbuf.jsonl" in doc.read_text()
+    assert benchtables.stale(doc) == []

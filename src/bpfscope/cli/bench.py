@@ -41,8 +41,8 @@ def _module(name: str) -> Any:
 
 
 def _command(args: argparse.Namespace) -> str:
-    words = ["bpfscope", "bench", args.benchmark, *(["--json"] if args.json else []), "--save", args.save]
-    return " ".join(words + (["--note", repr(args.note)] if args.note else []))
+    """The command that made a saved run (its --note is saved beside it)."""
+    return " ".join(["bpfscope", "bench", args.benchmark, *(["--json"] if args.json else []), "--save", args.save])
 
 
 def run(args: argparse.Namespace) -> int:
