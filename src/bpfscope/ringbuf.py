@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Unio
 
 import numpy as np
 
+from ._uapi import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ
 from .btf import Kind, TypeCodec
 from .errors import BpfscopeError, TypeMismatchError
 from .maps import Map, MapType
@@ -60,10 +61,10 @@ __all__ = ["Parsed", "Record", "RingBuffer", "parse_fixed", "parse_variable"]
 Record = Union[TypeCodec, np.dtype[Any], type[bytes]]
 DataArea = Union[np.ndarray[Any, Any], bytes, bytearray, memoryview]
 
-_BUSY = 1 << 31  # BPF_RINGBUF_BUSY_BIT
-_DISCARD = 1 << 30  # BPF_RINGBUF_DISCARD_BIT
+_BUSY = BPF_RINGBUF_BUSY_BIT
+_DISCARD = BPF_RINGBUF_DISCARD_BIT
 _SIZE = _DISCARD - 1
-_HEADER = 8  # BPF_RINGBUF_HDR_SZ
+_HEADER = BPF_RINGBUF_HDR_SZ
 _LENGTH = struct.Struct("=I")  # a header's first word: the length and the two bits
 _CHUNK = 1024  # records made into Python objects at a time: small enough to stay in cache
 
