@@ -7,8 +7,9 @@ import signal
 
 import pytest
 
-from bpfscope.cli.options import pid_number, ring_bytes, stop_flag
+from bpfscope.cli.options import stop_flag
 from bpfscope.tools._attached import Attached
+from bpfscope.tools._base import pid_number, ring_bytes
 
 
 @pytest.mark.parametrize("text, value", [("4096", 4096), ("8388608", 1 << 23)])

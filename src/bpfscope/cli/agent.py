@@ -21,7 +21,7 @@ from ..agent import caps
 from ..agent.agent import Agent, ReloadError, check_custom
 from ..agent.config import AgentConfig, ConfigError, OtlpConfig, load_config, parse_config
 from ..errors import BpfscopeError
-from .options import positive_float
+from ..tools._base import positive_float
 
 if TYPE_CHECKING:
     from ..agent.otlp import OtlpExporter

@@ -15,8 +15,9 @@ from typing import Any, Callable, Optional
 from ..errors import BpfscopeError
 from ..mounts import mounts
 from ..output.jsonlines import emit
+from ..tools._base import positive_float, ring_bytes
 from ..tools.execsnoop import ARG_BYTES, COMM_BYTES, DEFAULT_RING_BYTES, MAX_ARGS, Exec, ExecSnoop, Filters, Limits
-from .options import StopFlag, positive_float, ring_bytes, stop_flag, ticks, unseen
+from .options import StopFlag, stop_flag, ticks, unseen
 
 SHOWN_EXECS = 20  # rows of the live view: the newest execs, scrolling up
 _HEADER = f"{'TIME':<8} {'PID':>7} {'PPID':>7} {'UID':>5} {'RET':>7} {'COMM':<15} COMMAND"

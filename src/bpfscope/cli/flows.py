@@ -14,8 +14,9 @@ from ..netdev import default_route_interface, interfaces
 from ..output.jsonlines import emit
 from ..output.units import si
 from ..program import TcMode
+from ..tools._base import positive_float
 from ..tools.flows import DEFAULT_MAX_FLOWS, Flow, FlowSnapshot, FlowTracker, SortKey, flag_names
-from .options import note_tc_fallback, positive_float, remove_stale_filters, stop_on_sigterm, ticks
+from .options import note_tc_fallback, remove_stale_filters, stop_on_sigterm, ticks
 
 # An LRU map preallocates every entry on every CPU at load: keep a typo from taking the machine's memory.
 MAX_FLOWS_LIMIT = 1 << 24

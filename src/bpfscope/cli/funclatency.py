@@ -10,8 +10,9 @@ import time
 from typing import Optional
 
 from ..output.jsonlines import emit
+from ..tools._base import positive_float
 from ..tools.funclatency import FunctionLatency, LatencySnapshot, Unit, parse_target
-from .options import positive_float, stop_on_sigterm, ticks
+from .options import stop_on_sigterm, ticks
 
 
 def target_symbol(text: str) -> tuple[str, str]:

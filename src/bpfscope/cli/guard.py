@@ -15,9 +15,10 @@ from ..output.jsonlines import emit
 from ..output.units import si
 from ..pin import tool_pin_dir
 from ..program import XdpMode
+from ..tools._base import positive_float
 from ..tools.cidr import Network
 from ..tools.guard import MAX_RATE, Guard, Limit, RunningGuard, Snapshot, top_offenders
-from .options import positive_float, stop_on_sigterm, ticks
+from .options import stop_on_sigterm, ticks
 
 TOP = 10
 # Options of a run, and their defaults: given with a control action they would be ignored.

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..output.jsonlines import emit
+from ..tools._base import pid_number, positive_float, ring_bytes
 from ..tools.httptrace import DEFAULT_RING_BYTES, Request, Tracer, percentile
-from .options import StopFlag, pid_number, positive_float, ring_bytes, stop_flag, stop_on_sigterm, ticks
+from .options import StopFlag, stop_flag, stop_on_sigterm, ticks
 
 SHOWN_REQUESTS = 20  # rows of the live view: the newest requests
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")

@@ -11,8 +11,9 @@ from typing import Any, BinaryIO
 
 from ..output.jsonlines import emit
 from ..output.units import count_of
+from ..tools._base import pid_number, positive_float, ring_bytes
 from ..tools.opensnoop import COMM_BYTES, DEFAULT_RING_BYTES, PATH_BYTES, CommCount, Filters, Snoop
-from .options import StopFlag, pid_number, positive_float, ring_bytes, stop_flag, unseen
+from .options import StopFlag, stop_flag, unseen
 
 TOP_COMMS = 20  # rows of the count table
 

@@ -1,8 +1,8 @@
-"""Argument types and helpers shared by subcommands."""
+"""Helpers the subcommands share: signals, intervals, summary wording, tc notes. The option value
+types are the tools' (tools/_base.py), read by the CLI and the agent alike."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import signal
 import sys
@@ -11,37 +11,6 @@ from typing import Any, Iterator, Optional
 
 from ..link import remove_stale_tc_filters
 from ..program import TcMode
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
-
-
-def pid_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a process id") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
-
-
-def ring_bytes(text: str) -> int:
-    """A ring buffer's size in bytes: the kernel takes only a power of 2 that is a multiple of the page size."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 4096 or value & (value - 1):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a power of 2 of at least 4096")
-    return value
 
 
 @contextlib.contextmanager

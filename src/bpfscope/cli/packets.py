@@ -13,8 +13,9 @@ from ..netdev import default_route_interface, interfaces
 from ..output.jsonlines import emit
 from ..output.units import si
 from ..program import XdpMode
+from ..tools._base import positive_float
 from ..tools.packets import PacketCounter, Snapshot
-from .options import positive_float, stop_on_sigterm, ticks
+from .options import stop_on_sigterm, ticks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

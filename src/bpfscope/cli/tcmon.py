@@ -14,17 +14,9 @@ from ..errors import BpfscopeError
 from ..netdev import default_route_interface, interfaces
 from ..output.jsonlines import emit
 from ..program import TcMode
+from ..tools._base import positive_float, ring_bytes
 from ..tools.tcmon import DEFAULT_RING_BYTES, DEFAULT_RULES, Event, Monitor, RulesError, Thresholds, load_rules
-from .options import (
-    StopFlag,
-    note_tc_fallback,
-    positive_float,
-    remove_stale_filters,
-    ring_bytes,
-    stop_flag,
-    stop_on_sigterm,
-    ticks,
-)
+from .options import StopFlag, note_tc_fallback, remove_stale_filters, stop_flag, stop_on_sigterm, ticks
 
 SHOWN_EVENTS = 20  # rows of the live view: the newest events, scrolling up
 _DEFAULTS = Thresholds()

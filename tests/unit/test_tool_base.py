@@ -1,0 +1,69 @@
+"""The Tool base without a kernel: what it closes and in what order, a failed open, and the options it
+checks before anything loads."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import pytest
+
+from bpfscope.errors import InterfaceNotFoundError
+from bpfscope.tools._base import IFACE, Kind, Tool, resolve_iface
+
+
+class _Part:
+    def __init__(self, name: str, closed: list[str], error: bool = False) -> None:
+        self.name, self.closed, self.error = name, closed, error
+
+    def close(self) -> None:
+        self.closed.append(self.name)
+        if self.error:
+            raise OSError(19, "no such device")
+
+
+class _Tool(Tool):
+    NAME, HELP, NEEDS, CAPABILITIES, KIND = "fake", "a stand-in", (), (), Kind.POLLING
+    OPTIONS = (IFACE,)
+
+    def __init__(self, closed: list[str], *, fail: bool = False, iface: Optional[str] = None) -> None:
+        super().__init__()
+        self.closed, self.fail, self.iface = closed, fail, iface
+
+    @classmethod
+    def _from_options(cls, values: Mapping[str, Any], pin_dir: Optional[str]) -> _Tool:
+        return cls([], iface=values["iface"])
+
+    def _open(self) -> None:
+        # Stand-ins that only record their close: the order is what is tested, not the kernel.
+        self._obj = _Part("object", self.closed)  # type: ignore[assignment]
+        self.attach(_Part("link 1", self.closed, error=True))  # type: ignore[type-var]
+        self.attach(_Part("link 2", self.closed))  # type: ignore[type-var]
+        self.ring(_Part("ring", self.closed))  # type: ignore[arg-type]
+        if self.fail:
+            raise OSError(22, "the attach failed")
+
+
+def test_close_goes_links_then_rings_then_the_object_once() -> None:
+    closed: list[str] = []
+    with _Tool(closed) as tool:
+        assert len(tool.links) == 2 and len(tool.rings) == 1
+    assert closed == ["link 1", "link 2", "ring", "object"]  # a link that fails does not stop the rest
+    tool.close()
+    assert closed == ["link 1", "link 2", "ring", "object"] and tool.links == () and tool.rings == ()
+    with pytest.raises(AssertionError, match="open"):
+        _ = tool.obj
+
+
+def test_a_failed_open_leaves_nothing() -> None:
+    closed: list[str] = []
+    tool = _Tool(closed, fail=True)
+    with pytest.raises(OSError, match="the attach failed"):
+        tool.open()
+    assert closed == ["link 1", "link 2", "ring", "object"]
+
+
+def test_an_unknown_interface_stops_before_the_tool_is_built() -> None:
+    with pytest.raises(InterfaceNotFoundError, match="no interface 'nosuch0'; interfaces here: .*lo"):
+        _Tool.from_options({"iface": "nosuch0"})
+    assert _Tool.from_options({"iface": "lo"}).iface == resolve_iface("lo") == "lo"
+    assert _Tool.declares("iface") and not _Tool.declares("pid")
