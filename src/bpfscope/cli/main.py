@@ -10,24 +10,18 @@ import sys
 from typing import NoReturn, Optional, Sequence
 
 from ..__about__ import __version__
+from ..tools import _registry as registry
 
-# subcommand → module in bpfscope.cli; each module has `add_arguments(parser)` and `run(args) -> int`.
-# Modules are imported only for the subcommand that runs, so start-up stays fast.
-SUBCOMMANDS = {
-    "packets": ("packets", "count packets and bytes by protocol on an interface (XDP)"),
-    "flows": ("flows", "track connections on an interface: packets, bytes, flags per flow and direction (tc)"),
-    "guard": ("guard", "drop floods: a per-source rate limit with allow and deny lists (XDP)"),
-    "tcmon": ("tcmon", "watch traffic for scans, SYN floods, denied addresses and payload patterns (tc)"),
-    "opensnoop": ("opensnoop", "trace file opens: pid, comm, path, fd or error (syscall tracepoints)"),
-    "execsnoop": ("execsnoop", "trace new programs: pid, ppid, uid, arguments, result (tracepoints)"),
-    "funclatency": ("funclatency", "time a function in a binary or library as a log2 histogram (uprobes)"),
-    "httptrace": ("httptrace", "trace HTTP/1.x requests of any process, plain and OpenSSL (tracepoints, uprobes)"),
-    "agent": ("agent", "run tools together and serve their metrics to Prometheus (and OTLP)"),
-    "doctor": ("doctor", "check what this kernel and this process can run"),
-    "build": ("build", "compile your own .bpf.c into a CO-RE object with bpfscope's headers"),
-    "gen": ("gen", "compile a .bpf.c and write a typed Python module for it (the bpf2go step)"),
-    "inspect": ("inspect", "what is loaded: programs, maps, links, pins, network attachments; verify an object"),
-    "bench": ("bench", "measure bpfscope against its peers on this kernel"),
+# The library's own commands, each a module of bpfscope.cli with `add_arguments(parser)` and `run(args) -> int`.
+# The tools come from the registry (bpfscope.tools): the runner runs each (cli/_runner.py). Only the
+# selected command's modules are imported, so start-up stays fast.
+LIBRARY = {
+    "agent": "run tools together and serve their metrics to Prometheus (and OTLP)",
+    "doctor": "check what this kernel and this process can run",
+    "build": "compile your own .bpf.c into a CO-RE object with bpfscope's headers",
+    "gen": "compile a .bpf.c and write a typed Python module for it (the bpf2go step)",
+    "inspect": "what is loaded: programs, maps, links, pins, network attachments; verify an object",
+    "bench": "measure bpfscope against its peers on this kernel",
 }
 
 EXIT_ERROR = 1
@@ -42,16 +36,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _parser(selected: Optional[str]) -> argparse.ArgumentParser:
+def _parser(tools: list[str], selected: Optional[str], *, helping: bool) -> argparse.ArgumentParser:
     parser = _Parser(prog="bpfscope", description="eBPF observability for Python")
     parser.add_argument("--version", action="version", version=f"bpfscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="on a verifier rejection, show the log's tail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in SUBCOMMANDS.items():
+    for name in tools:
+        # A tool's help is in its module: imported for the one selected, or all for `bpfscope --help`.
+        help_text = registry.tool_info(name).help if name == selected or helping and selected is None else None
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:
-            importlib.import_module(f".{module}", __package__).add_arguments(sub_parser)
+            if registry.legacy_tool(name) is not None:
+                importlib.import_module(f".{name}", __package__).add_arguments(sub_parser)
+            else:
+                from ._runner import add_arguments
+
+                add_arguments(sub_parser, registry.tool_class(name))
+    for name, help_text in LIBRARY.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            importlib.import_module(f".{name}", __package__).add_arguments(sub_parser)
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command in LIBRARY or registry.legacy_tool(args.command) is not None:
+        return int(importlib.import_module(f".{args.command}", __package__).run(args))
+    from ._runner import run
+
+    return run(registry.tool_class(args.command), args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -59,13 +72,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # numpy's OpenBLAS starts a thread per CPU at import; bpfscope does no linear algebra, and the agent
     # must have no thread of its own before it drops capabilities (each thread keeps its own).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    selected = next((a for a in argv if a in SUBCOMMANDS), None)
-    args = _parser(selected).parse_args(argv)
+    tools = registry.tool_names()
+    selected = next((a for a in argv if a in LIBRARY or a in tools), None)
+    helping = "-h" in argv or "--help" in argv
+    args = _parser(tools, selected, helping=helping).parse_args(argv)
     from ..errors import BpfscopeError, VerifierError
 
     try:
-        module = importlib.import_module(f".{SUBCOMMANDS[args.command][0]}", __package__)
-        return int(module.run(args))
+        return _run(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except VerifierError as exc:

@@ -1,0 +1,7 @@
+"""`python -m bpfscope`: the `bpfscope` command."""
+
+import sys
+
+from .cli.main import main
+
+sys.exit(main())
