@@ -35,7 +35,6 @@ class ToolInfo(NamedTuple):
 # add_arguments/run: help, needs, and "net" or "trace" capabilities. Each conversion deletes its entry;
 # the table goes with the last one.
 _LEGACY = {
-    "packets": ("count packets and bytes by protocol on an interface (XDP)", (("xdp_link",),), "net"),
     "opensnoop": ("trace file opens: pid, comm, path, fd or error (syscall tracepoints)",
                   (("tracepoints",), ("tracefs",), ("ringbuf",)), "trace"),
     "flows": ("track connections on an interface: packets, bytes, flags per flow and direction (tc)",
