@@ -1,12 +1,13 @@
 """Programs shipped in two forms in one object: one that needs a kernel feature (the faster), and one
 that stands in for it where the kernel lacks the feature. `choose` probes and turns off autoload for
 the form this kernel will not get, so every shipped object loads on every supported kernel; what a
-tool tells its user about the slower form is up to the tool."""
+tool tells its user about the slower form is up to the tool. A tool declares its Variant itself
+(Tool.VARIANT); core modules know no tool's name."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 from .errors import NotSupportedError
 from .features import Feature, probe
@@ -22,7 +23,8 @@ class Variant:
     instead: tuple[str, ...]  # the programs that do the same without it
 
 
-# By object name (tool_object's).
+# By object name (tool_object's). TEMPORARY for guard and tcmon, until they declare Tool.VARIANT (issue 16
+# step 2); the benchmark's stays with the benchmarks.
 VARIANTS: dict[str, Variant] = {
     # BPF atomics of Linux 5.12 (compare-and-swap) or a bpf_spin_lock (stripes.bpf.h)
     "guard": Variant(Feature.ATOMICS, ("limit_sources",), ("limit_sources_locked",)),
@@ -31,21 +33,18 @@ VARIANTS: dict[str, Variant] = {
     ),
     # a loop through bpf_loop (5.17), or open-coded and so capped (benchmarks/ringbuf.py)
     "ringbuf_bench": Variant(Feature.BPF_LOOP, ("fill_ring",), ("fill_ring_noloop",)),
-    # the syscall's registers read at exit (5.15) or its arguments stashed at entry
-    "opensnoop": Variant(
-        Feature.TASK_PT_REGS,
-        ("exit_open", "exit_openat", "exit_openat2"),
-        tuple(f"stash_{hook}_{call}" for call in ("open", "openat", "openat2") for hook in ("enter", "exit")),
-    ),
 }
 
 
-def choose(spec: ObjectSpec, name: str) -> Optional[NotSupportedError]:
-    """Leaves on the programs of object `name` this kernel can load: None when it has the feature, else
-    why not (the stand-ins are loaded). Programs an architecture's object lacks are skipped."""
-    variant = VARIANTS.get(name)
-    if variant is None:
-        return None
+def choose(spec: ObjectSpec, variant: Union[Variant, str]) -> Optional[NotSupportedError]:
+    """Leaves on the programs of `variant` (or of VARIANTS' entry for object `variant`) this kernel can
+    load: None when it has the feature, else why not (the stand-ins are loaded). Programs an
+    architecture's object lacks are skipped."""
+    if isinstance(variant, str):
+        known = VARIANTS.get(variant)
+        if known is None:
+            return None
+        variant = known
     missing = probe(variant.feature)
     for program in variant.needs + variant.instead:
         if program in spec.programs:

@@ -15,12 +15,15 @@ import bpfscope.tools
 from bpfscope import variants
 from bpfscope.object import ObjectSpec, tool_object
 from bpfscope.testing.plugin import bpf_fds
+from bpfscope.tools import _registry
 
 ARCH = platform.machine()
 # Where tool_object() looks: the package's _bpf/<uname -m>/ folder.
 SHIPPED = bpfscope.object._PACKAGE_OBJECTS / ARCH
 PACKAGE = Path(bpfscope.tools.__file__).parent.parent
 NAMES = sorted(p.name.removesuffix(".bpf.o") for p in SHIPPED.glob("*.bpf.o"))
+# Objects with programs shipped in two forms: each tool declares its own (Tool.VARIANT), VARIANTS the rest.
+TWO_FORMS = {**variants.VARIANTS, **{tool.NAME: tool.VARIANT for tool in _registry.all_tools() if tool.VARIANT}}
 
 
 def test_the_package_ships_an_object_for_each_source() -> None:
@@ -42,7 +45,7 @@ def test_shipped_object_loads(name: str) -> None:
     spec = ObjectSpec.open(tool_object(name))
     maps = set(spec.maps)
     assert all(p.autoload for p in spec.programs.values()), "a program marked autoload off in the object"
-    variants.choose(spec, name)
+    variants.choose(spec, TWO_FORMS.get(name, name))
     programs = {p.name for p in spec.programs.values() if p.autoload}
     assert programs or maps, f"{name} holds neither programs nor maps"
     with spec.load() as obj:
@@ -57,11 +60,11 @@ def test_shipped_object_loads(name: str) -> None:
     assert after == before, f"{name} left fds open: {sorted(set(after.items()) - set(before.items()))}"
 
 
-@pytest.mark.parametrize("name", sorted(set(variants.VARIANTS) & set(NAMES)))
+@pytest.mark.parametrize("name", sorted(set(TWO_FORMS) & set(NAMES)))
 def test_stand_ins_load_on_this_kernel_too(name: str) -> None:
     """The forms shipped for older kernels (bpfscope.variants) verify here as well, whatever this has."""
     spec = ObjectSpec.open(tool_object(name))
-    instead = set(variants.VARIANTS[name].instead) & set(spec.programs)
+    instead = set(TWO_FORMS[name].instead) & set(spec.programs)
     assert instead, f"{name} ships none of its stand-ins"
     for program_name, program in spec.programs.items():
         program.autoload = program_name in instead

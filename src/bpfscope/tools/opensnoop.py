@@ -1,6 +1,7 @@
 """The open tracer: loads opensnoop.bpf.o with its filters frozen in .rodata, attaches it to the exit
 tracepoints of open, openat and openat2 (those this kernel has: arm64 has no open), and
-reads what it streams through its ring buffer, or, in count mode, the per-comm counters it keeps.
+reads what it streams through its ring buffer, or, in count mode (the agent's), the per-comm
+counters it keeps.
 
 Every filter runs in the kernel; this module checks them, writes them, and turns records into
 `OpenEvent`s. The hot path stays in numpy: `poll()` returns the raw batch, and `json_lines()` and
@@ -13,16 +14,34 @@ import os
 import time
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 import numpy as np
 
 from ..errors import BpfscopeError, NotSupportedError
+from ..features import Feature
 from ..mounts import ensure_tracefs
 from ..object import ObjectSpec, tool_object
 from ..output.batchlines import clock_stamps, distinct, epoch_stamps, join_lines
-from ..variants import choose
-from ._attached import Attached
+from ..ringbuf import RingBuffer
+from ..variants import Variant, choose
+from ._base import (
+    COMM,
+    COMM_BYTES,
+    DURATION,
+    INTERVAL,
+    JSON,
+    PID,
+    RING_BYTES,
+    TRACE,
+    Kind,
+    Option,
+    OptionValueError,
+    Tool,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 __all__ = [
     "COMM_BYTES",
@@ -32,11 +51,11 @@ __all__ = [
     "Filters",
     "OpenEvent",
     "Snoop",
+    "TOOL",
     "check_pid",
     "flag_names",
 ]
 
-COMM_BYTES = 16  # TASK_COMM_LEN, NUL included
 PATH_BYTES = 256  # PATH_BYTES in opensnoop.bpf.c, NUL included
 DEFAULT_RING_BYTES = 1 << 23  # 8 MiB: 25,000 events, most of 0.1 s of a tight open loop
 _WAKEUP_FRACTION = 8  # the kernel wakes the reader each time an eighth of the ring fills
@@ -155,15 +174,47 @@ def _text_result(ret: int) -> str:
     return f"{ret:>4} {'':<7}" if ret >= 0 else f"{-1:>4} {_errno_name(ret):<7}"
 
 
-class Snoop(Attached):
+def path_prefix(text: str) -> str:
+    if not text or len(text.encode("utf-8", "surrogateescape")) >= PATH_BYTES:
+        raise OptionValueError(f"{text!r} must be 1 to {PATH_BYTES - 1} bytes")
+    return text
+
+
+class Snoop(Tool):
     """`with Snoop(filters) as snoop:` loads and attaches; `poll()` gives batches of raw records
     (struct open_event); `events()`, `json_lines()` and `text_lines()` turn a batch into objects or
-    output. With `count=True` nothing is streamed: `counts()` reads the per-comm counters."""
+    output. With `count=True` nothing is streamed: `counts()` reads the per-comm counters, and `lost`
+    counts the opens of a new comm once the counters map was full."""
+
+    NAME = "opensnoop"
+    HELP = "trace file opens: pid, comm, path, fd or error (syscall tracepoints)"
+    NEEDS = (("tracepoints",), ("tracefs",), ("ringbuf",))
+    CAPABILITIES = TRACE
+    KIND = Kind.STREAMING
+    OPTIONS = (
+        PID,
+        COMM,
+        Option("failed", "only opens that failed"),
+        Option("path_prefix", "only paths that start with PREFIX, as passed to the call (a relative path stays "
+               "relative)", path_prefix, metavar="PREFIX"),
+        Option("count", "count opens and failures per comm in the kernel; print no events", agent=False),
+        INTERVAL.but(default=None, help="with --count: print the counts every S seconds too"),
+        DURATION,
+        JSON.but(help="one JSON object per open (with --count: per interval), and a final summary"),
+        RING_BYTES.but(default=DEFAULT_RING_BYTES),
+    )
+    AGENT_KEY = "opens"
+    AGENT_VALUES = {"count": True}  # opens per comm, counted in the kernel
+    # the syscall's registers read at exit (5.15) or its arguments stashed at entry
+    VARIANT = Variant(
+        Feature.TASK_PT_REGS,
+        ("exit_open", "exit_openat", "exit_openat2"),
+        tuple(f"stash_{hook}_{call}" for call in ("open", "openat", "openat2") for hook in ("enter", "exit")),
+    )
 
     def __init__(self, filters: Filters = Filters(), *, count: bool = False,
                  ring_bytes: int = DEFAULT_RING_BYTES, pin_dir: Optional[str] = None) -> None:
-        super().__init__()
-        self.pin_dir = pin_dir  # counters pinned here carry on from an earlier run
+        super().__init__(pin_dir=pin_dir)  # counters pinned there carry on from an earlier run
         self.filters = filters
         self.count = count
         self.ring_bytes = ring_bytes
@@ -171,10 +222,21 @@ class Snoop(Attached):
         self.stashing = False  # arguments kept at syscall entry (no bpf_task_pt_regs): two hooks per call
         self._call_names: dict[int, str] = {}  # enum open_call, from BTF
         self._clock_offset_ns = 0
+        self._events: Optional[RingBuffer] = None
+
+    @classmethod
+    def _from_options(cls, values: Mapping[str, Any], pin_dir: Optional[str]) -> Snoop:
+        filters = Filters(pid=values["pid"], comm=values["comm"], failed=values["failed"],
+                          path_prefix=values["path_prefix"])
+        return cls(filters, count=values["count"], ring_bytes=values["ring_bytes"], pin_dir=pin_dir)
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.POLLING if self.count else Kind.STREAMING
 
     # --- setting up ---
 
-    def open(self) -> Snoop:
+    def _open(self) -> None:
         """Checks the filters, loads with them, attaches every open tracepoint this kernel has."""
         self.filters.check()  # an unknown pid or a bad filter stops here, before anything is loaded
         spec = ObjectSpec.open(tool_object("opensnoop"))
@@ -184,7 +246,7 @@ class Snoop(Attached):
             raise NotSupportedError(f"syscall tracepoints for {', '.join(wanted)}",
                                     "none in tracefs events/syscalls (CONFIG_FTRACE_SYSCALLS off?)")
         # exit_<call>, or before Linux 5.15 stash_enter_<call> + stash_exit_<call>: the same events.
-        self.stashing = choose(spec, "opensnoop") is not None
+        self.stashing = choose(spec, self.VARIANT) is not None
         hooks = [("stash_enter", "enter"), ("stash_exit", "exit")] if self.stashing else [("exit", "exit")]
         skip = {"stash_enter"} if self.count and self.filters.path_prefix is None else set()  # nothing to stash
         for call in wanted:
@@ -196,22 +258,16 @@ class Snoop(Attached):
             spec.maps["stash"].max_entries = 1
         self._configure(spec)
         spec.pin_maps(self.pin_dir, ["counts", "events_lost"])
-        self._obj = spec.load()
-        try:
-            names = self._obj.exported_type("call").python_type  # enum open_call: CALL_OPEN = 0, ...
-            self._call_names = {int(n): n.name.removeprefix("CALL_").lower() for n in names}
-            for call in calls:
-                for program, hook in hooks:
-                    self._links.append(self._obj.programs[f"{program}_{call}"].attach_tracepoint(
-                        "syscalls", f"sys_{hook}_{call}"))
-            if not self.count:
-                self._ring = self._obj.ring_buffer("events")
-        except BaseException:
-            self.close()
-            raise
+        self._obj = obj = spec.load()
+        names = obj.exported_type("call").python_type  # enum open_call: CALL_OPEN = 0, ...
+        self._call_names = {int(n): n.name.removeprefix("CALL_").lower() for n in names}
+        for call in calls:
+            for program, hook in hooks:
+                self.attach(obj.programs[f"{program}_{call}"].attach_tracepoint("syscalls", f"sys_{hook}_{call}"))
+        if not self.count:
+            self._events = self.ring(obj.ring_buffer("events"))
         self.calls = calls
         self._clock_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        return self
 
     def _configure(self, spec: ObjectSpec) -> None:
         f = self.filters
@@ -236,8 +292,8 @@ class Snoop(Attached):
     def poll(self, timeout_ms: int = 100) -> np.ndarray[Any, Any]:
         """The records (struct open_event) up to the next time the kernel wakes the reader, which it
         does each time an eighth of the ring fills, or up to `timeout_ms` (0: what is there now)."""
-        assert self._ring is not None, "open() first, without count=True"
-        return self._ring.next_batch(timeout_ms)
+        assert self._events is not None, "open() first, without count=True"
+        return self._events.next_batch(timeout_ms)
 
     def _times(self, batch: np.ndarray[Any, Any]) -> list[float]:
         return (self._epoch_ns(batch) / 1e9).tolist()  # type: ignore[no-any-return]
@@ -287,15 +343,19 @@ class Snoop(Attached):
                 for k, v in zip(keys, values)]
         return sorted(rows, key=lambda c: (-c.opens, c.comm))
 
-    @property
-    def lost(self) -> int:
-        """Opens seen and not delivered: events the full ring had no room for, or in count mode,
-        opens of a new comm once the counters map was full."""
-        return sum(int(v) for v in self.obj.maps["events_lost"].lookup(0))
+    def metrics(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
 
-    @property
-    def received(self) -> int:
-        return self._ring.received if self._ring is not None else 0
+        opens = CounterMetricFamily("bpfscope_file_opens", "Files opened (open, openat, openat2), by comm",
+                                    labels=["comm"])
+        errors = CounterMetricFamily("bpfscope_file_open_errors", "Opens that failed, by comm", labels=["comm"])
+        for row in self.counts():
+            opens.add_metric([row.comm], row.opens)
+            errors.add_metric([row.comm], row.failed)
+        yield from (opens, errors)
+
+
+TOOL = Snoop
 
 
 def _present_calls(calls: list[str]) -> tuple[str, ...]:
