@@ -20,6 +20,8 @@ from .. import _libbpf, _privileges, features, mounts
 from .._privileges import KernelRestrictions
 from ..errors import KernelRefusedError, NotSupportedError, PermissionDeniedError
 from ..features import Capability, Feature
+from ..tools import _registry as registry
+from ..tools._base import CORE_NEEDS
 
 __all__ = [
     "TOOLS",
@@ -63,21 +65,14 @@ class Tool:
     capabilities: tuple[Capability, ...]
 
 
-_NET = (Capability.BPF, Capability.NET_ADMIN)
-_TRACE = (Capability.BPF, Capability.PERFMON)
-# every tool loads CO-RE objects: they need the kernel's BTF and a usable bpf()
-_CORE = (("btf",), ("bpf_syscall",))
+def _tools() -> tuple[Tool, ...]:
+    """The registry's tools (bpfscope.tools), each with what every tool needs first: its objects are
+    CO-RE, so the kernel's BTF and a usable bpf() (CORE_NEEDS)."""
+    infos = (registry.tool_info(name) for name in registry.tool_names())
+    return tuple(Tool(info.name, CORE_NEEDS + info.needs, info.capabilities) for info in infos)
 
-TOOLS = (
-    Tool("packets", _CORE + (("xdp_link",),), _NET),
-    Tool("flows", _CORE + (("tcx", "clsact"),), _NET),
-    Tool("tcmon", _CORE + (("tcx", "clsact"), ("ringbuf",)), _NET),
-    Tool("guard", _CORE + (("xdp_link",),), _NET),
-    Tool("opensnoop", _CORE + (("tracepoints",), ("tracefs",), ("ringbuf",)), _TRACE),
-    Tool("execsnoop", _CORE + (("tracepoints",), ("tracefs",), ("ringbuf",)), _TRACE),
-    Tool("funclatency", _CORE + (("uprobes",),), _TRACE),
-    Tool("httptrace", _CORE + (("tracepoints",), ("tracefs",), ("uprobes",), ("ringbuf",)), _TRACE),
-)
+
+TOOLS = _tools()
 
 # How to get what a row reports missing; a row's own fix (from what its probe found) comes first.
 _FIXES = {
@@ -121,7 +116,7 @@ def evaluate_tool(tool: Tool, rows: Mapping[str, Row], have: frozenset[Capabilit
     missing_caps = features.missing_capabilities(tool.capabilities, have)
     if not missing and not missing_caps:
         # name the alternative that will be used
-        used = [name(next(k for k in group if rows[k].ok)) for group in tool.needs[len(_CORE) :]]
+        used = [name(next(k for k in group if rows[k].ok)) for group in tool.needs[len(CORE_NEEDS) :]]
         return Row(tool.name, tool.name, True, ", ".join(used + [cap.label for cap in tool.capabilities]))
     lacks = [" or ".join(map(name, group)) for group in missing] + [cap.label for cap in missing_caps]
     # without the capabilities the feature probes could not decide, so those come first
