@@ -23,26 +23,22 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from ..__about__ import __version__
 from ..errors import BpfscopeError
 from ..pin import PIN_ROOT, ensure_pin_dir
+from ..tools import _registry as registry
 from .config import AgentConfig
 from .containers import ContainerResolver
 from .source import Source
-from .sources import (
-    ExecsSource,
-    FlowsSource,
-    FuncLatencySource,
-    GuardSource,
-    HttpSource,
-    OpensSource,
-    PacketsSource,
-    pin_subdir,
-)
+from .sources import ExecsSource, FlowsSource, FuncLatencySource, GuardSource, HttpSource, ToolSource, pin_subdir
 
 __all__ = ["Agent", "ReloadError", "build_sources", "check_custom"]
 
 log = logging.getLogger("bpfscope.agent")
 
-# The directories build_sources makes under the pin directory (pin_subdir names).
-_OWN_PIN_DIR = re.compile(r"^(?:packets-|flows-|funclatency-|custom-|guard$|opens$|execs$|http$)")
+# The directories build_sources makes under the pin directory (pin_subdir names): `<key>-<interface>` for a
+# tool that takes one, else `<key>`; and TEMPORARY, those of the sources not yet on the Tool base.
+_OWN_PIN_DIR = re.compile("^(?:{})".format("|".join(
+    [f"{tool.AGENT_KEY}-" if tool.declares("iface") else f"{tool.AGENT_KEY}$"
+     for tool in registry.all_tools() if tool.AGENT_KEY]
+    + ["flows-", "funclatency-", "guard$", "execs$", "http$", "custom-"])))
 _PUMP_MS = 200  # the reader thread's longest wait, so stop() is heard within it
 
 
@@ -50,15 +46,18 @@ def build_sources(config: AgentConfig, resolver: Optional[ContainerResolver]) ->
     """One Source per thing the config enables, each with its own pin directory; nothing opened."""
     pins = config.pin_dir
     sources: list[Source] = []
-    if config.packets:
-        sources += [PacketsSource(iface, pin_subdir(pins, "packets", iface)) for iface in config.packets.interfaces]
+    for tool in config.tools:
+        tool_class = registry.tool_class(tool.name)
+        if tool.interfaces:
+            sources += [ToolSource(tool_class, tool.key, {**tool.values, "iface": iface},
+                                   pin_subdir(pins, tool.key, iface)) for iface in tool.interfaces]
+        else:
+            sources.append(ToolSource(tool_class, tool.key, tool.values, pin_subdir(pins, tool.key)))
     if config.flows:
         sources += [FlowsSource(iface, config.flows, pin_subdir(pins, "flows", iface))
                     for iface in config.flows.interfaces]
     if config.guard:
         sources.append(GuardSource(config.guard, pin_subdir(pins, "guard")))
-    if config.opens:
-        sources.append(OpensSource(pin_subdir(pins, "opens")))
     if config.execs:
         sources.append(ExecsSource(pin_subdir(pins, "execs"), resolver))
     for f in config.funclatency:

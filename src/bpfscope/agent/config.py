@@ -1,7 +1,10 @@
 """The agent's configuration: YAML, checked field by field so a mistake is reported in one line
 that names the field (`tools.flows.top: must be an integer from 1 to 1000, not 'many'`).
 
-Without a file the agent counts packets on the default route's interface, file opens and execs."""
+A tool on the Tool base (bpfscope.tools) has its section `tools.<Tool.AGENT_KEY>`, read from the same
+option declarations as its CLI flags (Tool.OPTIONS); a tool that takes --iface takes `interfaces:` there,
+and runs once on each. Without a file the agent counts packets on the default route's interface, file
+opens and execs."""
 
 from __future__ import annotations
 
@@ -16,9 +19,11 @@ import yaml
 
 from ..errors import BpfscopeError
 from ..pin import BPFFS, PIN_ROOT
+from ..tools import _registry as registry
+from ..tools._base import OptionValueError, Tool
 
 __all__ = [
-    "DEFAULT_LISTEN", "ConfigError", "Fields", "AgentConfig", "PacketsConfig", "FlowsConfig", "GuardConfig",
+    "DEFAULT_LISTEN", "ConfigError", "Fields", "AgentConfig", "ToolConfig", "FlowsConfig", "GuardConfig",
     "CountsConfig", "FuncLatencyConfig", "HttpConfig", "CustomConfig", "OtlpConfig", "load_config", "parse_config",
     "default_interface",
 ]
@@ -70,6 +75,10 @@ class Fields:
         self._known.add(name)
         self._read.add(name)
         return self._values.get(name, default)
+
+    def keys(self) -> list[str]:
+        """The fields present, in the document's order."""
+        return list(self._values)
 
     def child(self, name: str) -> Fields:
         return Fields(self.raw(name), ".".join(p for p in (self.path, name) if p), self.source)
@@ -151,8 +160,18 @@ def default_interface() -> str:
 
 
 @dataclass(frozen=True)
-class PacketsConfig:
-    interfaces: tuple[str, ...]
+class ToolConfig:
+    """A tool on the Tool base, as its section `tools.<key>` asks: the values of its declared options
+    (defaults filled in), and for a tool that takes --iface, the interfaces it runs on, one each."""
+
+    name: str  # the tool's (registry) name
+    key: str  # its section under `tools:` (Tool.AGENT_KEY)
+    options: tuple[tuple[str, Any], ...]
+    interfaces: tuple[str, ...] = ()
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return dict(self.options)
 
 
 @dataclass(frozen=True)
@@ -213,10 +232,9 @@ class AgentConfig:
     containers: bool = True  # cgroup → container id and pod uid labels
     max_containers: int = 500  # distinct containers labelled before the rest are container="other"
     ring_bytes: int = 1 << 22
-    packets: Optional[PacketsConfig] = None
+    tools: tuple[ToolConfig, ...] = ()  # the tools on the Tool base, in the file's order
     flows: Optional[FlowsConfig] = None
     guard: Optional[GuardConfig] = None
-    opens: Optional[CountsConfig] = None
     execs: Optional[CountsConfig] = None
     funclatency: tuple[FuncLatencyConfig, ...] = ()
     http: Optional[HttpConfig] = None
@@ -226,8 +244,22 @@ class AgentConfig:
 
     @classmethod
     def default(cls) -> AgentConfig:
-        iface = default_interface()
-        return cls(packets=PacketsConfig((iface,)), opens=CountsConfig(), execs=CountsConfig())
+        tools = tuple(_tool_config(registry.tool_class(name), Fields({}, name)) for name in ("packets", "opensnoop"))
+        return cls(tools=tools, execs=CountsConfig())
+
+    def tool(self, name: str) -> Optional[ToolConfig]:
+        """The config of tool `name`, if it runs."""
+        return next((t for t in self.tools if t.name == name), None)
+
+    # TEMPORARY: the fields these two had before the Tool base, which tests/packaging/test_deploy.py still
+    # reads; it is to read tool("packets") and tool("opensnoop"), then these go.
+    @property
+    def packets(self) -> Optional[ToolConfig]:
+        return self.tool("packets")
+
+    @property
+    def opens(self) -> Optional[ToolConfig]:
+        return self.tool("opensnoop")
 
 
 def load_config(path: Union[str, os.PathLike[str], None]) -> AgentConfig:
@@ -269,11 +301,16 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
         raise top.error("ring_bytes", f"must be a power of two, not {ring_bytes:,}")
 
     tools = top.child("tools")
-    packets = _interfaces_section(tools, "packets", lambda f, ifaces: PacketsConfig(ifaces))
+    by_key = {tool.AGENT_KEY: tool for tool in registry.all_tools() if tool.AGENT_KEY}
+    for key in by_key:
+        tools.has(key)  # named among the known fields when one is not
+    # `opens: true` is `opens: {}`; `opens: false` leaves it out.
+    enabled = [key for key in tools.keys() if key in by_key and tools.raw(key) is not False]
+    generic = tuple(_tool_config(by_key[key], Fields({}, f"tools.{key}", source) if tools.raw(key) is True
+                                 else tools.child(key)) for key in enabled)
     flows = _interfaces_section(
         tools, "flows", lambda f, ifaces: FlowsConfig(ifaces, f.integer("top", 20, 1, 1000) or 20))
     guard = _guard(tools.child("guard")) if tools.has("guard") else None
-    opens = _counts(tools, "opens")
     execs = _counts(tools, "execs")
     funclatency = tuple(tools.items("funclatency", _funclatency))
     _no_repeats(tools, "funclatency", [(f.target, f.symbol) for f in funclatency], "target and symbol")
@@ -284,14 +321,15 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     _no_repeats(top, "custom", [c.object.name.split(".")[0] for c in custom], "program name")
     otlp = _otlp(top.child("otlp")) if top.has("otlp") else None
     top.done()
+    packets = next((t for t in generic if t.name == "packets"), None)
     if guard and packets and guard.interface in packets.interfaces:
         raise ConfigError(tools.where("guard.interface"), f"{guard.interface} already runs tools.packets: an "
                           "interface has one XDP program, so count packets on another or use the guard's counts")
-    if not any((packets, flows, guard, opens, execs, funclatency, http, custom)):
+    if not any((generic, flows, guard, execs, funclatency, http, custom)):
         raise ConfigError(top.where("tools"), "no tool is enabled: nothing to export")
     return AgentConfig(
         listen=listen, pin_dir=pin_dir, containers=containers, max_containers=max_containers, ring_bytes=ring_bytes,
-        packets=packets, flows=flows, guard=guard, opens=opens, execs=execs, funclatency=funclatency, http=http,
+        tools=generic, flows=flows, guard=guard, execs=execs, funclatency=funclatency, http=http,
         custom=custom, otlp=otlp, source=source,
     )
 
@@ -314,16 +352,36 @@ def _check_listen(listen: str, top: Fields) -> None:
         raise top.error("listen", f"must be ADDRESS:PORT (as {DEFAULT_LISTEN}), not {listen!r}")
 
 
-def _interfaces_section(tools: Fields, name: str, build: Callable[[Fields, tuple[str, ...]], T]) -> Optional[T]:
-    if not tools.has(name):
-        return None
-    section = tools.child(name)
+def _tool_config(tool: type[Tool], section: Fields) -> ToolConfig:
+    """The section of a tool on the Tool base, read through its option declarations."""
+    values: dict[str, Any] = {}
+    for option in tool.OPTIONS:
+        if not option.agent or not section.has(option.name):
+            values[option.name] = option.default
+            continue
+        try:
+            values[option.name] = option.from_config(section.raw(option.name))
+        except OptionValueError as exc:
+            raise section.error(option.name, str(exc)) from None
+    interfaces = _interfaces(section) if tool.declares("iface") else ()
+    section.done()
+    return ToolConfig(tool.NAME, tool.AGENT_KEY or tool.NAME, tuple(values.items()), interfaces)
+
+
+def _interfaces(section: Fields) -> tuple[str, ...]:
     ifaces = tuple(section.strings("interfaces", [default_interface()]))
     if not ifaces:
         raise section.error("interfaces", "must name at least one interface")
     if len(set(ifaces)) != len(ifaces):
         raise section.error("interfaces", "names an interface twice")
-    result = build(section, ifaces)
+    return ifaces
+
+
+def _interfaces_section(tools: Fields, name: str, build: Callable[[Fields, tuple[str, ...]], T]) -> Optional[T]:
+    if not tools.has(name):
+        return None
+    section = tools.child(name)
+    result = build(section, _interfaces(section))
     section.done()
     return result
 

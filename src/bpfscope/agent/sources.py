@@ -1,6 +1,8 @@
 """The built-in tools as agent sources. Each reads its kernel counters once per scrape (batch map
 lookups, summed over CPUs) and yields Prometheus metric families; nothing runs per event in
 Python except for HTTP, whose requests are parsed from the ring as `bpfscope httptrace` does.
+A tool on the Tool base is a ToolSource (its families are its own, Tool.metrics); the other sources
+here are TEMPORARY until their tools are converted (issue 16 step 2).
 
 Names follow Prometheus conventions: `bpfscope_<what>_total` for counters, base units (bytes,
 seconds). Labels with unbounded values are bounded: flows to the top N by bytes, HTTP routes to
@@ -15,27 +17,26 @@ import re
 import struct
 import threading
 from collections import defaultdict
-from typing import Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from .. import _libbpf
 from ..maps import Map, MapType
 from ..pin import ensure_pin_dir
+from ..tools._base import Tool
 from ..tools.execsnoop import ExecCount, ExecSnoop
 from ..tools.flows import FlowTracker, SortKey
 from ..tools.funclatency import FunctionLatency, Unit
 from ..tools.guard import Guard, Limit
 from ..tools.httptrace import Request, Tracer
-from ..tools.opensnoop import Snoop
-from ..tools.packets import PacketCounter
 from .config import FlowsConfig, FuncLatencyConfig, GuardConfig, HttpConfig
 from .containers import ContainerResolver
 from .source import Source
 
 __all__ = [
-    "PacketsSource", "FlowsSource", "GuardSource", "OpensSource", "ExecsSource", "FuncLatencySource", "HttpSource",
-    "lost_events", "received_events", "normalize_route",
+    "ToolSource", "FlowsSource", "GuardSource", "ExecsSource", "FuncLatencySource", "HttpSource",
+    "lost_events", "received_events", "unseen_families", "normalize_route",
 ]
 
 # funclatency slots are log2 of nanoseconds (slot i: [2^i, 2^(i+1)) ns); exported from 256 ns to
@@ -62,35 +63,49 @@ def lost_events(tool: str, lost: int, ring: str = "events") -> CounterMetricFami
     return family
 
 
-class PacketsSource(Source):
-    name = "packets"
+class ToolSource(Source):
+    """A tool on the Tool base (bpfscope.tools), as its config section asks, with the option values the
+    agent fixes (Tool.AGENT_VALUES) and its maps pinned under `pin_dir`. A scrape yields the tool's own
+    families (Tool.metrics) and, for every tool, what it could not see: lost records and skipped runs."""
 
-    def __init__(self, iface: str, pin_dir: str) -> None:
+    def __init__(self, tool: type[Tool], key: str, options: Mapping[str, Any], pin_dir: str) -> None:
         super().__init__(pin_dir)
-        self.iface = iface
-        self._counter: Optional[PacketCounter] = None
+        self.name = key
+        self.tool = tool
+        self.options = {**options, **tool.AGENT_VALUES}
+        self._tool: Optional[Tool] = None
 
     def open(self) -> None:
-        self._counter = PacketCounter(self.iface, pin_dir=self.pin_dir).open()
+        self._tool = self.tool.from_options(self.options, pin_dir=self.pin_dir).open()
 
     def collect(self) -> Iterator[Metric]:
-        assert self._counter is not None
-        snap = self._counter.snapshot()
-        for prefix, table, what in (("packet", snap.l3, "link-layer"), ("ip_packet", snap.l4, "IP")):
-            packets = CounterMetricFamily(f"bpfscope_{prefix}s", f"Packets received, by {what} protocol (XDP)",
-                                          labels=["interface", "protocol"])
-            size = CounterMetricFamily(f"bpfscope_{prefix}_bytes", f"Bytes received, by {what} protocol (XDP)",
-                                       labels=["interface", "protocol"])
-            for protocol, count in table.items():
-                packets.add_metric([self.iface, protocol], count.packets)
-                size.add_metric([self.iface, protocol], count.bytes)
-            yield packets
-            yield size
+        assert self._tool is not None
+        yield from self._tool.metrics()
+        yield from unseen_families(self.name, os.path.basename(self.pin_dir), self._tool)
 
     def close(self) -> None:
-        if self._counter is not None:
-            self._counter.close()
-            self._counter = None
+        if self._tool is not None:
+            self._tool.close()
+            self._tool = None
+
+
+def unseen_families(key: str, source: str, tool: Tool) -> Iterator[Metric]:
+    """What `tool` could not see, for every tool: records lost and program runs the kernel skipped
+    (labelled by its config key and its source, the pin directory's name, since one tool may run on
+    several interfaces); and per ring buffer, what was lost and what the agent read."""
+    stats = tool.stats()
+    lost = CounterMetricFamily("bpfscope_tool_lost_events", "Records a tool's programs saw and could not deliver: "
+                               "a ring buffer or a counters map was full", labels=["tool", "source"])
+    lost.add_metric([key, source], stats.lost)
+    missed = CounterMetricFamily("bpfscope_tool_missed_runs", "Runs of a tool's programs the kernel skipped "
+                                 "(another BPF program was running on that CPU); counted from Linux 6.7",
+                                 labels=["tool", "source"])
+    missed.add_metric([key, source], stats.missed)
+    yield from (lost, missed)
+    for ring, count in tool.lost_by_ring().items():
+        yield lost_events(key, count, ring)
+    for ring, count in tool.received_by_ring().items():
+        yield received_events(key, count, ring)
 
 
 class FlowsSource(Source):
@@ -173,34 +188,6 @@ class GuardSource(Source):
         if self._guard is not None:
             self._guard.close()
             self._guard = None
-
-
-class OpensSource(Source):
-    """File opens per comm, counted in the kernel (opensnoop --count)."""
-
-    name = "opens"
-
-    def __init__(self, pin_dir: str) -> None:
-        super().__init__(pin_dir)
-        self._snoop: Optional[Snoop] = None
-
-    def open(self) -> None:
-        self._snoop = Snoop(count=True, pin_dir=self.pin_dir).open()
-
-    def collect(self) -> Iterator[Metric]:
-        assert self._snoop is not None
-        opens = CounterMetricFamily("bpfscope_file_opens", "Files opened (open, openat, openat2), by comm",
-                                    labels=["comm"])
-        errors = CounterMetricFamily("bpfscope_file_open_errors", "Opens that failed, by comm", labels=["comm"])
-        for row in self._snoop.counts():
-            opens.add_metric([row.comm], row.opens)
-            errors.add_metric([row.comm], row.failed)
-        yield from (opens, errors, lost_events(self.name, self._snoop.lost, "counts"))
-
-    def close(self) -> None:
-        if self._snoop is not None:
-            self._snoop.close()
-            self._snoop = None
 
 
 class ExecsSource(Source):

@@ -146,10 +146,9 @@ def _reload(agent: Agent, otlp: _Otlp, args: argparse.Namespace) -> None:
 
 def _describe(config: AgentConfig) -> str:
     parts: list[Optional[str]] = [
-        f"packets({', '.join(config.packets.interfaces)})" if config.packets else None,
+        *(f"{t.key}({', '.join(t.interfaces)})" if t.interfaces else t.key for t in config.tools),
         f"flows({', '.join(config.flows.interfaces)})" if config.flows else None,
         f"guard({config.guard.interface})" if config.guard else None,
-        "opens" if config.opens else None,
         "execs" if config.execs else None,
         *(f"funclatency({f.target}:{f.symbol})" for f in config.funclatency),
         "http" if config.http else None,
