@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from loaded import left_behind, loaded, unheld
 
 BPFSCOPE = [sys.executable, "-m", "bpfscope.cli.main"]
 REJECTED = Path(__file__).resolve().parents[1] / "bpf" / "verifier_reject.bpf.c"
@@ -28,15 +29,12 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *expected: s
     return lines[0]
 
 
-def loaded_programs() -> str:
-    return subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
-
-
 def test_unknown_interface_lists_the_existing_ones():
+    before = unheld(["count_packets"])
     line = assert_one_line_error(bpfscope("packets", "--iface", "nosuch0", "--duration", "1"),
                                  "no interface 'nosuch0'", "lo")
     assert line.startswith("bpfscope packets:")
-    assert "count_packets" not in loaded_programs()
+    assert not left_behind(["count_packets"], before)
 
 
 def test_no_privileges_names_the_capability():
@@ -61,7 +59,7 @@ def test_verifier_rejection_shows_cause_and_source_line(tmp_path):
     line = result.stderr.strip().splitlines()[-1]
     assert "verifier rejected program 'unchecked_lookup'" in line
     assert "invalid mem access" in line and "*count += 1" in line
-    assert "unchecked_lookup" not in loaded_programs()
+    assert "unchecked_lookup" not in loaded().values()
 
 
 def test_verbose_verifier_rejection_adds_the_log_tail(tmp_path):
@@ -73,9 +71,10 @@ def test_verbose_verifier_rejection_adds_the_log_tail(tmp_path):
 
 
 def test_missing_kernel_feature_native_xdp_on_lo():
+    before = unheld(["count_packets"])
     assert_one_line_error(bpfscope("packets", "--iface", "lo", "--mode", "native", "--duration", "1"),
                           "no native XDP")
-    assert "count_packets" not in loaded_programs()
+    assert not left_behind(["count_packets"], before)
 
 
 @pytest.mark.parametrize("args", [

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loaded import held_by, left_behind, loaded, still_loaded, unheld
+from streams import finish, records_until
 
 from bpfscope.features import Feature
 from bpfscope.object import ObjectSpec, tool_object
@@ -53,14 +55,7 @@ def start_flows(pair: VethPair, *extra: str) -> subprocess.Popen[str]:
 
 def stop(proc: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """SIGTERM, then every interval record and the final one, each parsed."""
-    proc.send_signal(signal.SIGTERM)
-    # Through the pipes' file objects, not communicate(): that reads the bare fds, and would skip what a
-    # test's readline() left in the file's buffer (the rest of the records behind the one it read).
-    out = proc.stdout.read()  # type: ignore[union-attr]
-    err = proc.stderr.read()  # type: ignore[union-attr]
-    proc.wait(timeout=10)
-    assert proc.returncode == 0, err
-    records = [json.loads(line) for line in out.strip().splitlines()]
+    records, err = finish(proc)
     assert records[-1]["final"] is True
     assert all("final" not in r for r in records[:-1])
     return records[:-1], records[-1], err
@@ -70,11 +65,16 @@ def by_endpoints(records: list[dict[str, Any]]) -> dict[tuple[str, str, int, str
     return {(r["proto"], r["local"], r["local_port"], r["remote"], r["remote_port"]): r for r in records}
 
 
-def loaded_programs() -> int:
-    """How many flows programs are loaded. bpftool 7.1 does not list tcx links under `net show`; a tcx
-    link holds its program, so one still loaded after the tool exited would mean a link still attached."""
-    shown = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return shown.count("name track_ingress") + shown.count("name track_egress")
+# bpftool 7.1 does not list tcx links under `net show`; a tcx link holds its program, so one still loaded after
+# the tool exited would mean a link still attached.
+PROGRAMS = ("track_ingress", "track_egress")
+
+
+def programs_of(pid: int) -> set[int]:
+    """The programs process `pid` holds: flows' two."""
+    held = held_by(pid)
+    assert sorted(name for id, name in loaded().items() if id in held) == sorted(PROGRAMS)
+    return held
 
 
 class Tap:
@@ -93,10 +93,12 @@ class Tap:
     def _read(self) -> None:
         buf = bytearray(1 << 17)
         self.sock.settimeout(0.05)
-        while not self._stop:
+        while True:
             try:
                 length, addr = self.sock.recvfrom_into(buf, len(buf), socket.MSG_TRUNC)
             except socket.timeout:
+                if self._stop:  # and every frame queued before close() was read
+                    return
                 continue
             key = self._flow(bytes(buf[:120]), addr[2] == PACKET_OUTGOING)
             if key:
@@ -118,7 +120,7 @@ class Tap:
         return (proto, dst, dport, src, sport, "in")
 
     def close(self) -> None:
-        time.sleep(0.2)
+        """Once it has read every frame the kernel queued to it (each before the exchange that sent it ended)."""
         self._stop = True
         self._thread.join()
         _, drops = struct.unpack("II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
@@ -198,21 +200,21 @@ def tcp_exchange(pair: VethPair, nbytes: int) -> int:
 def test_every_flow_exact_in_both_directions(veth_pair, tc_mode):
     server = start_server(veth_pair)
     tap = Tap(veth_pair.host)
-    before = loaded_programs()
     proc = start_flows(veth_pair, "--top", "1000")
+    its_programs = programs_of(proc.pid)
     try:
-        assert loaded_programs() == before + 2
         udp_sizes = {n: [1 + (i * 37 + n) % 1400 for i in range(20 + 7 * n)] for n in range(3)}
         udp_ports = {n: udp_exchange(veth_pair, sizes) for n, sizes in udp_sizes.items()}
         tcp_bytes = [1_000 * (k + 1) ** 3 for k in range(4)]  # 1 kB .. 64 kB: one segment to several
+        # Each exchange ended with what it sent counted: the tap and tc saw each frame before its receiver did.
         tcp_ports = [tcp_exchange(veth_pair, n) for n in tcp_bytes]
-        time.sleep(0.5)
+        shown = records_until(proc, lambda r: True)  # an interval's record, at least
     finally:
         intervals, final, err = stop(proc)
         tap.close()
-    assert loaded_programs() == before  # detached and unloaded on SIGTERM
+    assert not still_loaded(its_programs)  # detached and unloaded on SIGTERM
     assert f"Total flow count: {final['flows']}" in err
-    assert intervals and all(r["iface"] == veth_pair.host and r["mode"] == tc_mode for r in intervals)
+    assert all(r["iface"] == veth_pair.host and r["mode"] == tc_mode for r in shown + intervals)
     assert ("no tcx links (Linux 6.6+); attached to" in err) is (tc_mode == "clsact")  # the fallback, in one line
     flows = by_endpoints(final["top"])
     assert final["flows"] == len(final["top"]) == len(udp_ports) + len(tcp_ports)
@@ -258,7 +260,8 @@ def test_ipv6_flows_exact_both_ways(veth_pair):
         inject = "import sys; from bpfscope.testing.netns import send_frames; " \
                  "send_frames([bytes.fromhex(h) for h in sys.argv[2:]], sys.argv[1])"
         veth_pair.exec([sys.executable, "-c", inject, veth_pair.peer, *(f.hex() for f in in_frames)], check=True)
-        time.sleep(0.5)
+        # They reach the host end's ingress in its softirq, which a busy machine may run after the sender returned.
+        records_until(proc, lambda r: any(f["family"] == "ipv6" and f["in"]["packets"] == 17 for f in r["top"]))
     finally:
         _, final, _ = stop(proc)
     flows = by_endpoints(final["top"])
@@ -278,7 +281,6 @@ def test_map_stays_bounded_under_a_flood_of_sources(veth_pair):
     proc = start_flows(veth_pair, "--max-flows", "256", "--top", "5", "--sort", "packets")
     try:
         assert send_frames(frames, veth_pair.host) == len(frames)
-        time.sleep(0.5)
         after = [json.loads(proc.stdout.readline()) for _ in range(3)]  # type: ignore[union-attr]
         assert proc.poll() is None, "the tool stopped under the flood"
     finally:
@@ -297,16 +299,15 @@ def test_library_bound_and_idle_expiry(veth_pair):
 
     with FlowTracker(veth_pair.host, max_flows=64) as tracker:
         assert tracker.map.max_entries == 64
-        send_frames([frame(1111)] * 3, veth_pair.host)
-        time.sleep(0.1)
+        send_frames([frame(1111)] * 3, veth_pair.host)  # tc egress counts each in the send
         snap = tracker.snapshot(expire_idle=5)
         assert snap.expired == 0
         old = [f for f in snap.flows() if f.local_port == 1111]
         assert len(old) == 1 and old[0].packets_out == 3 and old[0].bytes_out == 3 * len(frame(1111))
-        time.sleep(0.6)
+        time.sleep(1.5)
         send_frames([frame(2222)], veth_pair.host)
-        time.sleep(0.05)
-        snap = tracker.snapshot(expire_idle=0.4)
+        # 1111 has been idle for 1.5 s at least; 2222 for less than 1 s, unless the machine stalls that long.
+        snap = tracker.snapshot(expire_idle=1.0)
         assert snap.expired >= 1  # 1111 (and the ICMP errors it caused, if any)
         assert [f.local_port for f in snap.flows() if f.proto == "udp"] == [2222]
         keys, _ = tracker.map.lookup_batch()
@@ -404,7 +405,7 @@ def bpfscope(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def assert_one_line_error(args: list[str], code: int, *expected: str) -> None:
-    before = loaded_programs()
+    before = unheld(PROGRAMS)
     result = bpfscope("flows", *args)
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
@@ -413,7 +414,7 @@ def assert_one_line_error(args: list[str], code: int, *expected: str) -> None:
     assert lines[0].startswith("bpfscope flows:")
     for text in expected:
         assert text in lines[0]
-    assert loaded_programs() == before
+    assert not left_behind(PROGRAMS, before)
 
 
 def test_unknown_interface():
@@ -465,24 +466,15 @@ def test_clsact_filters_a_killed_flows_left_are_removed_at_the_next_start(veth_p
 @pytest.mark.requires(Feature.TCX)
 def test_kill_9_leaves_nothing_attached(veth_pair):
     proc = start_flows(veth_pair)
+    its_programs = programs_of(proc.pid)
 
     def tcx_links() -> list[dict[str, Any]]:
-        """Links holding the flows programs (bpftool 7.1 shows a tcx link's type only as a number)."""
-        def bpftool(*args: str) -> list[dict[str, Any]]:
-            out = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, check=True).stdout
-            return list(json.loads(out or "[]"))
+        """Links holding its programs (bpftool 7.1 shows a tcx link's type only as a number)."""
+        out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+        return [link for link in json.loads(out or "[]") if link.get("prog_id") in its_programs]
 
-        ours = {p["id"] for p in bpftool("prog", "show") if p.get("name") in ("track_ingress", "track_egress")}
-        return [link for link in bpftool("link", "show") if link.get("prog_id") in ours]
-
-    links = tcx_links()
-    assert len(links) == 2  # ingress and egress (this module's own loaded object attaches nothing)
-    its_programs = {link["prog_id"] for link in links}
+    assert len(tcx_links()) == 2  # ingress and egress
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
-    deadline = time.monotonic() + 5  # the kernel frees a link once its last fd is gone
-    while tcx_links() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert not still_loaded(its_programs)  # the kernel frees a link once its last fd is gone, then its program
     assert tcx_links() == []
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    assert not its_programs & {p["id"] for p in json.loads(out or "[]")}

@@ -16,6 +16,8 @@ from typing import Any, Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loaded import left_behind, unheld
+from streams import finish, records_until
 
 from bpfscope.object import Object
 from bpfscope.pin import PIN_ROOT, tool_pin_dir
@@ -83,8 +85,8 @@ def test_burst_passes_then_everything_drops(limiter):
 
 @pytest.mark.parametrize("limiter", [dict(rate=100, burst=100)], indirect=True)
 def test_bucket_refills_at_the_rate_up_to_the_burst(limiter):
+    start = time.monotonic()  # before the first run: its last packet emptied the bucket after this
     assert run(limiter, udp4(), 150)[1].passed == 100  # the burst, back to back
-    start = time.monotonic()
     time.sleep(0.3)
     _, delta = run(limiter, udp4(), 200)
     elapsed = time.monotonic() - start
@@ -191,7 +193,10 @@ def test_limit_changes_without_reload(limiter):
     # 20 s of debt at 1/s is more than a bucket at 1000/s holds: it counts as empty, not as 20 s.
     assert run(limiter, udp4())[0] is XdpAction.DROP
     time.sleep(0.05)  # 20 ms fill the bucket at the new rate
-    assert 20 <= run(limiter, udp4(), 30)[1].passed <= 21
+    start = time.monotonic()
+    passed = run(limiter, udp4(), 30)[1].passed
+    # The full bucket, and what refilled while the 30 ran (the kernel may reschedule between repeats).
+    assert 20 <= passed <= 20 + (time.monotonic() - start) * 1000 + 1
 
 
 # --- the command, on a veth ---
@@ -209,13 +214,15 @@ def guard_command(pair: VethPair, *extra: str) -> subprocess.Popen[str]:
 
 
 def stop(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
-    final = json.loads(out.strip().splitlines()[-1])
+    final = finish(proc)[0][-1]
     assert final["final"] is True
     return final
+
+
+def counted(proc: subprocess.Popen[str], frames: int) -> None:
+    """Until the guard has judged `frames` frames: they reach it in the host end's softirq, which a busy machine
+    may run after the sender has returned."""
+    records_until(proc, lambda r: sum(r["total"][verdict] for verdict in ("passed", "dropped")) >= frames)
 
 
 def assert_nothing_left(pair: VethPair) -> None:
@@ -276,7 +283,7 @@ def test_flooder_is_held_to_rate_plus_burst_and_quiet_source_loses_nothing(veth_
     try:
         flood, quiet = send(veth_pair, FLOODER, pps=0, seconds=SECONDS), send(veth_pair, QUIET, pps=50, seconds=SECONDS)
         flooded, sent_quietly = result(flood), result(quiet)
-        time.sleep(0.3)
+        counted(proc, flooded["sent"] + sent_quietly["sent"])
     finally:
         final = stop(proc)
     assert_nothing_left(veth_pair)
@@ -296,7 +303,7 @@ def test_allowlisted_flooder_passes_everything(veth_pair):
         allow = subprocess.run([*BPFSCOPE, "guard", "allow", "198.51.100.0/24"], capture_output=True, text=True)
         assert allow.returncode == 0, allow.stderr
         flooded = result(send(veth_pair, FLOODER, pps=0, seconds=1.0))
-        time.sleep(0.3)
+        counted(proc, flooded["sent"])
     finally:
         final = stop(proc)
     assert final["total"]["dropped"] == 0
@@ -307,7 +314,7 @@ def test_dry_run_drops_nothing(veth_pair):
     proc = guard_command(veth_pair, "--rate", "10", "--burst", "10", "--dry-run")
     try:
         flooded = result(send(veth_pair, FLOODER, pps=0, seconds=1.0))
-        time.sleep(0.3)
+        counted(proc, flooded["sent"])
     finally:
         final = stop(proc)
     assert final["dry_run"] is True and final["total"]["dropped"] == 0
@@ -338,9 +345,7 @@ def test_control_commands_change_the_running_guard(veth_pair):
         assert missing.returncode == 1 and "on neither list" in missing.stderr
         second = bpfscope("guard", "--iface", veth_pair.host, "--rate", "5")
         assert second.returncode == 1 and "a guard is already running" in second.stderr
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        while json.loads(line)["rate"] != 50:
-            line = proc.stdout.readline()  # type: ignore[union-attr]
+        records_until(proc, lambda r: r["rate"] == 50)
     finally:
         final = stop(proc)
     assert (final["rate"], final["burst"]) == (50, 200)
@@ -350,7 +355,7 @@ def test_control_commands_change_the_running_guard(veth_pair):
 def test_kill_9_leaves_pins_that_the_next_guard_clears(veth_pair):
     proc = guard_command(veth_pair, "--rate", "100")
     os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=10)
+    proc.wait(timeout=10)
     assert os.path.isdir(tool_pin_dir("guard"))  # maps pinned, but nobody holds the lock
     orphan = bpfscope("guard", "allow", "10.0.0.0/8")
     assert orphan.returncode == 1
@@ -370,8 +375,7 @@ def test_library_guard_reports_its_mode(veth_pair):
 
 # --- bad input: one line, exit != 0, no traceback, nothing attached ---
 
-def loaded_programs() -> str:
-    return subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
+PROGRAMS = ("limit_sources", "limit_sources_l")  # the kernel keeps 15 bytes of limit_sources_locked
 
 
 @pytest.mark.parametrize("args, code, expected", [
@@ -388,11 +392,12 @@ def loaded_programs() -> str:
     (["guard", "--rate", "5", "allow", "10.0.0.0/8"], 1, "--rate is for running a guard"),
 ])
 def test_bad_input(args, code, expected):
+    before = unheld(PROGRAMS)
     result = bpfscope(*args)
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert lines[0].startswith("bpfscope guard")
-    assert "limit_sources" not in loaded_programs()
+    assert not left_behind(PROGRAMS, before)
     assert not os.path.exists(tool_pin_dir("guard"))

@@ -10,13 +10,13 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loaded import held_by, left_behind, still_loaded, unheld
 
 from bpfscope.features import Feature, probe
 from bpfscope.program import TcDirection
@@ -27,10 +27,27 @@ from bpfscope.tools.tcmon import DEFAULT_RULES, Monitor, RulesError, Thresholds,
 BPFSCOPE = [sys.executable, "-m", "bpfscope.cli.main"]
 OTHERHOST = "02:00:00:00:00:99"  # a MAC nobody has: tc sees the frame, the stack drops it, nobody answers
 
-# Reads hex frames from stdin and sends them on the interface named in argv, inside the namespace,
-# so they arrive at tcmon's end of the veth as ingress.
-INJECT = ("import sys; from bpfscope.testing.netns import send_frames; "
-          "send_frames([bytes.fromhex(h) for h in sys.stdin.read().split()], sys.argv[1])")
+# Reads hex frames from stdin and sends them on the interface argv[1] names, inside the namespace, so they
+# arrive at tcmon's end of the veth as ingress; then pings argv[2], that end's address, and waits for the
+# answer. Sent from one CPU, the frames and the echo request queue one behind another on their way in (that
+# CPU's backlog, or the one veth queue it maps to): the host answers once it has taken in every frame, so
+# tcmon has seen them all by then, however late a busy machine ran the softirq that took them in.
+INJECT = textwrap.dedent("""
+    import os, socket, struct, sys
+    from bpfscope.testing.netns import send_frames
+    from bpfscope.testing.packets import icmp_echo
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    send_frames([bytes.fromhex(h) for h in sys.stdin.read().split()], sys.argv[1])
+    ident = os.getpid() & 0xFFFF
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as ping:
+        ping.settimeout(10)
+        ping.sendto(icmp_echo(ident, 1, b"all sent"), (sys.argv[2], 0))
+        while True:
+            packet = ping.recv(2048)
+            icmp = packet[(packet[0] & 0x0F) * 4:]
+            if icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:  # our echo reply
+                break
+""")
 
 TC_ACT_UNSPEC = 0xFFFFFFFF  # -1 as test_run's u32 retval: the verdict left to what runs next
 
@@ -42,10 +59,10 @@ def inject(pair: VethPair, frames: list[bytes]) -> None:
 
 
 def injection(pair: VethPair, frames: list[bytes]) -> Callable[[], None]:
-    """Starts the injector now and returns what sends `frames`: its Python is up by then, which under
-    emulation takes longer than a short run of a tool."""
-    injector = pair.popen([sys.executable, "-c", INJECT, pair.peer], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+    """Starts the injector now and returns what sends `frames` and returns once tcmon's end has taken them in:
+    the injector's Python is up by then, which under emulation takes longer than a short run of a tool."""
+    injector = pair.popen([sys.executable, "-c", INJECT, pair.peer, pair.host_ip], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def send() -> None:
         _, err = injector.communicate("\n".join(f.hex() for f in frames), timeout=60)
@@ -77,8 +94,8 @@ def start_tcmon(pair: VethPair, *extra: str) -> subprocess.Popen[str]:
 
 
 def stop(proc: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
-    """SIGTERM; then every event and the final summary, parsed, and the rest of stderr."""
-    time.sleep(0.3)  # the last frames' events reach the ring
+    """SIGTERM (tcmon reads what its ring holds before it ends); then every event and the final summary, parsed,
+    and the rest of stderr."""
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
@@ -92,11 +109,8 @@ def of_kind(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e for e in events if e["kind"] == kind]
 
 
-def tcmon_programs() -> list[int]:
-    """IDs of the loaded tcmon programs, in either form (the kernel keeps 15 bytes of watch_*_locked)."""
-    shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
-                                      check=True).stdout)
-    return sorted(p["id"] for p in shown if p.get("name", "").startswith(("watch_ingress", "watch_egress")))
+# Its programs in either form (the kernel keeps 15 bytes of watch_*_locked).
+PROGRAMS = ("watch_ingress", "watch_egress", "watch_ingress_l", "watch_egress_lo")
 
 
 def tcmon_links(programs: list[int]) -> list[tuple[int, int]]:
@@ -294,7 +308,7 @@ def test_sighup_reloads_rules_in_place_and_a_broken_file_keeps_the_old(veth_pair
     proc = start_tcmon(veth_pair, "--rules", str(rules))
     assert proc.stderr is not None
     try:
-        programs = tcmon_programs()
+        programs = sorted(held_by(proc.pid))
         links = tcmon_links(programs)
         assert len(programs) == 2 and len(links) == (2 if tc_mode == "tcx" else 0)  # cls_bpf filters are no links
         inject(veth_pair, [delete_request()])  # no rule for it yet
@@ -311,14 +325,14 @@ def test_sighup_reloads_rules_in_place_and_a_broken_file_keeps_the_old(veth_pair
         assert line.startswith("bpfscope tcmon: rules not reloaded, the old ones stay:"), line
         assert f"{rules}:3:" in line and "1 to 16 bytes" in line
         inject(veth_pair, [delete_request()])  # the old rules still match
-        assert tcmon_programs() == programs and tcmon_links(programs) == links
+        assert sorted(held_by(proc.pid)) == programs and tcmon_links(programs) == links
     finally:
         events, final, err = stop(proc)
     assert [(e["kind"], e["src"]) for e in events] == [("pattern", "10.44.0.2"), ("pattern", "10.44.0.3")], events
     assert all("'delete'" in e["detail"] for e in events)
     assert final["reloads"] == 1
     assert "Traceback" not in err
-    assert tcmon_programs() == []  # detached and unloaded on SIGTERM
+    assert not still_loaded(programs)  # detached and unloaded on SIGTERM
 
 
 # --- the live view ----------------------------------------------------------------------------
@@ -452,13 +466,13 @@ def test_bad_input(tmp_path, rules_text, code, expected):
         args += ["--rules", str(tmp_path / "absent.yaml")]
     elif rules_text is not None:
         args += ["--rules", str(write_rules(tmp_path / "bad.yaml", rules_text))]
-    before = tcmon_programs()  # this module's own test_run object may be loaded
+    before = unheld(PROGRAMS)
     result = bpfscope(*args)
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bpfscope tcmon: ") and expected in lines[0], result.stderr
-    assert tcmon_programs() == before
+    assert not left_behind(PROGRAMS, before)
 
 
 @pytest.mark.parametrize("args, expected", [
