@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
 import signal
 import socket
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from loaded import held_by
 from prometheus_client.parser import text_string_to_metric_families
 
 BPFSCOPE = [sys.executable, "-m", "bpfscope.cli.main"]
@@ -37,7 +40,7 @@ class AgentProcess:
         self.path.write_text(yaml.safe_dump(self.config))
         self.proc = subprocess.Popen([*BPFSCOPE, "agent", "--config", str(self.path), *extra],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.stderr = ""
+        self.stderr = ""  # what it has said so far (said()), all of it after stop()
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -74,11 +77,38 @@ class AgentProcess:
         return sum(v for (n, ls), v in self.metrics().items()
                    if n == name and all(dict(ls).get(k) == want for k, want in labels.items()))
 
+    def settled(self, name: str, expected: float, *, timeout: float = 10, **labels: str) -> float:
+        """value(), read again until it is `expected` or `timeout` seconds have passed; the last value read.
+        Frames sent across a veth are counted when the receiving end processes them, in a softirq that a busy
+        machine may run after the sender has returned."""
+        deadline = time.monotonic() + timeout
+        while (value := self.value(name, **labels)) != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return value
+
+    def said(self, text: str, timeout: float = 15) -> None:
+        """Until a line the agent wrote to stderr holds `text` (what it says once it has done a thing, as a
+        reload). Read from the bare fd, as communicate() in stop() reads the rest."""
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr:
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([self.proc.stderr], [], [], left)[0], \
+                f"the agent did not say {text!r} in {timeout} s: {self.stderr}"
+            chunk = os.read(self.proc.stderr.fileno(), 65536)
+            assert chunk, f"the agent ended before it said {text!r}: {self.stderr}"
+            self.stderr += chunk.decode(errors="replace")
+
+    def programs(self) -> set[int]:
+        """IDs of the BPF programs the agent holds."""
+        return held_by(self.pid)
+
     def stop(self, timeout: float = 10) -> float:
         """SIGTERM; returns how long the agent took to exit."""
         start = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
-        _, self.stderr = self.proc.communicate(timeout=timeout)
+        _, rest = self.proc.communicate(timeout=timeout)
+        self.stderr += rest
         return time.monotonic() - start
 
     def kill(self) -> None:
@@ -148,12 +178,6 @@ class Prometheus:
                 self.proc.kill()
                 self.proc.communicate()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def loaded_program_names() -> set[str]:
-    """Names of every BPF program loaded on the machine, from bpftool."""
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return {p.get("name", "") for p in json.loads(out)}
 
 
 def status_caps(pid: int, tid: Optional[str] = None) -> dict[str, int]:

@@ -11,15 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+from loaded import left_behind, still_loaded, unheld
 
 from bpfscope.agent import caps
 from bpfscope.testing import packets as pk
 from bpfscope.testing.netns import VethPair
 
 from .agentproc import BPFSCOPE as BPFSCOPE_CMD
-from .agentproc import AgentProcess, Prometheus, loaded_program_names, status_caps, xdp_attached
+from .agentproc import AgentProcess, Prometheus, status_caps, xdp_attached
 
-TOOL_PROGRAMS = {"count_packets", "track_ingress", "track_egress", "exit_openat", "report_execve"}
+TOOL_PROGRAMS = ("count_packets", "track_ingress", "track_egress", "exit_openat", "report_execve")
+UDP_IN = "bpfscope_ip_packets_total"
 
 
 def send_to_host(pair: VethPair, n: int, dport: int = 9) -> None:
@@ -71,7 +73,7 @@ def test_counters_carry_on_across_a_restart_with_kept_pins(veth_pair, pins, tmp_
     first = AgentProcess(config, tmp_path, "--keep-pins")
     try:
         send_to_host(veth_pair, 100)
-        assert first.value("bpfscope_ip_packets_total", interface=veth_pair.host, protocol="udp") == 100
+        assert first.settled(UDP_IN, 100, interface=veth_pair.host, protocol="udp") == 100
     finally:
         first.stop()
     assert first.proc.returncode == 0, first.stderr
@@ -82,7 +84,7 @@ def test_counters_carry_on_across_a_restart_with_kept_pins(veth_pair, pins, tmp_
     try:
         assert second.value("bpfscope_ip_packets_total", interface=veth_pair.host, protocol="udp") == 100
         send_to_host(veth_pair, 50)
-        assert second.value("bpfscope_ip_packets_total", interface=veth_pair.host, protocol="udp") == 150
+        assert second.settled(UDP_IN, 150, interface=veth_pair.host, protocol="udp") == 150
     finally:
         second.stop()
     assert second.proc.returncode == 0, second.stderr
@@ -92,18 +94,19 @@ def test_counters_carry_on_across_a_restart_with_kept_pins(veth_pair, pins, tmp_
 def test_sigterm_detaches_within_a_second(veth_pair, pins, tmp_path):
     agent = AgentProcess(packets_config(veth_pair, pins, opens=True, execs=True), tmp_path)
     assert xdp_attached(veth_pair.host)
+    its_programs = agent.programs()
     took = agent.stop()
     assert agent.proc.returncode == 0, agent.stderr
     assert took < 1.0, f"the agent took {took:.2f} s to exit after SIGTERM"
     assert not xdp_attached(veth_pair.host)
-    assert not (TOOL_PROGRAMS & loaded_program_names())
+    assert its_programs and not still_loaded(its_programs)
 
 
 def test_sighup_reloads_without_losing_counts(veth_pair, pins, tmp_path):
     agent = AgentProcess(packets_config(veth_pair, pins), tmp_path)
     try:
         send_to_host(veth_pair, 40)
-        assert agent.value("bpfscope_file_opens_total") == 0
+        assert agent.value("bpfscope_file_opens_total") == 0  # no opens counted: not in this config
         agent.rewrite(packets_config(veth_pair, pins, opens=True))
         agent.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 15
@@ -112,9 +115,9 @@ def test_sighup_reloads_without_losing_counts(veth_pair, pins, tmp_path):
                 pass
             time.sleep(0.1)
         assert agent.value("bpfscope_file_opens_total") > 0, "the reloaded config's opens are counted"
-        assert agent.value("bpfscope_ip_packets_total", interface=veth_pair.host, protocol="udp") == 40
+        assert agent.settled(UDP_IN, 40, interface=veth_pair.host, protocol="udp") == 40
         send_to_host(veth_pair, 2)
-        assert agent.value("bpfscope_ip_packets_total", interface=veth_pair.host, protocol="udp") == 42
+        assert agent.settled(UDP_IN, 42, interface=veth_pair.host, protocol="udp") == 42
     finally:
         agent.stop()
     assert "reloaded" in agent.stderr
@@ -125,10 +128,10 @@ def test_a_reload_that_fails_keeps_the_running_config(veth_pair, pins, tmp_path)
     try:
         agent.rewrite({"pin_dir": pins, "tools": {"packets": {"interfaces": ["bpfscope-nope0"]}}})
         agent.proc.send_signal(signal.SIGHUP)
-        time.sleep(1.5)
+        agent.said("reload failed")
         assert agent.proc.poll() is None
         send_to_host(veth_pair, 5)
-        assert agent.value("bpfscope_ip_packets_total", interface=veth_pair.host, protocol="udp") == 5
+        assert agent.settled(UDP_IN, 5, interface=veth_pair.host, protocol="udp") == 5
     finally:
         agent.stop()
     assert "reload failed" in agent.stderr and "bpfscope-nope0" in agent.stderr
@@ -144,7 +147,7 @@ def test_capabilities_are_dropped_after_attaching(veth_pair, pins, tmp_path):
             assert held["CapEff"] == 0, f"thread {tid}: CapEff {held['CapEff']:#x}"
             assert held["CapPrm"] == held["CapBnd"] == sum(1 << c for c in caps.RELOAD_CAPS)
         send_to_host(veth_pair, 3)  # and it still reads its maps
-        assert agent.value("bpfscope_ip_packets_total", interface=veth_pair.host, protocol="udp") == 3
+        assert agent.settled(UDP_IN, 3, interface=veth_pair.host, protocol="udp") == 3
     finally:
         agent.stop()
     assert agent.proc.returncode == 0, agent.stderr
@@ -213,13 +216,13 @@ BAD_CONFIGS = {
 def test_a_bad_config_is_one_line_naming_the_field(text, field, tmp_path):
     path = tmp_path / "agent.yaml"
     path.write_text(text)
-    before = loaded_program_names()
+    before = unheld(TOOL_PROGRAMS)
     result = subprocess.run([sys.executable, "-m", "bpfscope.cli.main", "agent", "--config", str(path),
                              "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and field in lines[0] and "Traceback" not in result.stderr, result.stderr
-    assert not (TOOL_PROGRAMS & (loaded_program_names() - before))
+    assert not left_behind(TOOL_PROGRAMS, before)
 
 
 def test_without_root_it_says_what_it_needs(tmp_path):
@@ -242,13 +245,12 @@ def test_kill_9_leaves_nothing_attached_and_the_next_agent_carries_on(veth_pair,
     config = packets_config(veth_pair, pins, opens=True, execs=True)
     first = AgentProcess(config, tmp_path)
     send_to_host(veth_pair, 30)
-    assert first.value("bpfscope_ip_packets_total", interface=veth_pair.host, protocol="udp") == 30
+    assert first.settled(UDP_IN, 30, interface=veth_pair.host, protocol="udp") == 30
+    its_programs = first.programs()
     first.kill()
-    deadline = time.monotonic() + 5
-    while (xdp_attached(veth_pair.host) or TOOL_PROGRAMS & loaded_program_names()) and time.monotonic() < deadline:
-        time.sleep(0.1)  # the kernel releases a dead process's links from a worker, a moment after
+    # The kernel releases a dead process's links from a worker, a moment after; then their programs.
+    assert its_programs and not still_loaded(its_programs)
     assert not xdp_attached(veth_pair.host)
-    assert not (TOOL_PROGRAMS & loaded_program_names())
     second = AgentProcess(config, tmp_path)  # the flock died with the first; its pins are taken over
     try:
         assert second.value("bpfscope_ip_packets_total", interface=veth_pair.host, protocol="udp") == 30

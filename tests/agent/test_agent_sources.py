@@ -19,6 +19,7 @@ import pytest
 
 from bpfscope.agent.containers import ContainerResolver
 from bpfscope.agent.sources import ExecsSource
+from bpfscope.tools.execsnoop import ExecSnoop, Filters
 
 from .agentproc import AgentProcess, free_port, xdp_attached
 from .test_agent import cgroup2_root, send_to_host
@@ -37,6 +38,7 @@ def test_guard_counts_what_it_passed_and_dropped(veth_pair, pins, tmp_path):
     agent = AgentProcess(config, tmp_path)
     try:
         send_to_host(veth_pair, 200)
+        agent.settled("bpfscope_guard_packets_total", 200, interface=veth_pair.host)  # passed or dropped
         passed = agent.value("bpfscope_guard_packets_total", interface=veth_pair.host, verdict="passed")
         dropped = agent.value("bpfscope_guard_packets_total", interface=veth_pair.host, verdict="dropped")
         assert passed + dropped == 200
@@ -45,7 +47,7 @@ def test_guard_counts_what_it_passed_and_dropped(veth_pair, pins, tmp_path):
         subprocess.run([sys.executable, "-m", "bpfscope.cli.main", "guard", "--pin-dir", f"{pins}/guard",
                         "allow", f"{veth_pair.peer_ip}/32"], check=True, capture_output=True)
         send_to_host(veth_pair, 50)
-        assert agent.value("bpfscope_guard_list_matches_total", interface=veth_pair.host, list="allow") == 50
+        assert agent.settled("bpfscope_guard_list_matches_total", 50, interface=veth_pair.host, list="allow") == 50
         assert agent.value("bpfscope_guard_packets_total", interface=veth_pair.host, verdict="passed") == passed + 50
     finally:
         agent.stop()
@@ -58,6 +60,7 @@ def test_flows_export_the_top_flows_with_bounded_series(veth_pair, pins, tmp_pat
     try:
         for dport, n in ((7001, 30), (7002, 20), (7003, 10)):
             send_to_host(veth_pair, n, dport=dport)
+        agent.settled("bpfscope_flow_packets_total", 30 + 20, direction="in")  # the top two, once all are in
         samples = {dict(labels)["local_port"]: value for (name, labels), value in agent.metrics().items()
                    if name == "bpfscope_flow_packets_total" and dict(labels)["direction"] == "in"}
         assert samples == {"7001": 30, "7002": 20}, "the two largest flows, exactly what was sent"
@@ -227,7 +230,7 @@ def test_a_reload_with_a_broken_custom_yaml_keeps_everything_running(pins, tmp_p
     try:
         metrics.write_text(metrics.read_text().replace("map: read_sizes", "map: no_such_map"))
         agent.proc.send_signal(signal.SIGHUP)
-        time.sleep(2)
+        agent.said("reload failed")
         before = agent.value("bpfscope_file_opens_total")
         subprocess.run(["cat", str(program)], check=True, capture_output=True)
         assert agent.value("bpfscope_file_opens_total") > before, "opens still counted"
@@ -245,7 +248,8 @@ def test_sigterm_detaches_within_a_second_even_if_the_collector_hangs(veth_pair,
         config = {"pin_dir": pins, "tools": {"packets": {"interfaces": [veth_pair.host]}},
                   "otlp": {"endpoint": f"http://127.0.0.1:{hanging.getsockname()[1]}/v1/metrics", "interval": 1}}
         agent = AgentProcess(config, tmp_path)
-        time.sleep(1.2)  # an export is under way, waiting on the collector
+        hanging.settimeout(10)
+        hanging.accept()[0].close()  # an export is under way, waiting on the collector ... that never answers
         took = agent.stop()
         assert agent.proc.returncode == 0, agent.stderr
         assert took < 1.0, f"{took:.2f} s from SIGTERM to exit"
@@ -259,7 +263,9 @@ def test_exec_counts_of_removed_cgroups_make_room(bpffs_dir, tmp_path):
     scope = cgroup2_root() / f"bpfscope-test-{tmp_path.name[-8:]}.scope"
     scope.mkdir()
     source = ExecsSource(str(bpffs_dir / "execs"), ContainerResolver(10), max_counts=10)
-    source.open()
+    # Counting only the execs inside the scope: a map of ten is this test's alone, whatever else the machine runs.
+    source._snoop = ExecSnoop(filters=Filters(cgroup_id=scope.stat().st_ino), count=True, pin_dir=source.pin_dir,
+                              max_counts=source.max_counts).open()
     try:
         programs = []
         for i in range(9):  # nine comms, so nine entries: the map is nine tenths full
