@@ -48,7 +48,8 @@ the ring, before any XDP program runs, so XDP drops are in rx_packets and not in
 under native XDP guard's dropped must equal the veth's own count of XDP drops (ethtool -S
 rx_queue_N_xdp_drops); generic XDP runs later, in the stack, and its drops are in no veth counter.
 A disagreement stops the benchmark. What the full ring refused is in the receiver's rx_dropped
-(live frames) or the sending end's tx_dropped (AF_PACKET): offered = received + refused."""
+(live frames; the sending end's tx_dropped reports the same frames again) or in the sending end's
+tx_dropped alone (AF_PACKET): offered = received + refused."""
 
 from __future__ import annotations
 
@@ -188,6 +189,7 @@ class _Flood:
                  repeat: int) -> None:
         self.method = method
         self.cpus = list(cpus)
+        self._pair = pair
         frame = _template(pair).hex()
         self._senders: list[_Sender] = []
         try:
@@ -209,6 +211,14 @@ class _Flood:
             sender.start(seconds, sources)
         sent = [sender.result() for sender in self._senders]
         return _Sent(sum(s.frames for s in sent), max(s.seconds for s in sent))
+
+    def refused(self, receiver: _Receiver) -> int:
+        """Frames the receiver's full ring has refused so far. Live frames: in the receiver's rx_dropped
+        (the sending end's tx_dropped reports the same frames again). AF_PACKET: in the sending end's
+        tx_dropped; the receiver counts none of them."""
+        if self.method is FloodMethod.LIVE_FRAMES:
+            return receiver.stat("rx_dropped")
+        return _peer_tx_dropped(self._pair)
 
     def close(self) -> None:
         for sender in self._senders:
@@ -563,14 +573,14 @@ class _Reading:
     counts: _Counts
     napi_ns: int
     rx_packets: int
-    refused: int  # the receiver's rx_dropped (live frames) + the sender's tx_dropped (AF_PACKET)
+    refused: int  # _Flood.refused
     xdp_drops: Optional[int]
     cpu_times: tuple[int, int]
 
     @classmethod
-    def take(cls, receiver: _Receiver, pair: VethPair, counter: Counter) -> _Reading:
-        return cls(counter(), receiver.napi_ns(), receiver.stat("rx_packets"),
-                   receiver.stat("rx_dropped") + _peer_tx_dropped(pair), receiver.xdp_drops(), receiver.cpu_times())
+    def take(cls, receiver: _Receiver, flood: _Flood, counter: Counter) -> _Reading:
+        return cls(counter(), receiver.napi_ns(), receiver.stat("rx_packets"), flood.refused(receiver),
+                   receiver.xdp_drops(), receiver.cpu_times())
 
 
 @dataclass(frozen=True)
@@ -602,13 +612,18 @@ class _Sample:
         return self.dropped / self.received if self.received else 0.0
 
 
-def _measure(flood: _Flood, receiver: _Receiver, pair: VethPair, counter: Counter, *, seconds: float,
-             sources: int) -> _Sample:
+def _measure(flood: _Flood, receiver: _Receiver, counter: Counter, *, seconds: float, sources: int) -> _Sample:
     """One flood of about `seconds` into the receiver as it stands; every count taken with no flood."""
-    before = _Reading.take(receiver, pair, counter)
+    before = _Reading.take(receiver, flood, counter)
     sent = flood.send(seconds, sources)
-    time.sleep(0.02)  # the ring holds 256 frames: drained in well under a millisecond
-    after = _Reading.take(receiver, pair, counter)
+    # The ring refuses within the sender's own call, so what it refused is known now; the receiver may
+    # still be taking the last frames off the ring (up to 256, more slowly on a busy CPU): wait for them.
+    # rx_packets counts a NAPI poll's frames after the poll has run each, so the counts are final then.
+    expected = before.rx_packets + sent.frames - (flood.refused(receiver) - before.refused)
+    deadline = time.monotonic() + 1.0
+    while receiver.stat("rx_packets") < expected and time.monotonic() < deadline:
+        time.sleep(0.002)
+    after = _Reading.take(receiver, flood, counter)
     steal, total = after.cpu_times[0] - before.cpu_times[0], after.cpu_times[1] - before.cpu_times[1]
     seen = None if after.counts.seen is None or before.counts.seen is None else after.counts.seen - before.counts.seen
     sample = _Sample(dropped=after.counts.dropped - before.counts.dropped, seen=seen,
@@ -709,7 +724,7 @@ def run(
                     for name in order:
                         config = configs[name]
                         with config.make() as counter:
-                            sample = _measure(flood, receiver, pair, counter, seconds=duration,
+                            sample = _measure(flood, receiver, counter, seconds=duration,
                                               sources=config.sources)
                         if config.drops and sample.dropped < sample.received // 2:
                             raise BpfscopeError(errno.EIO, f"{name}: only {sample.dropped:,} of {sample.received:,} "
