@@ -12,6 +12,9 @@ PYTEST_ARGS ?=
 # for their initramfs: the unit tests unpack one with it).
 VM_PACKAGES := qemu-system-x86 qemu-system-arm kmod
 VMTEST_ARGS ?=
+# The container image (tests/image/): podman runs it here with runc (the machine refuses crun), and its
+# Debian base is made with debootstrap (no registry is reachable). Prometheus comes with APT_PACKAGES.
+IMAGE_PACKAGES := podman runc debootstrap
 
 # Installs the Debian packages named in $(1) that are missing.
 define apt_install
@@ -22,7 +25,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: run test test-kernels bpf deps wheel lint bench clean
+.PHONY: run test test-kernels test-image bpf deps wheel lint bench clean
 
 run: bpf
 	$(BIN)/bpfscope packets --iface $(IFACE) $(if $(DURATION),--duration $(DURATION))
@@ -33,6 +36,11 @@ test: bpf lint
 # The kernel-marked tests on each kernel in vmtest/kernels.toml, in qemu guests; a table at the end.
 test-kernels: bpf .stamp-vm
 	$(BIN)/python -m vmtest $(VMTEST_ARGS)
+
+# deploy/Dockerfile built with podman and run as the DaemonSet runs it: Prometheus scrapes it, flows runs on
+# clsact in it. Minutes; the base image and the image's layers stay in podman's storage for the next run.
+test-image: deps .stamp-image
+	BPFSCOPE_IMAGE_TESTS=1 $(BIN)/pytest tests/image $(PYTEST_ARGS)
 
 bench: bpf
 	$(BIN)/bpfscope bench all
@@ -48,6 +56,10 @@ deps: $(BIN)/.installed
 
 .stamp-vm:
 	$(call apt_install,$(VM_PACKAGES))
+	@touch $@
+
+.stamp-image:
+	$(call apt_install,$(IMAGE_PACKAGES))
 	@touch $@
 
 $(BIN)/.installed: pyproject.toml .stamp-apt
@@ -66,4 +78,4 @@ lint: deps
 
 clean:
 	$(MAKE) -C bpf clean
-	rm -rf dist build .stamp-apt .stamp-vm
+	rm -rf dist build .stamp-apt .stamp-vm .stamp-image
