@@ -67,3 +67,21 @@ def test_an_unknown_interface_stops_before_the_tool_is_built() -> None:
         _Tool.from_options({"iface": "nosuch0"})
     assert _Tool.from_options({"iface": "lo"}).iface == resolve_iface("lo") == "lo"
     assert _Tool.declares("iface") and not _Tool.declares("pid")
+
+
+def test_a_flag_on_by_default_is_turned_off_with_no_and_an_agent_only_option_is_no_flag() -> None:
+    import argparse
+
+    from bpfscope.cli._runner import add_arguments
+    from bpfscope.tools._base import Option
+
+    class Flags(_Tool):
+        OPTIONS = (Option("tls", "plain only", default=True), Option("failed", "failures only"),
+                   Option("max_routes", "routes kept", int, default=100, cli=False))
+
+    assert [o.flag for o in Flags.OPTIONS] == ["--no-tls", "--failed", "--max-routes"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Flags)
+    assert vars(parser.parse_args([])) == {"tls": True, "failed": False}
+    assert vars(parser.parse_args(["--no-tls", "--failed"])) == {"tls": False, "failed": True}
+    assert Flags.OPTIONS[0].from_config(False) is False

@@ -48,11 +48,14 @@ def build_sources(config: AgentConfig, resolver: Optional[ContainerResolver]) ->
     sources: list[Source] = []
     for tool in config.tools:
         tool_class = registry.tool_class(tool.name)
+        values = tool.values
+        if tool_class.declares("ring_bytes"):
+            values["ring_bytes"] = config.ring_bytes  # the agent's one size for every ring it reads
         if tool.interfaces:
-            sources += [ToolSource(tool_class, tool.key, {**tool.values, "iface": iface},
+            sources += [ToolSource(tool_class, tool.key, {**values, "iface": iface},
                                    pin_subdir(pins, tool.key, iface)) for iface in tool.interfaces]
         else:
-            sources.append(ToolSource(tool_class, tool.key, tool.values, pin_subdir(pins, tool.key)))
+            sources.append(ToolSource(tool_class, tool.key, values, pin_subdir(pins, tool.key)))
     if config.flows:
         sources += [FlowsSource(iface, config.flows, pin_subdir(pins, "flows", iface))
                     for iface in config.flows.interfaces]

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from .. import _libbpf
 from ..maps import Map, MapType
 from ..pin import ensure_pin_dir
-from ..tools._base import Tool
+from ..tools._base import Kind, Tool
 from ..tools.execsnoop import ExecCount, ExecSnoop
 from ..tools.flows import FlowTracker, SortKey
 from ..tools.funclatency import FunctionLatency, Unit
@@ -46,27 +46,30 @@ _LATENCY_SLOTS = range(7, 36)
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
-def received_events(tool: str, received: int, ring: str = "events") -> CounterMetricFamily:
-    """What the agent took from a tool's ring buffer: with the lost count, everything the kernel tried to send."""
+def received_events(tool: str, source: str, received: int, ring: str = "events") -> CounterMetricFamily:
+    """What the agent took from a tool's ring buffer: with the lost count, everything the kernel tried to
+    send. `source` (the pin directory's name) tells apart the instances of one tool (one per interface)."""
     family = CounterMetricFamily("bpfscope_ringbuf_received_events", "Events the agent read from the ring buffer "
-                                 "(since it started)", labels=["tool", "ring"])
-    family.add_metric([tool, ring], received)
+                                 "(since it started)", labels=["tool", "ring", "source"])
+    family.add_metric([tool, ring, source], received)
     return family
 
 
-def lost_events(tool: str, lost: int, ring: str = "events") -> CounterMetricFamily:
+def lost_events(tool: str, source: str, lost: int, ring: str = "events") -> CounterMetricFamily:
     """What a tool's programs saw and could not deliver: its ring buffer was full (or, for tools that
     count in the kernel, its counters map was)."""
     family = CounterMetricFamily("bpfscope_ringbuf_lost_events", "Events the kernel could not deliver: "
-                                 "the ring buffer (or a counters map) was full", labels=["tool", "ring"])
-    family.add_metric([tool, ring], lost)
+                                 "the ring buffer (or a counters map) was full", labels=["tool", "ring", "source"])
+    family.add_metric([tool, ring, source], lost)
     return family
 
 
 class ToolSource(Source):
     """A tool on the Tool base (bpfscope.tools), as its config section asks, with the option values the
     agent fixes (Tool.AGENT_VALUES) and its maps pinned under `pin_dir`. A scrape yields the tool's own
-    families (Tool.metrics) and, for every tool, what it could not see: lost records and skipped runs."""
+    families (Tool.metrics) and, for every tool, what it could not see: lost records and skipped runs.
+    A streaming tool is pumped between scrapes: the agent's reader thread polls it and tallies each batch
+    (Tool.tally), under a lock that a scrape's metrics() takes too."""
 
     def __init__(self, tool: type[Tool], key: str, options: Mapping[str, Any], pin_dir: str) -> None:
         super().__init__(pin_dir)
@@ -74,13 +77,26 @@ class ToolSource(Source):
         self.tool = tool
         self.options = {**options, **tool.AGENT_VALUES}
         self._tool: Optional[Tool] = None
+        self._lock = threading.Lock()
 
     def open(self) -> None:
         self._tool = self.tool.from_options(self.options, pin_dir=self.pin_dir).open()
+        self.streams = self._tool.kind is Kind.STREAMING
+        for note in self._tool.notes:
+            logging.getLogger("bpfscope.agent").info("%s: %s", self.name, note)
+
+    def pump(self, timeout_ms: int) -> None:
+        assert self._tool is not None
+        batch = self._tool.poll(timeout_ms)  # parsed here, outside the lock: a scrape waits only for the tally
+        if len(batch):
+            with self._lock:
+                self._tool.tally(batch)
 
     def collect(self) -> Iterator[Metric]:
         assert self._tool is not None
-        yield from self._tool.metrics()
+        with self._lock:
+            families = list(self._tool.metrics())
+        yield from families
         yield from unseen_families(self.name, os.path.basename(self.pin_dir), self._tool)
 
     def close(self) -> None:
@@ -103,9 +119,9 @@ def unseen_families(key: str, source: str, tool: Tool) -> Iterator[Metric]:
     missed.add_metric([key, source], stats.missed)
     yield from (lost, missed)
     for ring, count in tool.lost_by_ring().items():
-        yield lost_events(key, count, ring)
+        yield lost_events(key, source, count, ring)
     for ring, count in tool.received_by_ring().items():
-        yield received_events(key, count, ring)
+        yield received_events(key, source, count, ring)
 
 
 class FlowsSource(Source):
@@ -249,7 +265,7 @@ class ExecsSource(Source):
         for key, (n, failed) in sorted(totals.items()):
             execs.add_metric(list(key), n)
             failures.add_metric(list(key), failed)
-        yield from (execs, failures, lost_events(self.name, self._snoop.lost, "counts"))
+        yield from (execs, failures, lost_events(self.name, os.path.basename(self.pin_dir), self._snoop.lost, "counts"))
 
     def close(self) -> None:
         if self._snoop is not None:
@@ -450,8 +466,8 @@ class HttpSource(Source):
                 durations.add_metric([method, status_class, route, side], buckets, red.seconds)
         for key, n in sorted(error_totals.items()):
             errors.add_metric(list(key), n)
-        yield from (requests, errors, durations, lost_events(self.name, self._tracer.lost),
-                    received_events(self.name, self._tracer.received))
+        yield from (requests, errors, durations, lost_events(self.name, "http", self._tracer.lost),
+                    received_events(self.name, "http", self._tracer.received))
 
     def close(self) -> None:
         if self._tracer is not None:

@@ -15,6 +15,7 @@ view of its kind."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -25,7 +26,7 @@ from typing import Any, Callable, Generic, Iterator, Optional, Sequence, TypeVar
 
 from ..output.jsonlines import emit
 from ..tools._base import Kind, Option, Tool
-from .options import StopFlag, stop_flag, unseen
+from .options import StopFlag, catch_hangup, stop_flag, unseen
 
 __all__ = ["PollingView", "StreamingView", "View", "add_arguments", "run", "stamped"]
 
@@ -54,9 +55,15 @@ class View(Generic[_T]):
     def seconds(self) -> float:
         return time.monotonic() - self.started
 
+    #: whether SIGHUP calls hangup() between polls; otherwise it does what it did before the run
+    catches_hangup = False
+
     def banner(self) -> Optional[str]:
         """A line on stderr once the tool runs (not shown under a live table, whose title says it)."""
         return None
+
+    def hangup(self) -> None:
+        """SIGHUP, where the view catches it (tcmon re-reads its rules file)."""
 
     def title(self) -> str:
         return f"bpfscope {self.tool.NAME} — Ctrl-C to stop"
@@ -120,6 +127,10 @@ class StreamingView(View[_T]):
     def poll(self, timeout_ms: int) -> Any:
         return self.tool.poll(timeout_ms)
 
+    def flush(self) -> Any:
+        """The last batch, once the ring is drained: what the tool still held back."""
+        return self.tool.flush()
+
     def take(self, batch: Any) -> None:
         self.events += len(batch)
         if self.columns:
@@ -141,14 +152,16 @@ class StreamingView(View[_T]):
 def add_arguments(parser: argparse.ArgumentParser, tool: type[Tool]) -> None:
     """The tool's declared options as flags."""
     for option in tool.OPTIONS:
-        _add(parser, option)
+        if option.cli:
+            _add(parser, option)
 
 
 def _add(parser: argparse.ArgumentParser, option: Option) -> None:
     names = ([option.short] if option.short else []) + [option.flag]
     shown = argparse.SUPPRESS if option.hidden else option.help
     if option.parse is None:
-        parser.add_argument(*names, dest=option.name, action="store_true", help=shown)
+        parser.add_argument(*names, dest=option.name, action="store_false" if option.negated else "store_true",
+                            help=shown)
     else:
         parser.add_argument(*names, dest=option.name, type=option.parse, default=option.default,
                             metavar=option.metavar, choices=option.choices, help=shown)
@@ -175,6 +188,8 @@ def run(tool_class: type[Tool], args: argparse.Namespace) -> int:
     make_view = _view_maker(tool_class.NAME) or _default_view
     as_json = bool(getattr(args, "json", False))
     with stop_flag() as stop, tool:
+        for note in tool.notes:
+            print(f"bpfscope {tool.NAME}: {note}", file=sys.stderr, flush=True)
         view = make_view(tool, args)
         live = bool(view.columns) and not as_json and sys.stdout.isatty()
         banner = view.banner()
@@ -184,11 +199,12 @@ def run(tool_class: type[Tool], args: argparse.Namespace) -> int:
         end = view.started + duration if duration else float("inf")
         interval: Optional[float] = getattr(args, "interval", None)
         try:
-            if isinstance(view, PollingView):
-                _poll(view, interval, end, stop, as_json=as_json, live=live)
-            else:
-                assert isinstance(view, StreamingView)
-                _stream(view, interval, end, stop, as_json=as_json, live=live)
+            with catch_hangup(stop) if view.catches_hangup else contextlib.nullcontext():
+                if isinstance(view, PollingView):
+                    _poll(view, interval, end, stop, as_json=as_json, live=live)
+                else:
+                    assert isinstance(view, StreamingView)
+                    _stream(view, interval, end, stop, as_json=as_json, live=live)
         except BrokenPipeError:  # the reader went away (`| head`): stop as if told to
             sys.stdout = None  # nothing more to write or flush at exit
         seconds = view.seconds
@@ -204,12 +220,20 @@ def run(tool_class: type[Tool], args: argparse.Namespace) -> int:
     return 0
 
 
-def _intervals(interval: Optional[float], end: float, stop: StopFlag) -> Iterator[None]:
+def _heed(view: View[Any], stop: StopFlag) -> None:
+    """A SIGHUP since the last look: the view acts on it here, between polls, never inside a handler."""
+    if stop.hangup:
+        stop.hangup = False
+        view.hangup()
+
+
+def _intervals(view: View[Any], interval: Optional[float], end: float, stop: StopFlag) -> Iterator[None]:
     """Yields at the end of each interval (none without one) until `end` or a stop, looking at the
     stop flag at least every _STEP seconds."""
     step = interval or float("inf")
     next_tick = time.monotonic() + step
     while not stop.requested:
+        _heed(view, stop)
         now = time.monotonic()
         if now >= end:
             return
@@ -228,11 +252,11 @@ def _poll(view: PollingView[Any], interval: Optional[float], end: float, stop: S
 
         with LiveTable(view.title(), view.columns) as table:
             table.update(view.rows())
-            for _ in _intervals(interval, end, stop):
+            for _ in _intervals(view, interval, end, stop):
                 view.update()
                 table.update(view.rows(), title=view.title())
         return
-    for _ in _intervals(interval, end, stop):
+    for _ in _intervals(view, interval, end, stop):
         view.update()
         if as_json:
             emit(stamped(view.record()), sys.stdout)
@@ -251,23 +275,32 @@ def _stream(view: StreamingView[Any], interval: Optional[float], end: float, sto
         from ..output.live import LiveTable
 
         with LiveTable(view.title(), view.columns) as table:
-            for _ in _intervals(interval, end, stop):
+            for _ in _intervals(view, interval, end, stop):
                 _drain(view)
                 table.update(view.rows(), title=view.title())
         _drain(view)  # what came between the last refresh and the stop
+        if len(batch := view.flush()):  # and what the tool still held back
+            view.take(batch)
         return
     out = sys.stdout.buffer  # views format bytes: no text layer per batch
     write: Callable[[Any], bytes] = view.json_lines if as_json else view.text_lines
     header = None if as_json else view.header()
     if header:
         print(header, flush=True)
+
+    def show(batch: Any) -> None:
+        view.take(batch)
+        out.write(write(batch))
+        out.flush()
+
     while True:
+        _heed(view, stop)
         left = end - time.monotonic()
         last = stop.requested or left <= 0
         batch = view.poll(0 if last else int(min(left, _STEP) * 1000) + 1)
         if len(batch):
-            view.take(batch)
-            out.write(write(batch))
-            out.flush()
-        if last and not len(batch):
-            return  # stopped, and what the ring held is written
+            show(batch)
+        elif last:
+            break  # stopped, and what the ring held is written
+    if len(batch := view.flush()):  # what the tool still held back
+        show(batch)

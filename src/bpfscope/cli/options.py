@@ -59,6 +59,21 @@ def stop_flag(*, hangup: bool = False) -> Iterator[StopFlag]:
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def catch_hangup(flag: StopFlag) -> Iterator[None]:
+    """SIGHUP sets `flag.hangup` for the loop to act on, instead of ending the process; the previous
+    handler comes back on exit."""
+
+    def hang_up(signum: int, frame: Any) -> None:
+        flag.hangup = True
+
+    previous = signal.signal(signal.SIGHUP, hang_up)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def ticks(interval: float, duration: Optional[float]) -> Iterator[None]:
     """Sleeps until each interval ends; the last tick falls at the end of the duration."""
     start = time.monotonic()

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Op
 
 from .._privileges import Capability
 from ..errors import BpfscopeError
-from ..link import TcMode, XdpMode
+from ..link import TcDirection, TcMode, XdpMode
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from ..link import Link
     from ..object import Object
+    from ..program import Program
     from ..ringbuf import RingBuffer
     from ..variants import Variant
 
@@ -139,10 +140,16 @@ class Option:
     choices: Optional[tuple[str, ...]] = None
     hidden: bool = False  # left out of --help: a knob for tests and benchmarks
     agent: bool = True  # also a key of the tool's section in the agent's config
+    cli: bool = True  # also a flag of the CLI (False: a bound only the agent needs)
+
+    @property
+    def negated(self) -> bool:
+        """An on/off flag that is on unless turned off: the CLI writes it `--no-NAME`."""
+        return self.parse is None and self.default is True
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return ("--no-" if self.negated else "--") + self.name.replace("_", "-")
 
     def but(self, **changes: Any) -> Option:
         """This declaration with some fields changed (a tool's own default or help)."""
@@ -223,6 +230,7 @@ class Tool:
         self._obj: Optional[Object] = None
         self._links: list[Link] = []
         self._rings: list[RingBuffer] = []
+        self._notes: list[str] = []
 
     # --- building and opening ---
 
@@ -264,6 +272,29 @@ class Tool:
         """Keeps `reader`, to close it before the object that owns its map."""
         self._rings.append(reader)
         return reader
+
+    def attach_tc(self, iface: str, programs: Mapping[TcDirection, Program], mode: TcMode) -> TcMode:
+        """Attaches each program to its tc hook of `iface` and returns how: TCX or CLSACT. The filters a
+        killed bpfscope left are removed first; a note says so, and says when AUTO found no tcx links."""
+        from ..link import remove_stale_tc_filters
+
+        for removed in remove_stale_tc_filters():
+            self.note(f"removed {removed}, left by a bpfscope that was killed")
+        used = mode
+        for direction, program in programs.items():
+            used = self.attach(program.attach_tc(iface, direction=direction, mode=mode)).mode
+        if mode is TcMode.AUTO and used is TcMode.CLSACT:
+            self.note(f"this kernel has no tcx links (Linux 6.6+); attached to {iface} with clsact + cls_bpf")
+        return used
+
+    def note(self, text: str) -> None:
+        """Something the user should know about how the tool runs (a fallback, a clean-up): the CLI
+        prints each note on stderr once the tool is open, the agent logs it."""
+        self._notes.append(text)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(self._notes)
 
     @property
     def obj(self) -> Object:
@@ -314,6 +345,16 @@ class Tool:
     def poll(self, timeout_ms: int = 100) -> Any:
         """A streaming tool: the next batch of records (a sized batch, maybe empty), waiting up to `timeout_ms`."""
         raise NotImplementedError(f"{self.NAME} is not a streaming tool")
+
+    def flush(self) -> Any:
+        """A streaming tool, at the end of a run: the records it still holds back (one that pairs
+        records waits for the second of a pair); by default none."""
+        return ()
+
+    def tally(self, batch: Any) -> None:
+        """A streaming tool in the agent: counts a batch from poll() into what metrics() reports. The
+        agent's reader thread calls it between scrapes, never while metrics() runs. By default the
+        batch is only drained (the ring's families still count it)."""
 
     # --- what it saw ---
 
