@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tool_runs import agent_section, cli_args
 
 from bpfscope.agent.agent import Agent
 from bpfscope.agent.config import parse_config
@@ -42,9 +43,8 @@ def test_each_tool_is_in_doctors_report(name: str, doctor_tools: dict[str, Any])
 @pytest.mark.parametrize("name", CONVERTED)
 def test_each_tool_runs_from_the_cli_and_says_what_it_could_not_see(name: str, veth_pair: VethPair) -> None:
     tool = _registry.tool_class(name)
-    iface = ["--iface", veth_pair.host] if tool.declares("iface") else []
-    result = subprocess.run([*BPFSCOPE, name, *iface, "--json", "--duration", "0.5"], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([*BPFSCOPE, name, *cli_args(tool, veth_pair.host), "--json", "--duration", "0.5"],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     final = json.loads(result.stdout.splitlines()[-1])
     assert final["final"] is True and final["lost"] >= 0 and final["missed"] >= 0
@@ -56,7 +56,7 @@ def test_each_tool_runs_from_the_cli_and_says_what_it_could_not_see(name: str, v
 def test_each_tool_runs_in_the_agent_with_lost_and_missed(name: str, veth_pair: VethPair, bpffs_dir: Path) -> None:
     tool = _registry.tool_class(name)
     assert tool.AGENT_KEY, f"{name} has no section in the agent's config"
-    section = {"interfaces": [veth_pair.host]} if tool.declares("iface") else {}
+    section = agent_section(tool, veth_pair.host)
     config = parse_config({"pin_dir": str(bpffs_dir / "agent"), "containers": False,
                            "tools": {tool.AGENT_KEY: section}})
     agent = Agent(config)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tool_runs import agent_section
 
 import bpfscope.tools
 from bpfscope.agent.config import ToolConfig, parse_config
@@ -69,7 +70,11 @@ def test_each_tool_is_on_the_tool_base(name: str) -> None:
     for option in tool.OPTIONS:
         shared = SHARED.get(option.name)
         if shared is not None:
-            assert (option.short, option.parse, option.agent) == (shared.short, shared.parse, shared.agent), option
+            assert (option.short, option.parse) == (shared.short, shared.parse), option
+        if option.name in ("interval", "duration", "json"):
+            assert not option.agent, option  # the runner's, never the agent's
+        if option.required and option.name != "iface":
+            assert option.example is not None, option  # what the registry's tests run it with
     assert _registry.tool_info(name) == (name, tool.HELP, tool.NEEDS, tool.CAPABILITIES)
     assert _registry.all_tools().count(tool) == 1
 
@@ -103,9 +108,9 @@ def test_each_tool_is_a_doctor_row(name: str) -> None:
 def test_each_tool_has_a_section_in_the_agents_config(name: str) -> None:
     tool = _registry.tool_class(name)
     assert tool.AGENT_KEY
-    config = parse_config({"tools": {tool.AGENT_KEY: {"interfaces": ["lo"]} if tool.declares("iface") else {}}})
+    config = parse_config({"tools": {tool.AGENT_KEY: agent_section(tool, "lo")}})
     (tool_config,) = config.tools
-    assert tool_config == ToolConfig(name, tool.AGENT_KEY, tool_config.options, ("lo",) if tool.declares("iface")
+    assert tool_config == ToolConfig(name, tool.AGENT_KEY, tool_config.options, ("lo",) if tool.per_interface()
                                      else ())
     assert set(tool_config.values) == {o.name for o in tool.OPTIONS}
     from bpfscope.agent.agent import build_sources

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Optional
 import pytest
 
 from bpfscope.errors import InterfaceNotFoundError
-from bpfscope.tools._base import IFACE, Kind, Tool, resolve_iface
+from bpfscope.tools._base import IFACE, Kind, Option, Tool, resolve_iface
 
 
 class _Part:
@@ -73,7 +73,6 @@ def test_a_flag_on_by_default_is_turned_off_with_no_and_an_agent_only_option_is_
     import argparse
 
     from bpfscope.cli._runner import add_arguments
-    from bpfscope.tools._base import Option
 
     class Flags(_Tool):
         OPTIONS = (Option("tls", "plain only", default=True), Option("failed", "failures only"),
@@ -85,3 +84,25 @@ def test_a_flag_on_by_default_is_turned_off_with_no_and_an_agent_only_option_is_
     assert vars(parser.parse_args([])) == {"tls": True, "failed": False}
     assert vars(parser.parse_args(["--no-tls", "--failed"])) == {"tls": False, "failed": True}
     assert Flags.OPTIONS[0].from_config(False) is False
+
+
+class _Limiter(_Tool):
+    OPTIONS = (IFACE, Option("rate", "packets per second", int, required=True, example="10"),
+               Option("allow", "a network let through", str, many=True, default=()))
+    values: dict[str, Any] = {}
+
+    @classmethod
+    def _from_options(cls, values: Mapping[str, Any], pin_dir: Optional[str]) -> _Limiter:
+        tool = cls([], iface=values["iface"])
+        tool.values = dict(values)
+        return tool
+
+
+def test_a_required_option_is_asked_for_and_a_repeated_one_is_a_tuple() -> None:
+    with pytest.raises(OSError, match="give --rate: packets per second"):
+        _Limiter.from_options({"iface": "lo"})
+    assert _Limiter.from_options({"iface": "lo", "rate": 5}).values == {"iface": "lo", "rate": 5, "allow": ()}
+    assert _Limiter.from_options({"iface": "lo", "rate": 5, "allow": ["a", "b"]}).values["allow"] == ("a", "b")
+    allow = _Limiter.OPTIONS[2]
+    assert allow.from_config(["a", "b"]) == ("a", "b") and allow.from_config("a") == ("a",)
+    assert _Limiter.per_interface() and IFACE.but(config_name="interface").key == "interface"

@@ -36,7 +36,7 @@ log = logging.getLogger("bpfscope.agent")
 # The directories build_sources makes under the pin directory (pin_subdir names): `<key>-<interface>` for a
 # tool that takes one, else `<key>`; and TEMPORARY, those of the sources not yet on the Tool base.
 _OWN_PIN_DIR = re.compile("^(?:{})".format("|".join(
-    [f"{tool.AGENT_KEY}-" if tool.declares("iface") else f"{tool.AGENT_KEY}$"
+    [f"{tool.AGENT_KEY}-" if tool.per_interface() else f"{tool.AGENT_KEY}$"
      for tool in registry.all_tools() if tool.AGENT_KEY]
     + ["flows-", "funclatency-", "guard$", "execs$", "http$", "custom-"])))
 _PUMP_MS = 200  # the reader thread's longest wait, so stop() is heard within it

@@ -3,8 +3,8 @@ that names the field (`tools.flows.top: must be an integer from 1 to 1000, not '
 
 A tool on the Tool base (bpfscope.tools) has its section `tools.<Tool.AGENT_KEY>`, read from the same
 option declarations as its CLI flags (Tool.OPTIONS); a tool that takes --iface takes `interfaces:` there,
-and runs once on each. Without a file the agent counts packets on the default route's interface, file
-opens and execs."""
+and runs once on each (Tool.per_interface), unless its config names one interface as a value of its
+own. Without a file the agent counts packets on the default route's interface, file opens and execs."""
 
 from __future__ import annotations
 
@@ -356,14 +356,16 @@ def _tool_config(tool: type[Tool], section: Fields) -> ToolConfig:
     """The section of a tool on the Tool base, read through its option declarations."""
     values: dict[str, Any] = {}
     for option in tool.OPTIONS:
-        if not option.agent or not section.has(option.name):
+        if not option.agent or not section.has(option.key):
+            if option.agent and option.required:
+                raise section.error(option.key, f"is required: {option.help}")
             values[option.name] = option.default
             continue
         try:
-            values[option.name] = option.from_config(section.raw(option.name))
+            values[option.name] = option.from_config(section.raw(option.key))
         except OptionValueError as exc:
-            raise section.error(option.name, str(exc)) from None
-    interfaces = _interfaces(section) if tool.declares("iface") else ()
+            raise section.error(option.key, str(exc)) from None
+    interfaces = _interfaces(section) if tool.per_interface() else ()
     section.done()
     return ToolConfig(tool.NAME, tool.AGENT_KEY or tool.NAME, tuple(values.items()), interfaces)
 

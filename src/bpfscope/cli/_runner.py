@@ -6,7 +6,8 @@ of --duration: a polling tool is read every --interval (a live table on a termin
 otherwise, a JSON object with --json); a streaming tool's records are written as they come (lines of
 text or JSON, or a live table of the newest). At the end one final record, always with `lost` and
 `missed` from the tool's stats(), and a summary line. Every JSON object the runner writes is stamped
-with "time" here.
+with "time" here. A tool's actions (`bpfscope guard allow CIDR`) are subcommands that change a running
+instance: the runner calls Tool.act and prints what it says.
 
 What a tool's output looks like is its view: a PollingView or StreamingView subclass in
 cli/<name>.py, made by that module's `view(tool, args)`. A tool without that module gets the default
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import importlib.util
 import json
@@ -24,6 +26,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Generic, Iterator, Optional, Sequence, TypeVar
 
+from ..errors import BpfscopeError
 from ..output.jsonlines import emit
 from ..tools._base import Kind, Option, Tool
 from .options import StopFlag, catch_hangup, stop_flag, unseen
@@ -150,21 +153,51 @@ class StreamingView(View[_T]):
 
 
 def add_arguments(parser: argparse.ArgumentParser, tool: type[Tool]) -> None:
-    """The tool's declared options as flags."""
+    """The tool's declared options as flags, and its actions as subcommands."""
     for option in tool.OPTIONS:
         if option.cli:
             _add(parser, option)
+    if tool.ACTIONS:
+        actions = parser.add_subparsers(dest="action", metavar="ACTION",
+                                        title=f"change a running {tool.NAME} (from another shell)")
+        for action in tool.ACTIONS:
+            action_parser = actions.add_parser(action.name, help=action.help, description=action.help)
+            for option in action.options:
+                _add(action_parser, option)
+
+
+def _unset(option: Option) -> Any:
+    """What argparse holds for an option not given."""
+    return option.negated if option.parse is None else None if option.many else option.default
 
 
 def _add(parser: argparse.ArgumentParser, option: Option) -> None:
+    shown = argparse.SUPPRESS if option.hidden else option.help + (" (required)" if option.required else "")
+    if option.positional:
+        assert option.parse is not None, option  # a bare argument is a value, never an on/off flag
+        parser.add_argument(option.name, type=option.parse, metavar=option.metavar, choices=option.choices,
+                            help=shown)
+        return
     names = ([option.short] if option.short else []) + [option.flag]
-    shown = argparse.SUPPRESS if option.hidden else option.help
     if option.parse is None:
         parser.add_argument(*names, dest=option.name, action="store_false" if option.negated else "store_true",
                             help=shown)
     else:
-        parser.add_argument(*names, dest=option.name, type=option.parse, default=option.default,
-                            metavar=option.metavar, choices=option.choices, help=shown)
+        parser.add_argument(*names, dest=option.name, type=option.parse, default=_unset(option),
+                            action="append" if option.many else "store", metavar=option.metavar,
+                            choices=option.choices, help=shown)
+
+
+def _action_values(tool: type[Tool], name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The values action `name` takes; an option of the tool's run given with it is an error, since
+    the action would ignore it."""
+    action = next(a for a in tool.ACTIONS if a.name == name)
+    taken = {option.name for option in action.options} | set(action.uses)
+    for option in tool.OPTIONS:
+        if option.name not in taken and getattr(args, option.name, _unset(option)) != _unset(option):
+            raise BpfscopeError(errno.EINVAL, f"{option.shown} is for running a {tool.NAME}, not for "
+                                f"`{tool.NAME} {name}`")
+    return {key: getattr(args, key) for key in taken}
 
 
 # --- running ---
@@ -183,7 +216,12 @@ def _default_view(tool: Tool, args: argparse.Namespace) -> View[Any]:
 
 
 def run(tool_class: type[Tool], args: argparse.Namespace) -> int:
-    """Runs the tool as `args` ask; what it printed last is its final record and summary."""
+    """Runs the tool as `args` ask (or the action they name); what it printed last is its final
+    record and summary."""
+    action = getattr(args, "action", None)
+    if action:
+        print(tool_class.act(action, _action_values(tool_class, action, args)), flush=True)
+        return 0
     tool = tool_class.from_options(vars(args))
     make_view = _view_maker(tool_class.NAME) or _default_view
     as_json = bool(getattr(args, "json", False))

@@ -42,6 +42,7 @@ __all__ = [
     "TC_MODE",
     "TRACE",
     "XDP_MODE",
+    "Action",
     "Kind",
     "Option",
     "OptionValueError",
@@ -141,6 +142,11 @@ class Option:
     hidden: bool = False  # left out of --help: a knob for tests and benchmarks
     agent: bool = True  # also a key of the tool's section in the agent's config
     cli: bool = True  # also a flag of the CLI (False: a bound only the agent needs)
+    required: bool = False  # the tool cannot run without it (the CLI says "give --name", the agent's config names it)
+    example: Optional[str] = None  # a value of a required option, for the registry's tests and the docs
+    many: bool = False  # given any number of times (a YAML list in the agent): its value is a tuple
+    positional: bool = False  # given as a bare argument (METAVAR), not as --name
+    config_name: Optional[str] = None  # its key in the agent's config, where that is not `name`
 
     @property
     def negated(self) -> bool:
@@ -151,12 +157,27 @@ class Option:
     def flag(self) -> str:
         return ("--no-" if self.negated else "--") + self.name.replace("_", "-")
 
+    @property
+    def shown(self) -> str:
+        """How a user gives it: its flag, or a positional's metavar."""
+        return (self.metavar or self.name.upper()) if self.positional else self.flag
+
+    @property
+    def key(self) -> str:
+        """Its key in the tool's section of the agent's config."""
+        return self.config_name or self.name
+
     def but(self, **changes: Any) -> Option:
         """This declaration with some fields changed (a tool's own default or help)."""
         return dataclasses.replace(self, **changes)
 
     def from_config(self, value: object) -> Any:
         """A value from YAML, checked as the CLI checks its text; raises OptionValueError."""
+        if self.many:
+            return tuple(self._one(item) for item in (value if isinstance(value, list) else [value]))
+        return self._one(value)
+
+    def _one(self, value: object) -> Any:
         if self.parse is None:
             if not isinstance(value, bool):
                 raise OptionValueError(f"must be true or false, not {value!r}")
@@ -167,6 +188,17 @@ class Option:
         if self.choices is not None and parsed not in self.choices:
             raise OptionValueError(f"must be one of {', '.join(self.choices)}, not {value!r}")
         return parsed
+
+
+@dataclass(frozen=True)
+class Action:
+    """A subcommand that changes a running instance of the tool from another shell (`bpfscope guard
+    allow CIDR`): the runner parses its options and calls Tool.act instead of running the tool."""
+
+    name: str
+    help: str
+    options: tuple[Option, ...] = ()  # its own, given after its name
+    uses: tuple[str, ...] = ()  # the tool's options it reads as well (given before its name: --pin-dir)
 
 
 # One name for one filter across the tools (and `short` the same everywhere).
@@ -224,6 +256,7 @@ class Tool:
     AGENT_KEY: ClassVar[Optional[str]] = None  # its section under the agent config's `tools:`; None: no agent use
     AGENT_VALUES: ClassVar[Mapping[str, Any]] = {}  # option values the agent fixes (counting in the kernel)
     VARIANT: ClassVar[Optional[Variant]] = None  # programs shipped in two forms (variants.choose)
+    ACTIONS: ClassVar[tuple[Action, ...]] = ()  # subcommands that change a running instance (Tool.act)
 
     def __init__(self, *, pin_dir: Optional[str] = None) -> None:
         self.pin_dir = pin_dir  # maps the tool pins here carry on from an earlier run (the agent's)
@@ -240,13 +273,31 @@ class Tool:
         return any(option.name == name for option in cls.OPTIONS)
 
     @classmethod
+    def per_interface(cls) -> bool:
+        """Whether the agent runs it once on each interface its section names in `interfaces:`: it
+        takes --iface, and the agent's config does not name that as a value of its own."""
+        return any(option.name == "iface" and not option.agent for option in cls.OPTIONS)
+
+    @classmethod
     def from_options(cls: type[_T], options: Mapping[str, Any], *, pin_dir: Optional[str] = None) -> _T:
         """The tool as `options` (values by Option.name, from the CLI or the agent's config) ask for; a
-        declared `iface` is resolved and checked here, before anything loads."""
-        values = {option.name: options.get(option.name, option.default) for option in cls.OPTIONS}
+        required option is checked and a declared `iface` resolved here, before anything loads."""
+        values: dict[str, Any] = {}
+        for option in cls.OPTIONS:
+            value = options.get(option.name)
+            if value is None and option.required:
+                raise BpfscopeError(errno.EINVAL, f"give {option.shown}: {option.help}")
+            value = option.default if value is None else value
+            values[option.name] = tuple(value or ()) if option.many else value
         if "iface" in values:
             values["iface"] = resolve_iface(values["iface"])
         return cls._from_options(values, pin_dir)
+
+    @classmethod
+    def act(cls, action: str, values: Mapping[str, Any]) -> str:
+        """Does `action` (one of ACTIONS) to the running instance, with the values of the options it
+        takes; returns what to tell the user."""
+        raise NotImplementedError(f"{cls.NAME} has no action {action!r}")
 
     @classmethod
     def _from_options(cls: type[_T], values: Mapping[str, Any], pin_dir: Optional[str]) -> _T:
