@@ -31,7 +31,7 @@ from ctypes import (
 from typing import Any, Callable, Iterator, TypeVar
 
 from . import _privileges
-from ._uapi import NR_BPF
+from ._uapi import NR_BPF, AttachType, ProgramType
 from .errors import KernelRefusedError, NotSupportedError, PermissionDeniedError, SyscallError
 
 MIN_VERSION = (1, 0)
@@ -77,8 +77,12 @@ class BpfObjectOpenOpts(Structure):
     ]
 
 
+class _KprobeMultiCreate(Structure):
+    _fields_ = [("flags", c_uint32), ("cnt", c_uint32), ("syms", c_void_p), ("addrs", c_void_p), ("cookies", c_void_p)]
+
+
 class _LinkCreateUnion(Union):
-    _fields_ = [("bpf_cookie", c_uint64), ("_kprobe_multi", c_uint64 * 4)]
+    _fields_ = [("bpf_cookie", c_uint64), ("kprobe_multi", _KprobeMultiCreate)]
 
 
 class BpfLinkCreateOpts(Structure):
@@ -99,6 +103,82 @@ class BpfUprobeOpts(Structure):
         ("bpf_cookie", c_uint64),
         ("retprobe", c_bool),
         ("func_name", c_char_p),
+    ]
+
+
+class BpfKprobeOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("bpf_cookie", c_uint64), ("offset", c_size_t), ("retprobe", c_bool)]
+
+
+class BpfKprobeMultiOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("syms", POINTER(c_char_p)),
+        ("addrs", POINTER(ctypes.c_ulong)),
+        ("cookies", POINTER(c_uint64)),
+        ("cnt", c_size_t),
+        ("retprobe", c_bool),
+    ]
+
+
+class BpfTraceOpts(Structure):
+    """bpf_trace_opts; bpf_perf_event_opts and bpf_usdt_opts have the same layout (a cookie)."""
+
+    _fields_ = [("sz", c_size_t), ("cookie", c_uint64)]
+
+
+class _IterMap(Structure):
+    _fields_ = [("map_fd", c_uint32)]
+
+
+class _IterCgroup(Structure):
+    _fields_ = [("order", c_uint32), ("cgroup_fd", c_uint32), ("cgroup_id", c_uint64)]
+
+
+class _IterTask(Structure):
+    _fields_ = [("tid", c_uint32), ("pid", c_uint32), ("pid_fd", c_uint32)]
+
+
+class BpfIterLinkInfo(Union):
+    """union bpf_iter_link_info: what an iterator walks (one map, a cgroup's tree, one task)."""
+
+    _fields_ = [("map", _IterMap), ("cgroup", _IterCgroup), ("task", _IterTask)]
+
+
+class BpfIterAttachOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("link_info", POINTER(BpfIterLinkInfo)), ("link_info_len", c_uint32)]
+
+
+class _NetfilterLinkCreate(Structure):
+    _fields_ = [("pf", c_uint32), ("hooknum", c_uint32), ("priority", c_int32), ("flags", c_uint32)]
+
+
+class _UprobeMultiLinkCreate(Structure):
+    _fields_ = [
+        ("path", c_uint64),
+        ("offsets", c_uint64),
+        ("ref_ctr_offsets", c_uint64),
+        ("cookies", c_uint64),
+        ("cnt", c_uint32),
+        ("flags", c_uint32),
+        ("pid", c_uint32),
+    ]
+
+
+class _LinkCreateOptions(Union):
+    _fields_ = [("netfilter", _NetfilterLinkCreate), ("uprobe_multi", _UprobeMultiLinkCreate)]
+
+
+class LinkCreateAttr(Structure):
+    """union bpf_attr for BPF_LINK_CREATE (Linux 6.6's layout), for the attach types whose options
+    libbpf 1.1's bpf_link_create does not know: netfilter and uprobe_multi."""
+
+    _fields_ = [
+        ("prog_fd", c_uint32),
+        ("target_fd", c_uint32),
+        ("attach_type", c_uint32),
+        ("flags", c_uint32),
+        ("u", _LinkCreateOptions),
     ]
 
 
@@ -381,6 +461,35 @@ bpf_program__attach_uprobe_opts = _fn(
     "bpf_program__attach_uprobe_opts", c_void_p, c_void_p, c_int, c_char_p, c_size_t, POINTER(BpfUprobeOpts)
 )
 bpf_program__attach_perf_event = _fn("bpf_program__attach_perf_event", c_void_p, c_void_p, c_int)
+bpf_program__attach_perf_event_opts = _fn(
+    "bpf_program__attach_perf_event_opts", c_void_p, c_void_p, c_int, POINTER(BpfTraceOpts)
+)
+bpf_program__attach = _fn("bpf_program__attach", c_void_p, c_void_p)
+bpf_program__autoattach = _fn("bpf_program__autoattach", c_bool, c_void_p)
+bpf_program__expected_attach_type = _fn("bpf_program__expected_attach_type", c_int, c_void_p)
+bpf_program__set_attach_target = _fn("bpf_program__set_attach_target", c_int, c_void_p, c_int, c_char_p)
+bpf_program__attach_kprobe_opts = _fn(
+    "bpf_program__attach_kprobe_opts", c_void_p, c_void_p, c_char_p, POINTER(BpfKprobeOpts)
+)
+bpf_program__attach_kprobe_multi_opts = _fn(
+    "bpf_program__attach_kprobe_multi_opts", c_void_p, c_void_p, c_char_p, POINTER(BpfKprobeMultiOpts)
+)
+bpf_program__attach_trace_opts = _fn("bpf_program__attach_trace_opts", c_void_p, c_void_p, POINTER(BpfTraceOpts))
+bpf_program__attach_lsm = _fn("bpf_program__attach_lsm", c_void_p, c_void_p)
+bpf_program__attach_raw_tracepoint = _fn("bpf_program__attach_raw_tracepoint", c_void_p, c_void_p, c_char_p)
+bpf_program__attach_freplace = _fn("bpf_program__attach_freplace", c_void_p, c_void_p, c_int, c_char_p)
+bpf_program__attach_iter = _fn("bpf_program__attach_iter", c_void_p, c_void_p, POINTER(BpfIterAttachOpts))
+bpf_program__attach_usdt = _fn(
+    "bpf_program__attach_usdt", c_void_p, c_void_p, c_int, c_char_p, c_char_p, c_char_p, POINTER(BpfTraceOpts)
+)
+bpf_program__attach_netns = _fn("bpf_program__attach_netns", c_void_p, c_void_p, c_int)
+bpf_map__attach_struct_ops = _fn("bpf_map__attach_struct_ops", c_void_p, c_void_p)
+bpf_map__set_map_flags = _fn("bpf_map__set_map_flags", c_int, c_void_p, c_uint32)
+bpf_object__find_map_by_name = _fn("bpf_object__find_map_by_name", c_void_p, c_void_p, c_char_p)
+bpf_iter_create = _fn("bpf_iter_create", c_int, c_int)
+bpf_prog_attach = _fn("bpf_prog_attach", c_int, c_int, c_int, c_int, c_uint)
+bpf_prog_detach2 = _fn("bpf_prog_detach2", c_int, c_int, c_int, c_int)
+libbpf_register_prog_handler = _fn("libbpf_register_prog_handler", c_int, c_char_p, c_int, c_int, c_void_p)
 
 bpf_link__fd = _fn("bpf_link__fd", c_int, c_void_p)
 bpf_link__destroy = _fn("bpf_link__destroy", c_int, c_void_p)
@@ -465,6 +574,8 @@ bpf_tc_detach = _fn("bpf_tc_detach", c_int, POINTER(BpfTcHook), POINTER(BpfTcOpt
 btf__parse = _fn("btf__parse", c_void_p, c_char_p, c_void_p)
 btf__load_from_kernel_by_id = _fn("btf__load_from_kernel_by_id", c_void_p, c_uint32)
 btf__free = _fn("btf__free", None, c_void_p)
+btf__load_vmlinux_btf = _fn("btf__load_vmlinux_btf", c_void_p)
+btf__find_by_name_kind = _fn("btf__find_by_name_kind", c_int, c_void_p, c_char_p, c_uint32)
 btf__raw_data = _fn("btf__raw_data", c_void_p, c_void_p, POINTER(c_uint32))
 
 _syscall = libc.syscall
@@ -480,6 +591,18 @@ def version() -> tuple[int, int]:
 
 if version() < MIN_VERSION:
     raise NotSupportedError("libbpf", f"libbpf {version()} is older than {MIN_VERSION}")
+
+# Sections a newer libbpf knows and an older one would open without a program type: registered here,
+# before any object is opened, so their programs load with the types the kernel wants (their attach
+# methods use bpf() directly). (libbpf version that knows them, section, program type, attach type)
+_NEWER_SECTIONS = (
+    ((1, 2), "netfilter", ProgramType.NETFILTER, AttachType.NETFILTER),
+    ((1, 3), "uprobe.multi+", ProgramType.KPROBE, AttachType.TRACE_UPROBE_MULTI),
+    ((1, 3), "uretprobe.multi+", ProgramType.KPROBE, AttachType.TRACE_UPROBE_MULTI),
+)
+for _since, _section, _prog_type, _attach_type in _NEWER_SECTIONS:
+    if version() < _since and libbpf_register_prog_handler(_section.encode(), _prog_type, _attach_type, None) < 0:
+        raise SyscallError(ctypes.get_errno() or errno.EINVAL, f"register SEC(\"{_section}\") with libbpf")
 
 
 # --- errors ---
@@ -537,6 +660,12 @@ def bpf(cmd: int, attr: Structure) -> int:
     libbpf returns, so `check` applies."""
     ret = int(_syscall(NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
     return -(ctypes.get_errno() or errno.EINVAL) if ret < 0 else ret
+
+
+def setns(fd: int, nstype: int, what: str) -> None:
+    """Moves the calling thread into the namespace behind `fd` (setns(2); CLONE_NEWNET: a network one)."""
+    if libc.setns(fd, nstype) != 0:
+        raise error(ctypes.get_errno() or errno.EINVAL, f"enter {what}", "CAP_SYS_ADMIN")
 
 
 def syscall(number: int, *args: Any) -> int:

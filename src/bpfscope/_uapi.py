@@ -28,33 +28,113 @@ class MapType(enum.IntEnum):
     LPM_TRIE = 11
     ARRAY_OF_MAPS = 12
     HASH_OF_MAPS = 13
+    SOCKMAP = 15
+    SOCKHASH = 18
     QUEUE = 22
     STACK = 23
+    STRUCT_OPS = 26
     RINGBUF = 27
 
 
 class ProgramType(enum.IntEnum):
-    """enum bpf_prog_type, as far as bpfscope loads or probes them."""
+    """enum bpf_prog_type."""
 
     UNSPEC = 0
     SOCKET_FILTER = 1
-    KPROBE = 2  # also uprobes
+    KPROBE = 2  # also uprobes and USDT
     SCHED_CLS = 3
     SCHED_ACT = 4
     TRACEPOINT = 5
     XDP = 6
     PERF_EVENT = 7
+    CGROUP_SKB = 8
+    CGROUP_SOCK = 9
+    LWT_IN = 10
+    LWT_OUT = 11
+    LWT_XMIT = 12
+    SOCK_OPS = 13
+    SK_SKB = 14
+    CGROUP_DEVICE = 15
+    SK_MSG = 16
     RAW_TRACEPOINT = 17
-    TRACING = 26
+    CGROUP_SOCK_ADDR = 18
+    LWT_SEG6LOCAL = 19
+    LIRC_MODE2 = 20
+    SK_REUSEPORT = 21
+    FLOW_DISSECTOR = 22
+    CGROUP_SYSCTL = 23
+    RAW_TRACEPOINT_WRITABLE = 24
+    CGROUP_SOCKOPT = 25
+    TRACING = 26  # fentry, fexit, fmod_ret, tp_btf, iterators
+    STRUCT_OPS = 27
+    EXT = 28  # freplace
+    LSM = 29
+    SK_LOOKUP = 30
+    SYSCALL = 31
+    NETFILTER = 32
 
 
 class AttachType(enum.IntEnum):
-    """enum bpf_attach_type, as far as bpfscope attaches or probes them."""
+    """enum bpf_attach_type: where a program attaches (a cgroup hook, a sockmap's verdict, ...)."""
 
+    CGROUP_INET_INGRESS = 0
+    CGROUP_INET_EGRESS = 1
+    CGROUP_INET_SOCK_CREATE = 2
+    CGROUP_SOCK_OPS = 3
+    SK_SKB_STREAM_PARSER = 4
+    SK_SKB_STREAM_VERDICT = 5
+    CGROUP_DEVICE = 6
+    SK_MSG_VERDICT = 7
+    CGROUP_INET4_BIND = 8
+    CGROUP_INET6_BIND = 9
+    CGROUP_INET4_CONNECT = 10
+    CGROUP_INET6_CONNECT = 11
+    CGROUP_INET4_POST_BIND = 12
+    CGROUP_INET6_POST_BIND = 13
+    CGROUP_UDP4_SENDMSG = 14
+    CGROUP_UDP6_SENDMSG = 15
+    LIRC_MODE2 = 16
+    FLOW_DISSECTOR = 17
+    CGROUP_SYSCTL = 18
+    CGROUP_UDP4_RECVMSG = 19
+    CGROUP_UDP6_RECVMSG = 20
+    CGROUP_GETSOCKOPT = 21
+    CGROUP_SETSOCKOPT = 22
+    TRACE_RAW_TP = 23
     TRACE_FENTRY = 24
+    TRACE_FEXIT = 25
+    MODIFY_RETURN = 26
+    LSM_MAC = 27
+    TRACE_ITER = 28
+    CGROUP_INET4_GETPEERNAME = 29
+    CGROUP_INET6_GETPEERNAME = 30
+    CGROUP_INET4_GETSOCKNAME = 31
+    CGROUP_INET6_GETSOCKNAME = 32
+    XDP_DEVMAP = 33
+    CGROUP_INET_SOCK_RELEASE = 34
+    XDP_CPUMAP = 35
+    SK_LOOKUP = 36
     XDP = 37
+    SK_SKB_VERDICT = 38
+    SK_REUSEPORT_SELECT = 39
+    SK_REUSEPORT_SELECT_OR_MIGRATE = 40
+    PERF_EVENT = 41
+    TRACE_KPROBE_MULTI = 42
+    LSM_CGROUP = 43
+    STRUCT_OPS = 44
+    NETFILTER = 45
     TCX_INGRESS = 46
     TCX_EGRESS = 47
+    TRACE_UPROBE_MULTI = 48
+    CGROUP_UNIX_CONNECT = 49
+    CGROUP_UNIX_SENDMSG = 50
+    CGROUP_UNIX_RECVMSG = 51
+    CGROUP_UNIX_GETPEERNAME = 52
+    CGROUP_UNIX_GETSOCKNAME = 53
+    NETKIT_PRIMARY = 54
+    NETKIT_PEER = 55
+    TRACE_KPROBE_SESSION = 56
+    TRACE_UPROBE_SESSION = 57
 
 
 class UpdateFlags(enum.IntFlag):
@@ -86,7 +166,20 @@ class PerfEventLinkType(enum.IntEnum):
     EVENT = 6
 
 
+class CgroupIterOrder(enum.IntEnum):
+    """enum bpf_cgroup_iter_order: how a cgroup iterator walks from its cgroup."""
+
+    SELF_ONLY = 1
+    DESCENDANTS_PRE = 2
+    DESCENDANTS_POST = 3
+    ANCESTORS_UP = 4
+
+
 BPF_PROG_QUERY = 16  # enum bpf_cmd
+BPF_LINK_CREATE = 28
+BPF_F_LINK = 1 << 13  # a map's flags: a struct_ops map registered through a link
+BPF_F_UPROBE_MULTI_RETURN = 1  # BPF_LINK_CREATE, BPF_TRACE_UPROBE_MULTI: its uprobe_multi.flags
+BPF_F_NETFILTER_IP_DEFRAG = 1  # BPF_LINK_CREATE, BPF_NETFILTER: its netfilter.flags (Linux 6.6+)
 TCX_PASS = 0  # enum tcx_action_base: TCX_NEXT is -1, TCX_PASS 0
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1  # BPF_PROG_TEST_RUN's flags
 BPF_OBJ_NAME_LEN = 16  # names the kernel keeps are cut to 15 characters and a NUL
@@ -133,11 +226,66 @@ IFLA_XDP_SKB_PROG_ID = 6
 
 # --- perf_event.h ---
 
-PERF_TYPE_SOFTWARE = 1  # enum perf_type_id
-PERF_COUNT_SW_CPU_CLOCK = 0  # enum perf_sw_ids
+
+class HardwareEvent(enum.IntEnum):
+    """enum perf_hw_id: counters of the CPU's PMU (PERF_TYPE_HARDWARE); a VM without a virtual PMU has none."""
+
+    CPU_CYCLES = 0
+    INSTRUCTIONS = 1
+    CACHE_REFERENCES = 2
+    CACHE_MISSES = 3
+    BRANCH_INSTRUCTIONS = 4
+    BRANCH_MISSES = 5
+    BUS_CYCLES = 6
+    STALLED_CYCLES_FRONTEND = 7
+    STALLED_CYCLES_BACKEND = 8
+    REF_CPU_CYCLES = 9
+
+
+class SoftwareEvent(enum.IntEnum):
+    """enum perf_sw_ids: events the kernel counts itself (PERF_TYPE_SOFTWARE)."""
+
+    CPU_CLOCK = 0
+    TASK_CLOCK = 1
+    PAGE_FAULTS = 2
+    CONTEXT_SWITCHES = 3
+    CPU_MIGRATIONS = 4
+    PAGE_FAULTS_MIN = 5
+    PAGE_FAULTS_MAJ = 6
+    ALIGNMENT_FAULTS = 7
+    EMULATION_FAULTS = 8
+
+
+PERF_TYPE_HARDWARE = 0  # enum perf_type_id
+PERF_TYPE_SOFTWARE = 1
 PERF_ATTR_SIZE_VER0 = 64  # the first struct perf_event_attr: the kernel takes any later size too
 PERF_ATTR_FREQ = 1 << 10  # struct perf_event_attr's `freq` bit: sample_freq, not sample_period
 PERF_FLAG_FD_CLOEXEC = 1 << 3
+
+# --- netfilter.h ---
+
+
+class NetfilterFamily(enum.IntEnum):
+    """NFPROTO_*: the protocol family of a netfilter hook BPF attaches to."""
+
+    IPV4 = 2
+    IPV6 = 10
+
+
+class NetfilterHook(enum.IntEnum):
+    """enum nf_inet_hooks: where in the IP stack a netfilter hook runs."""
+
+    PRE_ROUTING = 0
+    LOCAL_IN = 1
+    FORWARD = 2
+    LOCAL_OUT = 3
+    POST_ROUTING = 4
+
+
+# --- asm-generic/socket.h (x86 and arm64 alike) ---
+
+SO_DETACH_BPF = 27  # SO_DETACH_FILTER
+SO_ATTACH_BPF = 50
 
 # --- route.h ---
 

@@ -13,17 +13,23 @@ import enum
 import errno
 import fcntl
 import os
+import socket
 from types import TracebackType
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from . import _libbpf, netdev
-from ._uapi import BPF_TC_EGRESS, BPF_TC_INGRESS
-from .errors import InterfaceNotFoundError
+from ._uapi import BPF_TC_EGRESS, BPF_TC_INGRESS, SO_DETACH_BPF
+from .errors import InterfaceNotFoundError, TypeMismatchError
 from .pin import ensure_pin_dir
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .btf import TypeCodec
+
 __all__ = [
-    "Link", "FdLink", "XdpLink", "TcxLink", "LibbpfLink", "TcFilterLink", "LinkGroup", "XdpMode", "TcDirection",
-    "TcMode", "TC_LEASES", "remove_stale_tc_filters",
+    "Link", "FdLink", "XdpLink", "TcxLink", "LibbpfLink", "IterLink", "TcFilterLink", "SocketFilterLink",
+    "ProgAttachLink", "LinkGroup", "XdpMode", "TcDirection", "TcMode", "TC_LEASES", "remove_stale_tc_filters",
 ]
 
 # One file per cls_bpf filter a running bpfscope attached, named <ifindex>-<attach point>-<handle>-<priority>
@@ -151,6 +157,42 @@ class LibbpfLink(Link):
             _libbpf.bpf_link__destroy(ptr)
 
 
+class IterLink(LibbpfLink):
+    """An iterator (SEC("iter/...")): each read runs the program afresh over everything it walks (tasks,
+    a map's elements, sockets) and returns what it wrote, bpf_seq_printf text or bpf_seq_write records."""
+
+    def read(self) -> bytes:
+        """One whole walk's output (BPF_ITER_CREATE, then read to the end)."""
+        fd = _libbpf.check(_libbpf.bpf_iter_create(self.fd), f"start {self.description}")
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+        except OSError as exc:
+            raise _libbpf.error(exc.errno or errno.EIO, f"read {self.description}") from None
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
+
+    def text(self) -> str:
+        """read(), as the text bpf_seq_printf wrote."""
+        return self.read().decode(errors="replace")
+
+    def records(self, record: Union[TypeCodec, np.dtype[Any]]) -> np.ndarray[Any, Any]:
+        """read(), as an array of fixed-size records: `record` is a TypeCodec (obj.btf.struct("name")) or a
+        numpy dtype."""
+        import numpy as np
+
+        from .btf import TypeCodec
+
+        dtype = record.dtype if isinstance(record, TypeCodec) else np.dtype(record)
+        data = self.read()
+        if len(data) % dtype.itemsize:
+            raise TypeMismatchError(f"{self.description} wrote {len(data)} bytes, not a whole number of "
+                                    f"{dtype.itemsize}-byte records")
+        return np.frombuffer(data, dtype=dtype)
+
+
 class TcFilterLink(Link):
     """A cls_bpf filter under a clsact qdisc, for kernels without tcx. It is not fd-based: close()
     removes it, and a killed process leaves it in place until remove_stale_tc_filters() (which every
@@ -201,6 +243,64 @@ class TcFilterLink(Link):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._lease_path)
             os.close(lease)
+
+
+class SocketFilterLink(Link):
+    """A socket filter on one socket (SO_ATTACH_BPF). It holds its own fd of the socket, so close() detaches
+    from that socket whatever the caller did with theirs; the kernel drops the filter with the socket."""
+
+    def __init__(self, sock: socket.socket, description: str) -> None:
+        self._socket: Optional[socket.socket] = sock
+        self.description = description
+
+    @property
+    def fd(self) -> int:
+        return self._socket.fileno() if self._socket is not None else -1
+
+    @property
+    def closed(self) -> bool:
+        return self._socket is None
+
+    def pin(self, path: str) -> None:
+        raise _libbpf.error(errno.EOPNOTSUPP, f"pin {self.description}", "a BPF link (a socket filter lives with "
+                                                                        "its socket)")
+
+    def close(self) -> None:
+        sock, self._socket = getattr(self, "_socket", None), None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # the socket may be shut down already
+                sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_BPF, 0)
+            sock.close()
+
+
+class ProgAttachLink(Link):
+    """A program attached with BPF_PROG_ATTACH where the kernel has no link for the hook (a sockmap's verdict
+    before Linux 6.10). It holds fds of the program and the target, and close() detaches; a killed process
+    leaves nothing either, as the target (a map) goes with its last fd and takes the program with it."""
+
+    def __init__(self, prog_fd: int, target_fd: int, attach_type: int, description: str) -> None:
+        self._prog_fd = os.dup(prog_fd)
+        self._target_fd = os.dup(target_fd)
+        self._attach_type = attach_type
+        self.description = description
+
+    @property
+    def fd(self) -> int:
+        return self._prog_fd
+
+    @property
+    def closed(self) -> bool:
+        return self._prog_fd < 0
+
+    def pin(self, path: str) -> None:
+        raise _libbpf.error(errno.EOPNOTSUPP, f"pin {self.description}", "a BPF link (Linux 6.10+ for sockmaps)")
+
+    def close(self) -> None:
+        prog_fd, self._prog_fd = getattr(self, "_prog_fd", -1), -1
+        if prog_fd >= 0:
+            _libbpf.bpf_prog_detach2(prog_fd, self._target_fd, self._attach_type)
+            os.close(prog_fd)
+            os.close(self._target_fd)
 
 
 def _detach_filter(hook: _libbpf.BpfTcHook, handle: int, priority: int) -> int:

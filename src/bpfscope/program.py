@@ -1,55 +1,58 @@
-"""A loaded program and the ways to attach it: XDP, tc, tracepoints, uprobes, perf events; and
-test_run, which runs an XDP or tc program on given bytes without any interface."""
+"""A loaded program and the ways to attach it: from its section name (`attach()`, as libbpf does), or by an
+explicit method per kind of hook, which takes what the section cannot say (an interface, a cgroup, a
+binary); and test_run, which runs a program on given bytes without attaching it. Each family's machinery
+is in bpfscope._attach."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import glob
 import os
-import struct
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
-from . import _libbpf, netdev
+from . import _libbpf
+from ._attach import auto, cgroup, interface, iterators, net, perf, tracing, uprobes
+from ._attach.net import Netns
+from ._attach.perf import PerfEvent, online_cpus
+from ._attach.uprobes import resolve_binary
 from ._uapi import (
     BPF_F_TEST_XDP_LIVE_FRAMES,
-    BPF_TC_EGRESS,
-    BPF_TC_INGRESS,
-    NR_PERF_EVENT_OPEN,
-    PERF_ATTR_FREQ,
-    PERF_ATTR_SIZE_VER0,
-    PERF_COUNT_SW_CPU_CLOCK,
-    PERF_FLAG_FD_CLOEXEC,
-    PERF_TYPE_SOFTWARE,
     AttachType,
+    CgroupIterOrder,
+    HardwareEvent,
+    NetfilterFamily,
+    NetfilterHook,
     ProgramType,
+    SoftwareEvent,
     XdpAction,
-    XdpFlags,
 )
-from .errors import BpfscopeError, NotSupportedError, SyscallError
+from .errors import BpfscopeError
 from .link import (
+    FdLink,
+    IterLink,
     LibbpfLink,
     Link,
     LinkGroup,
+    SocketFilterLink,
     TcDirection,
     TcFilterLink,
     TcMode,
     TcxLink,
     XdpLink,
     XdpMode,
-    remove_stale_tc_filters,
 )
-from .mounts import ensure_tracefs
 
-__all__ = ["Program", "ProgramType", "XdpMode", "XdpAction", "TcDirection", "TcMode", "TestRunResult"]
+if TYPE_CHECKING:
+    from .maps import Map
 
-
-_XDP_FLAGS = {XdpMode.NATIVE: XdpFlags.DRV_MODE, XdpMode.GENERIC: XdpFlags.SKB_MODE}
-_TCX_ATTACH = {TcDirection.INGRESS: AttachType.TCX_INGRESS, TcDirection.EGRESS: AttachType.TCX_EGRESS}
-_TC_ATTACH_POINT = {TcDirection.INGRESS: BPF_TC_INGRESS, TcDirection.EGRESS: BPF_TC_EGRESS}
-_LIBRARY_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
-                 "/usr/lib/aarch64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib", "/usr/local/lib")
+__all__ = [
+    "Program", "ProgramType", "AttachType", "XdpMode", "XdpAction", "TcDirection", "TcMode", "TestRunResult",
+    "CgroupIterOrder", "HardwareEvent", "SoftwareEvent", "PerfEvent", "NetfilterFamily",
+    "NetfilterHook", "Netns", "online_cpus", "resolve_binary",
+]
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ class TestRunResult:
 
 
 class Program:
-    """One program of a loaded Object. Attach methods return a Link; keep it (or use `with`)."""
+    """One program of a loaded Object. Attach methods return a Link; keep it (or use `with`): the hook goes
+    with the link's last fd, so a process that ends, killed or not, leaves nothing attached."""
 
     def __init__(self, ptr: int, owner: object) -> None:
         self._ptr = ptr
@@ -98,71 +102,128 @@ class Program:
         probe that fires inside a BPF program, or one preempted on a busy CPU); 0 where it is not counted."""
         return int(_libbpf.obj_info(self.fd, _libbpf.BpfProgInfo(), f"program {self.name!r}").recursion_misses)
 
+    @property
+    def autoattaches(self) -> bool:
+        """Whether attach() can attach this program from its section alone (what Object.attach_all attaches)."""
+        return auto.autoattaches(self)
+
     def __repr__(self) -> str:
         return f"<Program {self.name} {self.section}>"
+
+    def attach(self) -> Link:
+        """Attaches where the section says, as libbpf's bpf_program__attach does: "kprobe/do_unlinkat",
+        "tp_btf/sched_process_exec", "usdt/path:provider:name", "iter/task", "lsm/file_open", ... A section
+        that does not name its target (SEC("xdp"), SEC("uprobe"), SEC("cgroup/connect4")) raises one line
+        naming the method that takes it."""
+        return auto.attach(self)
 
     # --- network ---
 
     def attach_xdp(self, iface: Union[str, int], *, mode: XdpMode = XdpMode.AUTO) -> XdpLink:
         """Attaches as an XDP link (BPF_LINK_CREATE, BPF_XDP). AUTO tries native then generic;
         `link.mode` says which ran."""
-        index = iface if isinstance(iface, int) else netdev.ifindex(iface)
-        name = netdev.ifname(index)
-        modes = [XdpMode.NATIVE, XdpMode.GENERIC] if mode is XdpMode.AUTO else [mode]
-        for candidate in modes:
-            opts = _libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(_libbpf.BpfLinkCreateOpts))
-            opts.flags = _XDP_FLAGS[candidate]
-            fd = _libbpf.bpf_link_create(self.fd, index, AttachType.XDP, opts)
-            if fd >= 0:
-                return XdpLink(fd, f"xdp {self.name} on {name} ({candidate.value})", mode=candidate)
-            err = -fd
-            if err in (errno.EOPNOTSUPP, errno.EINVAL) and candidate is XdpMode.NATIVE and mode is XdpMode.AUTO:
-                continue  # the driver has no native XDP: fall back to generic
-            if err == errno.EBUSY:
-                raise SyscallError(err, f"attach xdp {self.name} to {name}",
-                                   "another XDP program is attached there; detach it first")
-            if err in (errno.EOPNOTSUPP, errno.EINVAL) and candidate is XdpMode.NATIVE:
-                raise BpfscopeError(err, f"{name} has no native XDP (its driver lacks it); attach with "
-                                         "XdpMode.GENERIC, or XdpMode.AUTO to fall back to it")
-            _libbpf.check(fd, f"attach xdp {self.name} to {name}", "CAP_NET_ADMIN")
-        raise AssertionError("unreachable")
+        return interface.xdp(self, iface, mode=mode)
 
     def attach_tc(
         self, iface: Union[str, int], *, direction: TcDirection = TcDirection.INGRESS, mode: TcMode = TcMode.AUTO
     ) -> Union[TcxLink, TcFilterLink]:
         """Attaches a tc classifier: a tcx link where the kernel has one, else clsact + cls_bpf;
         `link.mode` says which."""
-        index = iface if isinstance(iface, int) else netdev.ifindex(iface)
-        name = netdev.ifname(index)
-        what = f"tc {direction.value} {self.name} on {name}"
-        if mode in (TcMode.AUTO, TcMode.TCX):
-            opts = _libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(_libbpf.BpfLinkCreateOpts))
-            fd = _libbpf.bpf_link_create(self.fd, index, _TCX_ATTACH[direction], opts)
-            if fd >= 0:
-                return TcxLink(fd, f"{what} (tcx)")
-            if mode is TcMode.TCX or -fd not in (errno.EINVAL, errno.EOPNOTSUPP):
-                _libbpf.check(fd, f"attach {what} (tcx)", "CAP_NET_ADMIN")
-        remove_stale_tc_filters()
-        hook = _libbpf.BpfTcHook(sz=ctypes.sizeof(_libbpf.BpfTcHook), ifindex=index,
-                                 attach_point=_TC_ATTACH_POINT[direction])
-        ret = _libbpf.bpf_tc_hook_create(hook)
-        if ret < 0 and -ret != errno.EEXIST:
-            _libbpf.check(ret, f"create clsact qdisc on {name}", "CAP_NET_ADMIN")
-        tc_opts = _libbpf.BpfTcOpts(sz=ctypes.sizeof(_libbpf.BpfTcOpts), prog_fd=self.fd)
-        _libbpf.check(_libbpf.bpf_tc_attach(hook, tc_opts), f"attach {what} (clsact)", "CAP_NET_ADMIN")
-        return TcFilterLink(hook, tc_opts, f"{what} (clsact)")
+        return interface.tc(self, iface, direction=direction, mode=mode)
 
-    # --- tracing ---
+    def attach_cgroup(
+        self, path: Union[str, os.PathLike[str]], *, attach_type: Optional[AttachType] = None
+    ) -> FdLink:
+        """Attaches a cgroup program (cgroup_skb, cgroup/connect4, sockops, cgroup/sysctl, cgroup/dev,
+        cgroup/getsockopt, lsm_cgroup, ...) to a cgroup v2 directory: `path` is absolute or relative to where
+        cgroup v2 is mounted. The hook is the one the section names (the program's expected attach type),
+        or `attach_type` (AttachType.CGROUP_INET_EGRESS for a SEC("cgroup/skb") program)."""
+        return cgroup.attach(self, path, attach_type=attach_type)
+
+    def attach_socket(self, sock: Union[socket.socket, int]) -> SocketFilterLink:
+        """Attaches a socket filter to one socket (SO_ATTACH_BPF); closing the link detaches it."""
+        return net.socket_filter(self, sock)
+
+    def attach_netns(self, netns: Netns = None) -> LibbpfLink:
+        """Attaches an sk_lookup or flow_dissector program to a network namespace: a name `ip netns` made,
+        a path (/proc/<pid>/ns/net), an open fd, or None for this process's."""
+        return net.netns(self, netns)
+
+    def attach_sockmap(self, sock_map: Map, *, attach_type: Optional[AttachType] = None) -> Link:
+        """Attaches an sk_msg or sk_skb program to a sockmap or sockhash: a link from Linux 6.10, held by the
+        map (BPF_PROG_ATTACH) before. The hook is the section's (sk_msg: SK_MSG_VERDICT,
+        sk_skb/stream_verdict: SK_SKB_STREAM_VERDICT, ...) or `attach_type`."""
+        return net.sockmap(self, sock_map, attach_type=attach_type)
+
+    def attach_netfilter(
+        self, *, family: NetfilterFamily, hook: NetfilterHook, priority: int, defrag: bool = False,
+        netns: Netns = None,
+    ) -> FdLink:
+        """Attaches a netfilter program (Linux 6.4+; BPF_LINK_CREATE, BPF_NETFILTER) at `hook` of the IPv4 or
+        IPv6 stack of a network namespace (this process's by default), ordered by `priority` among the
+        hooks there; `defrag` has the kernel reassemble fragments first (Linux 6.6+)."""
+        return net.netfilter(self, family=family, hook=hook, priority=priority, defrag=defrag, ns=netns)
+
+    # --- kernel tracing ---
 
     def attach_tracepoint(self, category: str, name: str) -> LibbpfLink:
         """Attaches to tracepoint `category:name` (e.g. "syscalls", "sys_enter_openat")."""
-        ensure_tracefs()
-        what = f"tracepoint {category}:{name}"
-        with _libbpf.captured_log():
-            ptr = _libbpf.bpf_program__attach_tracepoint(self._ptr, category.encode(), name.encode())
-        if not ptr and ctypes.get_errno() == errno.ENOENT:
-            raise NotSupportedError(what, "no such tracepoint on this kernel")
-        return LibbpfLink(_libbpf.check_ptr(ptr, f"attach {self.name} to {what}", "CAP_PERFMON"), what)
+        return tracing.tracepoint(self, category, name)
+
+    def attach_raw_tracepoint(self, name: str) -> LibbpfLink:
+        """Attaches a raw_tp program to the tracepoint `name` ("sys_enter", "sched_switch")."""
+        return tracing.raw_tracepoint(self, name)
+
+    def attach_tracing(self, *, cookie: int = 0) -> LibbpfLink:
+        """Attaches an fentry, fexit, fmod_ret or tp_btf program to the function or tracepoint it was loaded
+        for (its section, or ProgramSpec.set_attach_target); `cookie` is what bpf_get_attach_cookie returns."""
+        return tracing.tracing(self, cookie=cookie)
+
+    def attach_freplace(self, target: Optional[Program] = None, function: Optional[str] = None) -> LibbpfLink:
+        """Replaces global function `function` of BPF program `target` with this freplace program; with
+        neither, the target it was loaded for (ProgramSpec.set_attach_target, which freplace needs)."""
+        return tracing.freplace(self, target, function)
+
+    def attach_lsm(self) -> LibbpfLink:
+        """Attaches a BPF LSM program to the hook its section names (SEC("lsm/file_open"))."""
+        return tracing.lsm(self)
+
+    def attach_kprobe(
+        self, symbol: Optional[str] = None, *, offset: int = 0, address: Optional[int] = None,
+        retprobe: bool = False, cookie: int = 0,
+    ) -> LibbpfLink:
+        """Attaches at kernel function `symbol` + `offset`, or at `address`; on return with retprobe=True."""
+        return tracing.kprobe(self, symbol, offset=offset, address=address, retprobe=retprobe, cookie=cookie)
+
+    def attach_kprobe_multi(
+        self, pattern: Optional[str] = None, *, symbols: Sequence[str] = (), addresses: Sequence[int] = (),
+        cookies: Sequence[int] = (), retprobe: bool = False,
+    ) -> LibbpfLink:
+        """Attaches a kprobe.multi program to every kernel function `pattern` matches ("tcp_*"), or to the
+        `symbols` or `addresses` given, in one link (Linux 5.18+, CONFIG_FPROBE)."""
+        return tracing.kprobe_multi(self, pattern, symbols=symbols, addresses=addresses, cookies=cookies,
+                                    retprobe=retprobe)
+
+    def attach_iter(
+        self, *, map: Optional[Map] = None, pid: Optional[int] = None, tid: Optional[int] = None,
+        cgroup: Union[str, os.PathLike[str], None] = None, order: CgroupIterOrder = CgroupIterOrder.SELF_ONLY,
+    ) -> IterLink:
+        """Attaches an iterator; `link.read()` runs it and returns what it wrote. It walks everything of its
+        kind, or one map (iter/bpf_map_elem needs it), one process's or thread's tasks and files (Linux 6.1+),
+        or the cgroups from `cgroup` in `order`."""
+        return iterators.attach(self, walk_map=map, pid=pid, tid=tid, cgroup=cgroup, order=order)
+
+    def attach_perf_event(
+        self, *, event: PerfEvent = SoftwareEvent.CPU_CLOCK, frequency: Optional[int] = None,
+        period: Optional[int] = None, cpus: Optional[Sequence[int]] = None, pid: Optional[int] = None,
+        cookie: int = 0,
+    ) -> LinkGroup:
+        """Runs a perf_event program on a software or hardware counter (PERF_TYPE_SOFTWARE, PERF_TYPE_HARDWARE),
+        `frequency` times a second (99 by default) or once every `period` events. One event per CPU (`cpus`,
+        or every online one), or one following thread `pid` wherever it runs (on `cpus` only, if given)."""
+        return perf.attach(self, event=event, frequency=frequency, period=period, cpus=cpus, pid=pid, cookie=cookie)
+
+    # --- user-space tracing ---
 
     def attach_uprobe(
         self,
@@ -175,48 +236,23 @@ class Program:
     ) -> LibbpfLink:
         """Attaches at `symbol`+`offset` of a binary or library (a path, or a name like "libc"),
         on entry or (retprobe=True) on return; only in process `pid` when given."""
-        path = resolve_binary(target)
-        opts = _libbpf.BpfUprobeOpts(sz=ctypes.sizeof(_libbpf.BpfUprobeOpts), retprobe=retprobe)
-        if symbol:
-            opts.func_name = symbol.encode()
-        kind = "uretprobe" if retprobe else "uprobe"
-        what = f"{kind} {path}:{symbol or hex(offset)}" + (f" pid {pid}" if pid is not None else "")
-        with _libbpf.captured_log():  # errno says what failed; keep libbpf's own lines off stderr
-            ptr = _libbpf.bpf_program__attach_uprobe_opts(
-                self._ptr, -1 if pid is None else pid, path.encode(), offset, opts
-            )
-        if not ptr:
-            err = ctypes.get_errno() or errno.EINVAL
-            if err == errno.ENOENT and symbol:
-                raise BpfscopeError(err, f"symbol {symbol!r} not found in {path}")
-            if err == errno.ESRCH:
-                raise BpfscopeError(err, f"no process with pid {pid}")
-            raise _libbpf.error(err, f"attach {self.name} as {what}", "CAP_PERFMON")
-        return LibbpfLink(ptr, what)
+        return uprobes.uprobe(self, target, symbol, offset=offset, pid=pid, retprobe=retprobe)
 
-    def attach_perf_event(self, *, frequency: int = 99, cpus: Optional[list[int]] = None) -> LinkGroup:
-        """Runs the program `frequency` times a second on each CPU (software cpu-clock event)."""
-        links: list[Link] = []
-        try:
-            for cpu in cpus if cpus is not None else online_cpus():
-                attr = struct.pack("=IIQQQQQII", PERF_TYPE_SOFTWARE, PERF_ATTR_SIZE_VER0,
-                                   PERF_COUNT_SW_CPU_CLOCK, frequency, 0, 0, PERF_ATTR_FREQ, 0, 0)
-                attr = attr.ljust(128, b"\0")
-                pfd = _libbpf._syscall(NR_PERF_EVENT_OPEN, attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
-                if pfd < 0:
-                    raise _libbpf.error(ctypes.get_errno(), f"perf_event_open cpu-clock on cpu {cpu}",
-                                        "CAP_PERFMON")
-                ptr = _libbpf.bpf_program__attach_perf_event(self._ptr, pfd)
-                if not ptr:
-                    err = ctypes.get_errno()
-                    os.close(pfd)
-                    raise _libbpf.error(err, f"attach {self.name} to perf event on cpu {cpu}", "CAP_PERFMON")
-                links.append(LibbpfLink(ptr, f"perf cpu-clock cpu {cpu}"))
-        except BaseException:
-            for link in links:
-                link.close()
-            raise
-        return LinkGroup(links, f"perf event {self.name} at {frequency} Hz")
+    def attach_uprobe_multi(
+        self, target: str, pattern: str, *, pid: Optional[int] = None, retprobe: bool = False,
+        cookies: Sequence[int] = (),
+    ) -> FdLink:
+        """Attaches a uprobe.multi program to every function of `target` that `pattern` matches, in one link
+        (Linux 6.6+; BPF_LINK_CREATE, BPF_TRACE_UPROBE_MULTI)."""
+        return uprobes.uprobe_multi(self, target, pattern, pid=pid, retprobe=retprobe, cookies=cookies)
+
+    def attach_usdt(
+        self, target: Optional[str], provider: str, name: str, *, pid: Optional[int] = None, cookie: int = 0
+    ) -> LibbpfLink:
+        """Attaches a BPF_USDT program to USDT probe `provider`:`name` of a binary or library (or, with
+        target None, of process `pid`'s executable); only in process `pid` when given. Probes guarded by a
+        semaphore fire while the link holds it up."""
+        return uprobes.usdt(self, target, provider, name, pid=pid, cookie=cookie)
 
     # --- testing ---
 
@@ -247,43 +283,3 @@ class Program:
             opts.ctx_size_in = len(ctx)
         _libbpf.check(_libbpf.bpf_prog_test_run_opts(self.fd, opts), f"test_run {self.name}")
         return TestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
-
-
-def online_cpus() -> list[int]:
-    """CPU numbers from /sys/devices/system/cpu/online ("0-3,6")."""
-    with open("/sys/devices/system/cpu/online") as f:
-        spec = f.read().strip()
-    cpus: list[int] = []
-    for part in spec.split(","):
-        low, _, high = part.partition("-")
-        cpus.extend(range(int(low), int(high or low) + 1))
-    return cpus
-
-
-def resolve_binary(target: str) -> str:
-    """A path as given, or a library name ("libc", "libssl.so.3") looked up where the loader looks."""
-    if os.sep in target:
-        if not os.path.isfile(target):
-            raise BpfscopeError(errno.ENOENT, f"no binary or library at {target}")
-        return os.path.realpath(target)
-    name = target if target.startswith("lib") else f"lib{target}"
-    for directory in _LIBRARY_DIRS:
-        # libc.so.6 before libc.so: the unversioned name is often a linker script, not ELF.
-        candidates = sorted(glob.glob(os.path.join(directory, f"{name}.so*")) +
-                            glob.glob(os.path.join(directory, f"{name}-*.so*")), key=lambda p: (p.endswith(".so"), p))
-        for candidate in candidates:
-            if _is_elf(candidate):
-                return os.path.realpath(candidate)
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        candidate = os.path.join(directory, target)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return os.path.realpath(candidate)
-    raise BpfscopeError(errno.ENOENT, f"no binary or library named {target!r} (give a path)")
-
-
-def _is_elf(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"\x7fELF"
-    except OSError:
-        return False
