@@ -1,5 +1,5 @@
 """The agent's configuration: YAML, checked field by field so a mistake is reported in one line
-that names the field (`tools.flows.top: must be an integer from 1 to 1000, not 'many'`).
+that names the field (`tools.flows.top: 'many' is not a whole number`).
 
 A tool on the Tool base (bpfscope.tools) has its section `tools.<Tool.AGENT_KEY>`, read from the same
 option declarations as its CLI flags (Tool.OPTIONS); a tool that takes --iface takes `interfaces:` there,
@@ -23,7 +23,7 @@ from ..tools import _registry as registry
 from ..tools._base import OptionValueError, Tool
 
 __all__ = [
-    "DEFAULT_LISTEN", "ConfigError", "Fields", "AgentConfig", "ToolConfig", "FlowsConfig", "GuardConfig",
+    "DEFAULT_LISTEN", "ConfigError", "Fields", "AgentConfig", "ToolConfig", "GuardConfig",
     "CountsConfig", "FuncLatencyConfig", "HttpConfig", "CustomConfig", "OtlpConfig", "load_config", "parse_config",
     "default_interface",
 ]
@@ -175,12 +175,6 @@ class ToolConfig:
 
 
 @dataclass(frozen=True)
-class FlowsConfig:
-    interfaces: tuple[str, ...]
-    top: int = 20  # flows exported, by bytes: bounds the series per interface
-
-
-@dataclass(frozen=True)
 class GuardConfig:
     interface: str
     rate: int
@@ -233,7 +227,6 @@ class AgentConfig:
     max_containers: int = 500  # distinct containers labelled before the rest are container="other"
     ring_bytes: int = 1 << 22
     tools: tuple[ToolConfig, ...] = ()  # the tools on the Tool base, in the file's order
-    flows: Optional[FlowsConfig] = None
     guard: Optional[GuardConfig] = None
     execs: Optional[CountsConfig] = None
     funclatency: tuple[FuncLatencyConfig, ...] = ()
@@ -308,8 +301,6 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     enabled = [key for key in tools.keys() if key in by_key and tools.raw(key) is not False]
     generic = tuple(_tool_config(by_key[key], Fields({}, f"tools.{key}", source) if tools.raw(key) is True
                                  else tools.child(key)) for key in enabled)
-    flows = _interfaces_section(
-        tools, "flows", lambda f, ifaces: FlowsConfig(ifaces, f.integer("top", 20, 1, 1000) or 20))
     guard = _guard(tools.child("guard")) if tools.has("guard") else None
     execs = _counts(tools, "execs")
     funclatency = tuple(tools.items("funclatency", _funclatency))
@@ -325,11 +316,11 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     if guard and packets and guard.interface in packets.interfaces:
         raise ConfigError(tools.where("guard.interface"), f"{guard.interface} already runs tools.packets: an "
                           "interface has one XDP program, so count packets on another or use the guard's counts")
-    if not any((generic, flows, guard, execs, funclatency, http, custom)):
+    if not any((generic, guard, execs, funclatency, http, custom)):
         raise ConfigError(top.where("tools"), "no tool is enabled: nothing to export")
     return AgentConfig(
         listen=listen, pin_dir=pin_dir, containers=containers, max_containers=max_containers, ring_bytes=ring_bytes,
-        tools=generic, flows=flows, guard=guard, execs=execs, funclatency=funclatency, http=http,
+        tools=generic, guard=guard, execs=execs, funclatency=funclatency, http=http,
         custom=custom, otlp=otlp, source=source,
     )
 
@@ -377,15 +368,6 @@ def _interfaces(section: Fields) -> tuple[str, ...]:
     if len(set(ifaces)) != len(ifaces):
         raise section.error("interfaces", "names an interface twice")
     return ifaces
-
-
-def _interfaces_section(tools: Fields, name: str, build: Callable[[Fields, tuple[str, ...]], T]) -> Optional[T]:
-    if not tools.has(name):
-        return None
-    section = tools.child(name)
-    result = build(section, _interfaces(section))
-    section.done()
-    return result
 
 
 def _guard(f: Fields) -> GuardConfig:

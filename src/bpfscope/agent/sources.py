@@ -19,23 +19,22 @@ import threading
 from collections import defaultdict
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from .. import _libbpf
 from ..maps import Map, MapType
 from ..pin import ensure_pin_dir
 from ..tools._base import Kind, Tool
 from ..tools.execsnoop import ExecCount, ExecSnoop
-from ..tools.flows import FlowTracker, SortKey
 from ..tools.funclatency import FunctionLatency, Unit
 from ..tools.guard import Guard, Limit
 from ..tools.httptrace import Request, Tracer
-from .config import FlowsConfig, FuncLatencyConfig, GuardConfig, HttpConfig
+from .config import FuncLatencyConfig, GuardConfig, HttpConfig
 from .containers import ContainerResolver
 from .source import Source
 
 __all__ = [
-    "ToolSource", "FlowsSource", "GuardSource", "ExecsSource", "FuncLatencySource", "HttpSource",
+    "ToolSource", "GuardSource", "ExecsSource", "FuncLatencySource", "HttpSource",
     "lost_events", "received_events", "unseen_families", "normalize_route",
 ]
 
@@ -122,43 +121,6 @@ def unseen_families(key: str, source: str, tool: Tool) -> Iterator[Metric]:
         yield lost_events(key, source, count, ring)
     for ring, count in tool.received_by_ring().items():
         yield received_events(key, source, count, ring)
-
-
-class FlowsSource(Source):
-    """The top flows by bytes (both directions), so the series stay bounded however many flows
-    there are; `bpfscope_flows` counts them all."""
-
-    name = "flows"
-
-    def __init__(self, iface: str, config: FlowsConfig, pin_dir: str) -> None:
-        super().__init__(pin_dir)
-        self.iface = iface
-        self.top = config.top
-        self._tracker: Optional[FlowTracker] = None
-
-    def open(self) -> None:
-        self._tracker = FlowTracker(self.iface, pin_dir=self.pin_dir).open()
-
-    def collect(self) -> Iterator[Metric]:
-        assert self._tracker is not None
-        snap = self._tracker.snapshot()
-        labels = ["interface", "protocol", "local", "local_port", "remote", "remote_port", "direction"]
-        size = CounterMetricFamily("bpfscope_flow_bytes", "Bytes of the top flows by bytes (tc)", labels=labels)
-        packets = CounterMetricFamily("bpfscope_flow_packets", "Packets of the top flows by bytes (tc)", labels=labels)
-        for flow in snap.top(self.top, SortKey.BYTES):
-            ends = [self.iface, flow.proto, flow.local, str(flow.local_port), flow.remote, str(flow.remote_port)]
-            for direction, nbytes, npackets in (("in", flow.bytes_in, flow.packets_in),
-                                                ("out", flow.bytes_out, flow.packets_out)):
-                size.add_metric([*ends, direction], nbytes)
-                packets.add_metric([*ends, direction], npackets)
-        tracked = GaugeMetricFamily("bpfscope_flows", "Flows tracked (tc)", labels=["interface"])
-        tracked.add_metric([self.iface], len(snap))
-        yield from (size, packets, tracked)
-
-    def close(self) -> None:
-        if self._tracker is not None:
-            self._tracker.close()
-            self._tracker = None
 
 
 class GuardSource(Source):

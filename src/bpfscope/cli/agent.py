@@ -147,7 +147,6 @@ def _reload(agent: Agent, otlp: _Otlp, args: argparse.Namespace) -> None:
 def _describe(config: AgentConfig) -> str:
     parts: list[Optional[str]] = [
         *(f"{t.key}({', '.join(t.interfaces)})" if t.interfaces else t.key for t in config.tools),
-        f"flows({', '.join(config.flows.interfaces)})" if config.flows else None,
         f"guard({config.guard.interface})" if config.guard else None,
         "execs" if config.execs else None,
         *(f"funclatency({f.target}:{f.symbol})" for f in config.funclatency),

@@ -35,8 +35,6 @@ class ToolInfo(NamedTuple):
 # add_arguments/run: help, needs, and "net" or "trace" capabilities. Each conversion deletes its entry;
 # the table goes with the last one.
 _LEGACY = {
-    "flows": ("track connections on an interface: packets, bytes, flags per flow and direction (tc)",
-              (("tcx", "clsact"),), "net"),
     "guard": ("drop floods: a per-source rate limit with allow and deny lists (XDP)", (("xdp_link",),), "net"),
     "tcmon": ("watch traffic for scans, SYN floods, denied addresses and payload patterns (tc)",
               (("tcx", "clsact"), ("ringbuf",)), "net"),

@@ -1,31 +1,35 @@
 """The tc flow tracker: loads flows.bpf.o with the map sized to `max_flows`, attaches it to ingress
 and egress of one interface, and reads the whole LRU map with one batch lookup per snapshot. Every
 per-flow step (CPU reduction, rates, idle expiry, top N) is a numpy operation on that batch; Python
-objects are made only for the rows shown."""
+objects are made only for the rows shown. A polling tool: the agent exports the top flows by bytes."""
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import errno
 import ipaddress
 import time
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 import numpy as np
 
 from .. import netdev
 from ..errors import SyscallError
-from ..link import FdLink, Link
 from ..maps import Map
-from ..object import Object, ObjectSpec, tool_object
+from ..object import ObjectSpec, tool_object
 from ..program import TcDirection, TcMode
+from ._base import DURATION, IFACE, INTERVAL, JSON, NET, TC_MODE, Kind, Option, OptionValueError, Tool, positive_float
 
-__all__ = ["Flow", "FlowSnapshot", "FlowTracker", "SortKey", "TcpFlags", "DEFAULT_MAX_FLOWS"]
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+__all__ = ["Flow", "FlowSnapshot", "FlowTracker", "SortKey", "TcpFlags", "DEFAULT_MAX_FLOWS", "MAX_FLOWS_LIMIT",
+           "TOOL"]
 
 DEFAULT_MAX_FLOWS = 65_536
+# An LRU map preallocates every entry on every CPU at load: keep a typo from taking the machine's memory.
+MAX_FLOWS_LIMIT = 1 << 24
 
 # One row per flow after the per-CPU copies are reduced; times stay in kernel (CLOCK_MONOTONIC) ns.
 STATS_DTYPE = np.dtype([
@@ -190,44 +194,75 @@ def _as_void(keys: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return np.ascontiguousarray(keys).view(np.dtype((np.void, keys.dtype.itemsize)))
 
 
-class FlowTracker:
-    """`with FlowTracker("eth0", max_flows=4096) as tracker: tracker.snapshot()`; detaches on exit."""
+def bounded_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise OptionValueError(f"{text!r} is not a whole number") from None
+    if not 0 < value <= MAX_FLOWS_LIMIT:
+        raise OptionValueError(f"{text!r} must be between 1 and {MAX_FLOWS_LIMIT:,}")
+    return value
 
-    def __init__(self, iface: str, *, max_flows: int = DEFAULT_MAX_FLOWS, mode: TcMode = TcMode.AUTO,
-                 pin_dir: Optional[str] = None) -> None:
+
+class FlowTracker(Tool):
+    """`with FlowTracker("eth0", max_flows=4096) as tracker: tracker.snapshot()`; detaches on exit.
+    `mode` says which tc attachment it got once it is open."""
+
+    NAME = "flows"
+    HELP = "track connections on an interface: packets, bytes, flags per flow and direction (tc)"
+    NEEDS = (("tcx", "clsact"),)
+    CAPABILITIES = NET
+    KIND = Kind.POLLING
+    OPTIONS = (
+        IFACE,
+        TC_MODE,
+        Option("max_flows", f"size of the LRU flow map; the least recently seen flow makes room (default: "
+               f"{DEFAULT_MAX_FLOWS:,})", bounded_count, default=DEFAULT_MAX_FLOWS, metavar="N"),
+        Option("sort", "rank flows by bytes or packets since first seen, or by bytes/s (default: bytes)", str,
+               default=SortKey.BYTES.value, choices=tuple(k.value for k in SortKey), agent=False),
+        Option("top", "flows shown per interval, or in the agent exported by bytes (default: 20)", bounded_count,
+               default=20, metavar="N"),
+        Option("idle", "forget flows not seen for S seconds (default: keep until the LRU evicts them)",
+               positive_float, metavar="S", agent=False),
+        INTERVAL,
+        DURATION,
+        JSON.but(help="one JSON object per interval with the top flows, and a final one"),
+    )
+    AGENT_KEY = "flows"
+
+    def __init__(self, iface: str, *, max_flows: int = DEFAULT_MAX_FLOWS, mode: TcMode = TcMode.AUTO, top: int = 20,
+                 sort: SortKey = SortKey.BYTES, idle: Optional[float] = None, pin_dir: Optional[str] = None) -> None:
+        super().__init__(pin_dir=pin_dir)  # flows pinned there carry on from an earlier run
         self.iface = iface
         self.max_flows = max_flows
         self.mode = mode
-        self.pin_dir = pin_dir  # flows pinned here carry on from an earlier run
-        self._obj: Optional[Object] = None
-        self._links: list[Link] = []
+        self.top = top  # flows shown, or exported by bytes
+        self.sort = sort
+        self.idle = idle  # seconds a flow may go unseen before a view's read forgets it
         self._families: dict[int, str] = {}
         # The previous read, for rates: its keys sorted as bytes, and the bytes of each.
         self._previous: Optional[tuple[float, np.ndarray[Any, Any], np.ndarray[Any, Any]]] = None
 
-    def open(self) -> FlowTracker:
+    @classmethod
+    def _from_options(cls, values: Mapping[str, Any], pin_dir: Optional[str]) -> FlowTracker:
+        return cls(values["iface"], max_flows=values["max_flows"], mode=TcMode(values["mode"]), top=values["top"],
+                   sort=SortKey(values["sort"]), idle=values["idle"], pin_dir=pin_dir)
+
+    def _open(self) -> None:
         netdev.ifindex(self.iface)  # an unknown name fails here, before anything is loaded
         spec = ObjectSpec.open(tool_object("flows"))
         spec.maps["flows"].max_entries = self.max_flows
         spec.pin_maps(self.pin_dir, ["flows"])
-        obj = spec.load()
-        try:
-            for direction, program in ((TcDirection.INGRESS, "track_ingress"), (TcDirection.EGRESS, "track_egress")):
-                self._links.append(obj.programs[program].attach_tc(self.iface, direction=direction, mode=self.mode))
-        except BaseException:
-            self._close_links()
-            obj.close()
-            raise
-        self._obj = obj
-        self.mode = TcMode.TCX if isinstance(self._links[0], FdLink) else TcMode.CLSACT
+        self._obj = obj = spec.load()
+        track = obj.programs
+        self.mode = self.attach_tc(self.iface, {TcDirection.INGRESS: track["track_ingress"],
+                                                TcDirection.EGRESS: track["track_egress"]}, self.mode)
         labels = obj.exported_type("family").python_type  # enum l3_proto: L3_IPV4 = 0, ...
         self._families = {int(m): m.name.split("_", 1)[1].lower() for m in labels}
-        return self
 
     @property
     def map(self) -> Map:
-        assert self._obj is not None, "open() first"
-        return self._obj.maps["flows"]
+        return self.obj.maps["flows"]
 
     def snapshot(self, *, expire_idle: Optional[float] = None) -> FlowSnapshot:
         """Reads every flow in one batch lookup. With `expire_idle` (seconds), flows not seen for that
@@ -277,22 +312,24 @@ class FlowTracker:
             for i in range(len(keys)):
                 self.map.delete(keys[i : i + 1].tobytes())
 
-    def _close_links(self) -> None:
-        links, self._links = self._links, []
-        for link in links:
-            with contextlib.suppress(OSError):
-                link.close()
+    def metrics(self) -> Iterator[Metric]:
+        """The top flows by bytes, so the series stay bounded however many flows there are;
+        `bpfscope_flows` counts them all."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    def close(self) -> None:
-        self._close_links()
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
+        snap = self.snapshot()
+        labels = ["interface", "protocol", "local", "local_port", "remote", "remote_port", "direction"]
+        size = CounterMetricFamily("bpfscope_flow_bytes", "Bytes of the top flows by bytes (tc)", labels=labels)
+        packets = CounterMetricFamily("bpfscope_flow_packets", "Packets of the top flows by bytes (tc)", labels=labels)
+        for flow in snap.top(self.top, SortKey.BYTES):
+            ends = [self.iface, flow.proto, flow.local, str(flow.local_port), flow.remote, str(flow.remote_port)]
+            for direction, nbytes, npackets in (("in", flow.bytes_in, flow.packets_in),
+                                                ("out", flow.bytes_out, flow.packets_out)):
+                size.add_metric([*ends, direction], nbytes)
+                packets.add_metric([*ends, direction], npackets)
+        tracked = GaugeMetricFamily("bpfscope_flows", "Flows tracked (tc)", labels=["interface"])
+        tracked.add_metric([self.iface], len(snap))
+        yield from (size, packets, tracked)
 
-    def __enter__(self) -> FlowTracker:
-        return self.open()
 
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()
+TOOL = FlowTracker
