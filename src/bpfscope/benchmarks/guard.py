@@ -421,13 +421,13 @@ class _Receiver:
                  and k.endswith("_xdp_drops")]
         return sum(drops) if drops else None
 
-    def cpu_times(self) -> tuple[int, int]:
-        """Steal and total jiffies of the receiver's CPU (/proc/stat)."""
+    def cpu_times(self) -> tuple[int, int, int]:
+        """Steal, idle (iowait too) and total jiffies of the receiver's CPU (/proc/stat)."""
         with open("/proc/stat") as f:
             for line in f:
                 if line.startswith(f"cpu{self.cpu} "):
                     fields = [int(v) for v in line.split()[1:]]
-                    return fields[7], sum(fields[:8])
+                    return fields[7], fields[3] + fields[4], sum(fields[:8])
         raise BpfscopeError(errno.ENOENT, f"cpu{self.cpu} not in /proc/stat")
 
 
@@ -575,7 +575,7 @@ class _Reading:
     rx_packets: int
     refused: int  # _Flood.refused
     xdp_drops: Optional[int]
-    cpu_times: tuple[int, int]
+    cpu_times: tuple[int, int, int]
 
     @classmethod
     def take(cls, receiver: _Receiver, flood: _Flood, counter: Counter) -> _Reading:
@@ -594,6 +594,7 @@ class _Sample:
     offered: int  # frames the flood offered
     refused: int  # frames the full ring refused
     steal: float  # share of the receiver CPU's time the hypervisor took
+    other: float  # share of the receiver CPU's time spent on anything but its NAPI thread
 
     @property
     def ns_per_drop(self) -> float:
@@ -624,14 +625,18 @@ def _measure(flood: _Flood, receiver: _Receiver, counter: Counter, *, seconds: f
     while receiver.stat("rx_packets") < expected and time.monotonic() < deadline:
         time.sleep(0.002)
     after = _Reading.take(receiver, flood, counter)
-    steal, total = after.cpu_times[0] - before.cpu_times[0], after.cpu_times[1] - before.cpu_times[1]
+    steal, idle, total = (a - b for a, b in zip(after.cpu_times, before.cpu_times))
+    napi_ns = after.napi_ns - before.napi_ns
+    busy = (total - idle - steal) / total if total else 0.0
+    napi = napi_ns / (total * 1e9 / os.sysconf("SC_CLK_TCK")) if total else 0.0  # /proc/stat counts in USER_HZ
     seen = None if after.counts.seen is None or before.counts.seen is None else after.counts.seen - before.counts.seen
     sample = _Sample(dropped=after.counts.dropped - before.counts.dropped, seen=seen,
                      received=after.rx_packets - before.rx_packets,
                      xdp_drops=None if after.xdp_drops is None or before.xdp_drops is None
                      else after.xdp_drops - before.xdp_drops,
-                     cpu_ns=after.napi_ns - before.napi_ns, seconds=sent.seconds, offered=sent.frames,
-                     refused=after.refused - before.refused, steal=steal / total if total else 0.0)
+                     cpu_ns=napi_ns, seconds=sent.seconds, offered=sent.frames,
+                     refused=after.refused - before.refused, steal=steal / total if total else 0.0,
+                     other=max(0.0, busy - napi))
     if sample.received and sample.cpu_ns < 10 * sample.received:
         raise BpfscopeError(errno.EIO, f"the receiver's NAPI thread ran {sample.cpu_ns / sample.received:.1f} ns "
                                        f"per packet: the packets did not come through it")
@@ -728,7 +733,8 @@ def run(
                                               sources=config.sources)
                         if config.drops and sample.dropped < sample.received // 2:
                             raise BpfscopeError(errno.EIO, f"{name}: only {sample.dropped:,} of {sample.received:,} "
-                                                           "packets received were dropped")
+                                                           "packets received were dropped: the flood was too slow "
+                                                           "to go over the limit (is the machine busy?)")
                         if config.guard:
                             _check_counts(sample, xdp_mode())
                         if counted:
@@ -792,6 +798,7 @@ def _figures(samples: dict[str, list[_Sample]], setup: _Setup) -> list[Figure]:
     busy = {short[k]: median_range(s.cpu_ns / 1e9 / s.seconds for s in v)[0] for k, v in samples.items()}
     refused = {short[k]: median_range(s.refused / (s.received + s.refused) for s in v)[0] for k, v in samples.items()}
     steal = max(s.steal for s in every)
+    other = max(s.other for s in every)
     packet = (" Under the AF_PACKET flood every XDP configuration, the empty program too, pays the veth's copy "
               "of each skb into a page before XDP runs, and the receiver coalesces (napi_defer_hard_irqs 100, "
               f"gro_flush_timeout {_COALESCE_NS // 1000} µs) as a NIC's interrupt moderation would."
@@ -799,7 +806,8 @@ def _figures(samples: dict[str, list[_Sample]], setup: _Setup) -> list[Figure]:
     how_cost = (f"receiver's NAPI thread CPU time (schedstat, pinned to CPU {setup.receiver_cpu}) / packets dropped; "
                 f"median of {setup.rounds} rounds of {setup.seconds:g} s (range beside it), configurations "
                 "interleaved; NAPI thread busy " + ", ".join(f"{k} {100 * b:.0f} %" for k, b in busy.items())
-                + f" of wall time; steal on CPU {setup.receiver_cpu} up to {100 * steal:.0f} %.{packet}")
+                + f" of wall time; on CPU {setup.receiver_cpu}, other work up to {100 * other:.0f} % and steal up to "
+                f"{100 * steal:.0f} % of its time.{packet}")
     how_rate = (f"packets dropped / flood wall time, median of {setup.rounds} rounds. Where the flood offers more "
                 "than the receiver takes, the full veth ring (256 frames) refuses the rest, and the rate is the "
                 "receiver's capacity on one CPU; where the ring refused next to nothing, the flood set the rate. "
@@ -812,9 +820,11 @@ def _figures(samples: dict[str, list[_Sample]], setup: _Setup) -> list[Figure]:
              "checked before the meter (deny: drop, allow: accept); " + limits)
     per_source = median_range(s.offered / s.seconds / setup.many_sources
                               for s in samples["guard_many"] + samples["meter_many"])[0]
+    over = (", so each is over its limit" if per_source > setup.many_limit.rate
+            else ": this flood was too slow to be over it")
     many = (f"{setup.many_sources:,} sources in turn (each back after {setup.many_sources - 1:,} others: an LRU's "
-            f"worst order), about {per_source:,.0f} packets/s each, limited to {setup.many_limit.rate}/s, burst "
-            f"{setup.many_limit.burst}, so each is over its limit. Guard keeps per-source state in an LRU hash of "
+            f"worst order), about {per_source:,.1f} packets/s each, limited to {setup.many_limit.rate}/s, burst "
+            f"{setup.many_limit.burst}{over}. Guard keeps per-source state in an LRU hash of "
             f"{_guard_lru():,} entries: where the sources outnumber it, a source's state is gone before it comes "
             "back, and its packet starts a fresh bucket, which passes it. The meter's set holds "
             f"{_METER_SIZE:,} and then takes no more (a source it cannot add, it passes). Cost: NAPI CPU time / "
