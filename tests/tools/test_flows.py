@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from loaded import held_by, left_behind, loaded, still_loaded, unheld
 from streams import finish, records_until
@@ -385,9 +385,15 @@ def test_non_ip_is_not_a_flow(flows_obj):
     assert len(flows_obj.maps["flows"]) == 0
 
 
+# The kernel (6.18 here) refuses (EINVAL) to test_run a tc program on an IPv4 or IPv6 frame shorter than its
+# network header; such a frame never reaches tc from a real interface either.
+L3_HEADER = {b"\x08\x00": 20, b"\x86\xdd": 40}
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(min_size=14, max_size=200), st.sampled_from(["track_ingress", "track_egress"]))
 def test_any_bytes_pass_unchanged(flows_obj, frame, program):
+    assume(len(frame) >= 14 + L3_HEADER.get(frame[12:14], 0))
     result = flows_obj.programs[program].test_run(frame)
     assert result.retval == TC_ACT_UNSPEC
     assert result.data == frame
