@@ -328,7 +328,11 @@ def _stream(view: StreamingView[Any], interval: Optional[float], end: float, sto
 
     def show(batch: Any) -> None:
         view.take(batch)
-        out.write(write(batch))
+        lines = memoryview(write(batch))
+        while lines:
+            # Unbuffered (python -u, PYTHONUNBUFFERED), stdout.buffer is the raw file: a signal that
+            # comes while a pipe is full makes it write part of the batch and say how much.
+            lines = lines[out.write(lines):]
         out.flush()
 
     while True:
