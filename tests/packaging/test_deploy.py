@@ -67,7 +67,7 @@ METRICS: dict[str, set[str]] = {
     "bpfscope_http_requests_total": {"method", "status_class", "route", "side"},
     "bpfscope_http_request_errors_total": {"method", "route", "side"},
     "bpfscope_http_request_duration_seconds": {"method", "status_class", "route", "side"},
-    "bpfscope_ringbuf_lost_events_total": {"tool", "ring"},
+    "bpfscope_ringbuf_lost_events_total": {"tool", "ring", "source"},
     "bpfscope_agent_info": {"version"},
 }
 TARGET_LABELS = {"instance", "job"}
