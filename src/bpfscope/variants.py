@@ -23,14 +23,11 @@ class Variant:
     instead: tuple[str, ...]  # the programs that do the same without it
 
 
-# By object name (tool_object's). TEMPORARY for guard and tcmon, until they declare Tool.VARIANT (issue 16
+# By object name (tool_object's). TEMPORARY for guard, until it declares Tool.VARIANT (issue 16
 # step 2); the benchmark's stays with the benchmarks.
 VARIANTS: dict[str, Variant] = {
     # BPF atomics of Linux 5.12 (compare-and-swap) or a bpf_spin_lock (stripes.bpf.h)
     "guard": Variant(Feature.ATOMICS, ("limit_sources",), ("limit_sources_locked",)),
-    "tcmon": Variant(
-        Feature.ATOMICS, ("watch_ingress", "watch_egress"), ("watch_ingress_locked", "watch_egress_locked"),
-    ),
     # a loop through bpf_loop (5.17), or open-coded and so capped (benchmarks/ringbuf.py)
     "ringbuf_bench": Variant(Feature.BPF_LOOP, ("fill_ring",), ("fill_ring_noloop",)),
 }

@@ -54,6 +54,27 @@ def test_guard_counts_what_it_passed_and_dropped(veth_pair, pins, tmp_path):
     assert agent.proc.returncode == 0, agent.stderr
 
 
+def test_tcmon_counts_its_detections_and_the_agent_drains_its_ring(veth_pair, pins, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("deny: {ports: [9/udp]}\n")  # what send_to_host sends; not the ICMP errors the host answers
+    config = {"pin_dir": pins, "tools": {"tcmon": {"interfaces": [veth_pair.host], "rules": str(rules),
+                                                   "event_interval": 3600}}}
+    agent = AgentProcess(config, tmp_path)
+    try:
+        send_to_host(veth_pair, 50)
+        ours = {"interface": veth_pair.host}
+        # One event for the source, destination and rule; the other 49 held back by the hour's limit.
+        assert agent.settled("bpfscope_tcmon_suppressed_events_total", 49, **ours) == 49
+        assert agent.value("bpfscope_tcmon_events_total", kind="denied-port", **ours) == 1
+        assert agent.value("bpfscope_tcmon_packets_total", **ours) >= 50
+        # The event went through the ring, which the agent's reader thread drained.
+        assert agent.settled("bpfscope_ringbuf_received_events_total", 1, tool="tcmon") == 1
+        assert agent.value("bpfscope_ringbuf_lost_events_total", tool="tcmon") == 0
+    finally:
+        agent.stop()
+    assert agent.proc.returncode == 0, agent.stderr
+
+
 def test_flows_export_the_top_flows_with_bounded_series(veth_pair, pins, tmp_path):
     config = {"pin_dir": pins, "tools": {"flows": {"interfaces": [veth_pair.host], "top": 2}}}
     agent = AgentProcess(config, tmp_path)

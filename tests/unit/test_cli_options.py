@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from bpfscope.cli.options import stop_flag
+from bpfscope.cli.options import catch_hangup, stop_flag
 from bpfscope.tools._attached import Attached
 from bpfscope.tools._base import pid_number, ring_bytes
 
@@ -42,9 +42,9 @@ def test_stop_flag_turns_sigterm_and_sigint_into_a_flag_and_restores_the_handler
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
-def test_stop_flag_with_hangup_records_sighup_apart():
+def test_catch_hangup_records_sighup_apart():
     before = signal.getsignal(signal.SIGHUP)
-    with stop_flag(hangup=True) as flag:
+    with stop_flag() as flag, catch_hangup(flag):
         signal.raise_signal(signal.SIGHUP)
         assert flag.hangup and not flag.requested
     assert signal.getsignal(signal.SIGHUP) == before

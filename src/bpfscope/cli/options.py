@@ -32,26 +32,20 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.requested = False  # SIGTERM or Ctrl-C: stop
-        self.hangup = False  # SIGHUP, when asked for: the loop clears it once it has acted on it
+        self.hangup = False  # SIGHUP, where caught (catch_hangup): the loop clears it once it has acted on it
 
 
 @contextlib.contextmanager
-def stop_flag(*, hangup: bool = False) -> Iterator[StopFlag]:
-    """SIGTERM and Ctrl-C (and SIGHUP with `hangup`) only set a flag the loop checks between polls,
-    so a stop never cuts a line in half and what the ring holds is still read, printed and counted;
-    nothing is done inside a handler. The previous handlers come back on exit."""
+def stop_flag() -> Iterator[StopFlag]:
+    """SIGTERM and Ctrl-C only set a flag the loop checks between polls, so a stop never cuts a line
+    in half and what the ring holds is still read, printed and counted; nothing is done inside a
+    handler. The previous handlers come back on exit."""
     flag = StopFlag()
 
     def stop(signum: int, frame: Any) -> None:
         flag.requested = True
 
-    def hang_up(signum: int, frame: Any) -> None:
-        flag.hangup = True
-
-    handlers = {signal.SIGTERM: stop, signal.SIGINT: stop}
-    if hangup:
-        handlers[signal.SIGHUP] = hang_up
-    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield flag
     finally:

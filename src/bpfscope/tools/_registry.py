@@ -36,8 +36,6 @@ class ToolInfo(NamedTuple):
 # the table goes with the last one.
 _LEGACY = {
     "guard": ("drop floods: a per-source rate limit with allow and deny lists (XDP)", (("xdp_link",),), "net"),
-    "tcmon": ("watch traffic for scans, SYN floods, denied addresses and payload patterns (tc)",
-              (("tcx", "clsact"), ("ringbuf",)), "net"),
     "execsnoop": ("trace new programs: pid, ppid, uid, arguments, result (tracepoints)",
                   (("tracepoints",), ("tracefs",), ("ringbuf",)), "trace"),
     "funclatency": ("time a function in a binary or library as a log2 histogram (uprobes)", (("uprobes",),), "trace"),

@@ -14,21 +14,39 @@ import ipaddress
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 
 import numpy as np
 import yaml
 
 from .. import netdev
 from ..errors import BpfscopeError
-from ..link import FdLink
+from ..features import Feature
 from ..object import ObjectSpec, tool_object
 from ..program import Program, TcDirection, TcMode
-from ..variants import choose
-from ._attached import Attached
+from ..ringbuf import RingBuffer
+from ..variants import Variant, choose
+from ._base import (
+    DURATION,
+    IFACE,
+    INTERVAL,
+    JSON,
+    NET,
+    RING_BYTES,
+    TC_MODE,
+    Kind,
+    Option,
+    OptionValueError,
+    Tool,
+    positive_float,
+)
 from .cidr import Network, cidr_key
 
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
 __all__ = [
+    "DEFAULT_RING_BYTES",
     "DEFAULT_RULES",
     "MAX_PATTERNS",
     "PATTERN_BYTES",
@@ -40,9 +58,11 @@ __all__ = [
     "Pattern",
     "Rules",
     "RulesError",
+    "TOOL",
     "Thresholds",
     "load_rules",
     "parse_rules",
+    "port_count",
 ]
 
 DEFAULT_RULES = Path(__file__).with_name("tcmon.yaml")
@@ -355,62 +375,122 @@ def _address(raw: bytes) -> str:
     return str(address.ipv4_mapped or address)
 
 
-class Monitor(Attached):
+def port_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise OptionValueError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1023:  # the kernel's bitmap has 1024 bits: one more must still fit
+        raise OptionValueError(f"{text!r} must be from 1 to 1023")
+    return value
+
+
+_DEFAULTS = Thresholds()
+
+
+class Monitor(Tool):
     """`with Monitor("eth1", rules=load_rules(path)) as mon: mon.poll()`; detaches on exit."""
+
+    NAME = "tcmon"
+    HELP = "watch traffic for scans, SYN floods, denied addresses and payload patterns (tc)"
+    NEEDS = (("tcx", "clsact"), ("ringbuf",))
+    CAPABILITIES = NET
+    KIND = Kind.STREAMING
+    OPTIONS = (
+        IFACE,
+        TC_MODE,
+        Option("rules", "YAML rules: denied networks and ports, payload patterns; SIGHUP re-reads it (default: the "
+               "tcmon.yaml shipped with bpfscope)", str, default=str(DEFAULT_RULES), metavar="FILE"),
+        Option("scan_ports", f"a source trying more than N distinct ports within the window is a port scan "
+               f"(default: {_DEFAULTS.scan_ports})", port_count, default=_DEFAULTS.scan_ports, metavar="N"),
+        Option("window", f"seconds over which ports and SYNs are counted (default: {_DEFAULTS.window:g})",
+               positive_float, default=_DEFAULTS.window, metavar="S"),
+        Option("syn_rate", f"SYNs per second to one destination without a completed handshake, over the window, "
+               f"that make a SYN flood (default: {_DEFAULTS.syn_rate:g})", positive_float,
+               default=_DEFAULTS.syn_rate, metavar="PER_S"),
+        Option("event_interval", f"at most one deny or pattern event per source, destination and rule every S "
+               f"seconds; the rest are counted as suppressed (default: {_DEFAULTS.event_interval:g})",
+               positive_float, default=_DEFAULTS.event_interval, metavar="S"),
+        INTERVAL.but(default=0.5, help="seconds between refreshes of the live view (default: 0.5)"),
+        DURATION,
+        JSON.but(help="one JSON object per event, and a final summary"),
+        RING_BYTES.but(default=DEFAULT_RING_BYTES),
+    )
+    AGENT_KEY = "tcmon"
+    # watch_* update the per-source state with Linux 5.12's atomics, watch_*_locked under spin locks
+    # (older kernels): same events, same counters.
+    VARIANT = Variant(
+        Feature.ATOMICS, ("watch_ingress", "watch_egress"), ("watch_ingress_locked", "watch_egress_locked"),
+    )
 
     def __init__(
         self, iface: str, *, rules: Rules, thresholds: Thresholds = Thresholds(), mode: TcMode = TcMode.AUTO,
-        ring_bytes: int = DEFAULT_RING_BYTES,
+        ring_bytes: int = DEFAULT_RING_BYTES, pin_dir: Optional[str] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(pin_dir=pin_dir)  # counters pinned there carry on from an earlier run
         self.iface = iface
         self.rules = rules
         self.thresholds = thresholds
-        self.mode = mode
+        self.mode = mode  # as asked; once attached, as used (TCX or CLSACT)
         self.ring_bytes = ring_bytes
         self._kinds: dict[int, str] = {}
         self._clock_offset_ns = 0
+        self._events: Optional[RingBuffer] = None
 
-    def open(self) -> Monitor:
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], *, pin_dir: Optional[str] = None) -> Monitor:
+        # The rules file first: a mistake in it is what is said, before the interface is looked up.
+        rules = load_rules(options.get("rules") or DEFAULT_RULES)
+        return super().from_options({**options, "rules": rules}, pin_dir=pin_dir)
+
+    @classmethod
+    def _from_options(cls, values: Mapping[str, Any], pin_dir: Optional[str]) -> Monitor:
+        thresholds = Thresholds(scan_ports=values["scan_ports"], window=values["window"], syn_rate=values["syn_rate"],
+                                event_interval=values["event_interval"])
+        return cls(values["iface"], rules=values["rules"], thresholds=thresholds, mode=TcMode(values["mode"]),
+                   ring_bytes=values["ring_bytes"], pin_dir=pin_dir)
+
+    def _open(self) -> None:
         """Loads, writes the rules, and attaches to ingress and egress."""
         netdev.ifindex(self.iface)  # an unknown name fails here, before anything is loaded
-        self.load()
+        if self._obj is None:  # else load() loaded it
+            self._load()
+        self.mode = self.attach_tc(self.iface, {direction: self.program(direction) for direction in TcDirection},
+                                   self.mode)
+
+    def load(self) -> Monitor:
+        """Loads the programs with the rules written, attached nowhere (for test_run); `with` then
+        uses it as it is and closes it."""
         try:
-            for direction in (TcDirection.INGRESS, TcDirection.EGRESS):
-                self._links.append(self.program(direction).attach_tc(self.iface, direction=direction, mode=self.mode))
+            self._load()
         except BaseException:
             self.close()
             raise
-        self.mode = TcMode.TCX if isinstance(self._links[0], FdLink) else TcMode.CLSACT
         return self
 
-    def load(self) -> Monitor:
-        """Loads the programs with the rules written, attached nowhere (for test_run)."""
+    def __enter__(self) -> Monitor:
+        return self if self._obj is not None else self.open()
+
+    def _load(self) -> None:
         t = self.thresholds
         spec = ObjectSpec.open(tool_object("tcmon"))
-        # watch_* update the per-source state with Linux 5.12's atomics, watch_*_locked under spin locks
-        # (older kernels): same events, same counters.
-        choose(spec, "tcmon")
+        choose(spec, self.VARIANT)
         spec.rodata["cfg_scan_ports"] = t.scan_ports
         spec.rodata["cfg_window_ns"] = int(t.window * NSEC_PER_SEC)
         spec.rodata["cfg_syn_limit"] = t.syn_limit
         spec.rodata["cfg_event_interval_ns"] = int(t.event_interval * NSEC_PER_SEC)
         spec.maps["events"].max_entries = self.ring_bytes
-        self._obj = spec.load()
-        try:
-            kinds = self._obj.exported_type("kind").python_type  # enum event_kind: EVENT_PORT_SCAN = 0, ...
-            self._kinds = {int(k): k.name[len("EVENT_"):].lower().replace("_", "-") for k in kinds
-                           if k.name != "EVENT_KIND_COUNT"}
-            self._write_rules(self.rules, first=True)
-            self._ring = self._obj.ring_buffer("events")
-        except BaseException:
-            self.close()
-            raise
+        spec.pin_maps(self.pin_dir, ["counts", "events_lost"])
+        self._obj = obj = spec.load()
+        kinds = obj.exported_type("kind").python_type  # enum event_kind: EVENT_PORT_SCAN = 0, ...
+        self._kinds = {int(k): k.name[len("EVENT_"):].lower().replace("_", "-") for k in kinds
+                       if k.name != "EVENT_KIND_COUNT"}
+        self._write_rules(self.rules, first=True)
+        self._events = self.ring(obj.ring_buffer("events"))
         self._clock_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        return self
 
     def program(self, direction: TcDirection) -> Program:
-        """The loaded program of one direction, in the form this kernel took (see load)."""
+        """The loaded program of one direction, in the form this kernel took (see VARIANT)."""
         name = "watch_ingress" if direction is TcDirection.INGRESS else "watch_egress"
         programs = self.obj.programs
         return programs[name] if name in programs else programs[f"{name}_locked"]
@@ -477,9 +557,8 @@ class Monitor(Attached):
 
     def poll(self, timeout_ms: int = 100) -> list[Event]:
         """The events that arrived, waiting up to `timeout_ms` for the first."""
-        assert self._ring is not None, "open() first"
-        batch = self._ring.poll(timeout_ms)
-        return [self._event(record) for record in batch]
+        assert self._events is not None, "open() first"
+        return [self._event(record) for record in self._events.poll(timeout_ms)]
 
     def _event(self, record: Any) -> Event:
         kind = self._kinds.get(int(record["kind"]), str(int(record["kind"])))
@@ -511,6 +590,22 @@ class Monitor(Attached):
         events = {name: int(row["events"][number]) for number, name in self._kinds.items()}
         return Counts(int(row["packets"]), events, int(row["suppressed"]), self.lost)
 
-    @property
-    def lost(self) -> int:
-        return self._ring.lost if self._ring is not None else 0
+    def metrics(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        counts = self.counts()
+        packets = CounterMetricFamily("bpfscope_tcmon_packets", "Packets tcmon looked at, both directions (tc)",
+                                      labels=["interface"])
+        packets.add_metric([self.iface], counts.packets)
+        events = CounterMetricFamily("bpfscope_tcmon_events", "What tcmon detected: port scans, SYN floods, denied "
+                                     "addresses and ports, payload patterns", labels=["interface", "kind"])
+        for kind, n in counts.events.items():
+            events.add_metric([self.iface, kind], n)
+        suppressed = CounterMetricFamily("bpfscope_tcmon_suppressed_events", "Deny and pattern hits held back by "
+                                         "the limit of one event per source, destination and rule and interval",
+                                         labels=["interface"])
+        suppressed.add_metric([self.iface], counts.suppressed)
+        yield from (packets, events, suppressed)
+
+
+TOOL = Monitor
