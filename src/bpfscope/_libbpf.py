@@ -206,6 +206,21 @@ class BpfMapBatchOpts(Structure):
     _fields_ = [("sz", c_size_t), ("elem_flags", c_uint64), ("flags", c_uint64)]
 
 
+class BpfMapCreateOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("btf_fd", c_uint32),
+        ("btf_key_type_id", c_uint32),
+        ("btf_value_type_id", c_uint32),
+        ("btf_vmlinux_value_type_id", c_uint32),
+        ("inner_map_fd", c_uint32),
+        ("map_flags", c_uint32),
+        ("map_extra", c_uint64),
+        ("numa_node", c_uint32),
+        ("map_ifindex", c_uint32),
+    ]
+
+
 class BpfTcHook(Structure):
     _fields_ = [("sz", c_size_t), ("ifindex", c_int), ("attach_point", c_int), ("parent", c_uint32)]
 
@@ -315,6 +330,13 @@ class BpfProgInfo(Structure):
         ("attach_btf_id", c_uint32),
         ("_spare", c_uint32 * 9),  # room for fields newer kernels add
     ]
+
+
+class BpfBtfInfo(Structure):
+    """struct bpf_btf_info from linux/bpf.h."""
+
+    _fields_ = [("btf", c_uint64), ("btf_size", c_uint32), ("id", c_uint32), ("name", c_uint64),
+                ("name_len", c_uint32), ("kernel_btf", c_uint32)]
 
 
 class _LinkTarget(Structure):
@@ -445,6 +467,7 @@ bpf_object__load = _fn("bpf_object__load", c_int, c_void_p)
 bpf_object__close = _fn("bpf_object__close", None, c_void_p)
 bpf_object__name = _fn("bpf_object__name", c_char_p, c_void_p)
 bpf_object__btf = _fn("bpf_object__btf", c_void_p, c_void_p)
+bpf_object__btf_fd = _fn("bpf_object__btf_fd", c_int, c_void_p)
 bpf_object__next_program = _fn("bpf_object__next_program", c_void_p, c_void_p, c_void_p)
 bpf_object__next_map = _fn("bpf_object__next_map", c_void_p, c_void_p, c_void_p)
 
@@ -556,6 +579,7 @@ bpf_link_get_next_id = _fn("bpf_link_get_next_id", c_int, c_uint32, POINTER(c_ui
 bpf_prog_get_fd_by_id = _fn("bpf_prog_get_fd_by_id", c_int, c_uint32)
 bpf_map_get_fd_by_id = _fn("bpf_map_get_fd_by_id", c_int, c_uint32)
 bpf_link_get_fd_by_id = _fn("bpf_link_get_fd_by_id", c_int, c_uint32)
+bpf_btf_get_fd_by_id = _fn("bpf_btf_get_fd_by_id", c_int, c_uint32)
 bpf_enable_stats = _fn("bpf_enable_stats", c_int, c_int)
 bpf_xdp_query = _fn("bpf_xdp_query", c_int, c_int, c_int, POINTER(BpfXdpQueryOpts))
 bpf_program__set_log_level = _fn("bpf_program__set_log_level", c_int, c_void_p, c_uint32)

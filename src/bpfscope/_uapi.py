@@ -192,6 +192,7 @@ BPF_RINGBUF_BUSY_BIT = 1 << 31  # in a ring buffer record's header
 BPF_RINGBUF_DISCARD_BIT = 1 << 30
 BPF_RINGBUF_HDR_SZ = 8
 BPF_STATS_RUN_TIME = 0  # enum bpf_stats_type
+BPF_F_MMAPABLE = 1 << 10  # a map's flags: an array whose values user space can mmap (Linux 5.5+)
 
 # --- not uapi ---
 
@@ -261,6 +262,18 @@ PERF_TYPE_SOFTWARE = 1
 PERF_ATTR_SIZE_VER0 = 64  # the first struct perf_event_attr: the kernel takes any later size too
 PERF_ATTR_FREQ = 1 << 10  # struct perf_event_attr's `freq` bit: sample_freq, not sample_period
 PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_COUNT_SW_BPF_OUTPUT = 10  # enum perf_sw_ids: the event bpf_perf_event_output writes to
+PERF_SAMPLE_RAW = 1 << 10  # enum perf_event_sample_format
+PERF_ATTR_WATERMARK = 1 << 14  # struct perf_event_attr's `watermark` bit: wake up by bytes, not by events
+PERF_RECORD_LOST = 2  # enum perf_event_type
+PERF_RECORD_SAMPLE = 9
+PERF_EVENT_IOC_ENABLE = 0x2400  # _IO('$', 0)
+# struct perf_event_mmap_page: where its ring's positions and data area are (data_offset and data_size
+# from Linux 4.1; before that the data starts at the second page).
+PERF_MMAP_DATA_HEAD = 1024
+PERF_MMAP_DATA_TAIL = 1032
+PERF_MMAP_DATA_OFFSET = 1040
+PERF_MMAP_DATA_SIZE = 1048
 
 # --- netfilter.h ---
 

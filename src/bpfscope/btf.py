@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import TypeMismatchError
 
-__all__ = ["Btf", "BtfType", "Kind", "TypeCodec"]
+__all__ = ["Btf", "BtfType", "Kind", "MapDefinition", "TypeCodec"]
 
 _MAGIC = 0xEB9F
 
@@ -80,6 +80,22 @@ class BtfType:
     linkage: int = 0
 
 
+@dataclass(frozen=True)
+class MapDefinition:
+    """A map as its BTF-defined declaration in SEC(".maps") says, the way libbpf reads it: `__uint(name, n)`
+    members give numbers, `__type(key, T)` and `__type(value, T)` types (and their sizes), and
+    `__array(values, struct inner)` the inner map of a map of maps (`inner`). Zero where not declared."""
+
+    type: int = 0
+    key_size: int = 0
+    value_size: int = 0
+    max_entries: int = 0
+    map_flags: int = 0
+    key_type_id: int = 0
+    value_type_id: int = 0
+    inner: Optional[MapDefinition] = None
+
+
 class Btf:
     """A decoded BTF blob. Type ids start at 1; id 0 is void."""
 
@@ -92,6 +108,9 @@ class Btf:
         self.types: list[Optional[BtfType]] = [None]
         self._by_name: dict[tuple[str, Kind], int] = {}
         self._classes: dict[int, Any] = {}
+        # The id of the same BTF loaded into the kernel (by libbpf at load, or where a map's came from);
+        # 0 while it is not there. Maps made from Python pass it on, so the kernel types them too.
+        self.kernel_id = 0
         self._decode(raw[hdr_len + type_off : hdr_len + type_off + type_len])
 
     def _string(self, offset: int) -> str:
@@ -203,6 +222,41 @@ class Btf:
                 return self.codec(found.id)
         raise TypeMismatchError(f"no struct, union or typedef of one named {name!r} in the BTF (clang writes BTF "
                                 "for the types of maps, globals and functions, not of local variables)")
+
+    def map_definition(self, name: str) -> Optional[MapDefinition]:
+        """The declaration of map `name` in the .maps section; None if the BTF has none (a map libbpf
+        made itself, such as .bss, or a name the kernel cut to 15 characters)."""
+        section = self.find(".maps", Kind.DATASEC)
+        member = next((m for m in section.members if m.name == name), None) if section is not None else None
+        if member is None:
+            return None
+        return self._map_definition(self.resolve(member.type_id))
+
+    def _map_definition(self, declaration: BtfType) -> MapDefinition:
+        numbers: dict[str, int] = {}
+        types: dict[str, int] = {}
+        inner: Optional[MapDefinition] = None
+        for member in declaration.members:
+            t = self[member.type_id]
+            if t.kind == Kind.PTR and self[t.ref].kind == Kind.ARRAY:  # __uint: int (*name)[n]
+                numbers[member.name] = self[t.ref].nelems
+            elif t.kind == Kind.PTR:  # __type: T *name
+                types[member.name] = t.ref
+            elif member.name == "values" and t.kind == Kind.ARRAY:  # __array: T *values[]
+                pointee = self.resolve(self[t.ref].ref)
+                if pointee.kind == Kind.STRUCT:  # a map's declaration, not a program's prototype
+                    inner = self._map_definition(pointee)
+        key, value = types.get("key", 0), types.get("value", 0)
+        return MapDefinition(
+            type=numbers.get("type", 0),
+            key_size=self.size_of(key) if key else numbers.get("key_size", 0),
+            value_size=self.size_of(value) if value else numbers.get("value_size", 0),
+            max_entries=numbers.get("max_entries", 0),
+            map_flags=numbers.get("map_flags", 0),
+            key_type_id=key,
+            value_type_id=value,
+            inner=inner,
+        )
 
     def resolve(self, type_id: int) -> BtfType:
         """Follows typedefs and qualifiers to the type that has a layout."""

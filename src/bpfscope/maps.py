@@ -7,13 +7,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from typing import Any, Callable, Iterator, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Protocol, Union
 
 import numpy as np
 
 from . import _libbpf
 from ._uapi import ENOTSUPP, MapType, UpdateFlags
-from .btf import Btf, RawCodec, TypeCodec
+from .btf import Btf, MapDefinition, RawCodec, TypeCodec
 from .errors import BpfscopeError, TypeMismatchError
 from .pin import ensure_pin_dir
 
@@ -26,6 +27,9 @@ __all__ = [
     "PerCpuHashMap",
     "PerCpuArrayMap",
     "LpmTrieMap",
+    "ProgramArray",
+    "MapOfMaps",
+    "MapTemplate",
     "sum_cpus",
 ]
 
@@ -355,15 +359,22 @@ class Map:
         return Map.from_fd(_libbpf.check(_libbpf.bpf_obj_get(path.encode()), f"open pinned map {path}"), path)
 
     @staticmethod
-    def from_fd(fd: int, what: str) -> Map:
-        """A map's fd (from a pin, or by id) as a Map typed by the BTF the kernel keeps for it. The Map
-        owns the fd: closing it closes the fd, and so does a failure here."""
+    def from_fd(fd: int, what: str, *, template: Optional[MapTemplate] = None) -> Map:
+        """A map's fd (from a pin, or by id) as a Map typed by the BTF the kernel keeps for it, or where
+        it keeps none, by `template`'s types if it fits. The Map owns the fd: closing it closes the fd,
+        and so does a failure here."""
         try:
             info = _libbpf.obj_info(fd, _libbpf.BpfMapInfo(), what)
-            btf = Btf(_libbpf.kernel_btf(info.btf_id)) if info.btf_id else None
+            btf, key_type_id, value_type_id = None, info.btf_key_type_id, info.btf_value_type_id
+            if info.btf_id:
+                btf = Btf(_libbpf.kernel_btf(info.btf_id))
+                btf.kernel_id = info.btf_id
+            elif template is not None and (template.type, template.key_size, template.value_size) == (
+                    info.type, info.key_size, info.value_size):
+                btf, key_type_id, value_type_id = template.btf, template.key_type_id, template.value_type_id
             m = Map.create(fd, name=info.name.decode(), type=info.type, key_size=info.key_size,
                            value_size=info.value_size, max_entries=info.max_entries, btf=btf,
-                           key_type_id=info.btf_key_type_id, value_type_id=info.btf_value_type_id)
+                           key_type_id=key_type_id, value_type_id=value_type_id)
         except BaseException:
             os.close(fd)
             raise
@@ -406,11 +417,16 @@ class Map:
             return btf.codec(type_id) if btf is not None and type_id else RawCodec(size)
 
         cls = _MAP_CLASSES.get(map_type, Map)
-        return cls(
+        created = cls(
             fd, name=name, type=map_type, key_size=key_size, value_size=value_size,
             max_entries=max_entries, key=codec(key_type_id, key_size),
             value=codec(value_type_id, value_size), owner=owner,
         )
+        if isinstance(created, MapOfMaps) and btf is not None:
+            definition = btf.map_definition(name)
+            if definition is not None and definition.inner is not None:
+                created.inner_template = MapTemplate.from_definition(definition.inner, btf, name=f"{name}_inner")
+        return created
 
 
 class HashMap(Map):
@@ -452,6 +468,113 @@ class LpmTrieMap(Map):
     """BPF_MAP_TYPE_LPM_TRIE: keys are {prefixlen, data}; no batch lookup in the kernel."""
 
 
+class _HasFd(Protocol):
+    @property
+    def fd(self) -> int: ...
+
+
+def _fd_of(value: Union[_HasFd, int]) -> int:
+    return value if isinstance(value, int) else value.fd
+
+
+class ProgramArray(Map):
+    """BPF_MAP_TYPE_PROG_ARRAY, the jump table of bpf_tail_call: `jumps[1] = obj.programs["parse_ipv6"]`
+    (a Program, or a program's fd) fills a slot, `del jumps[1]` empties it. Reading a slot gives the
+    program's id, which is what the kernel reports. The kernel empties every slot once no process
+    holds the map (no fd, no pin): pin it to keep a jump table past the process that filled it."""
+
+    def update(self, key: Any, value: Union[_HasFd, int], flags: UpdateFlags = UpdateFlags.ANY) -> None:
+        super().update(key, _fd_of(value), flags)
+
+
+@dataclass(frozen=True)
+class MapTemplate:
+    """What a map is made from, as a map of maps declares its inner maps (`__array(values, struct
+    inner)`): the kernel takes as an inner map only one of this type, key and value size and flags
+    (and max_entries too unless the flags hold BPF_F_INNER_MAP). `create()` makes one."""
+
+    name: str
+    type: Union[MapType, int]
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int = 0
+    btf: Optional[Btf] = None
+    key_type_id: int = 0
+    value_type_id: int = 0
+
+    @staticmethod
+    def from_definition(definition: MapDefinition, btf: Optional[Btf], *, name: str) -> MapTemplate:
+        map_type = definition.type
+        return MapTemplate(
+            name=name, type=MapType(map_type) if map_type in MapType._value2member_map_ else map_type,
+            key_size=definition.key_size, value_size=definition.value_size, max_entries=definition.max_entries,
+            flags=definition.map_flags, btf=btf, key_type_id=definition.key_type_id,
+            value_type_id=definition.value_type_id,
+        )
+
+    def create(self, *, name: Optional[str] = None, max_entries: Optional[int] = None) -> Map:
+        """A new map of this template (bpf_map_create), typed by its BTF (in the kernel too, where that
+        BTF is loaded: an object's is) and owning its fd: put it into a map of maps, then close it if
+        you like: the map of maps keeps it alive."""
+        name = self.name if name is None else name
+        entries = self.max_entries if max_entries is None else max_entries
+        opts = _libbpf.BpfMapCreateOpts(sz=ctypes.sizeof(_libbpf.BpfMapCreateOpts), map_flags=self.flags)
+        btf_fd = -1
+        btf_id = self.btf.kernel_id if self.btf is not None else 0
+        if btf_id and (self.key_type_id or self.value_type_id):
+            btf_fd = _libbpf.check(_libbpf.bpf_btf_get_fd_by_id(btf_id), f"open BTF {btf_id} of map {name!r}")
+            opts.btf_fd, opts.btf_key_type_id, opts.btf_value_type_id = btf_fd, self.key_type_id, self.value_type_id
+        try:
+            fd = _libbpf.check(
+                _libbpf.bpf_map_create(int(self.type), name[:15].encode(), self.key_size, self.value_size, entries,
+                                       ctypes.addressof(opts)),
+                f"create map {name!r}",
+            )
+        finally:
+            if btf_fd >= 0:
+                os.close(btf_fd)
+        try:
+            created = Map.create(fd, name=name, type=self.type, key_size=self.key_size, value_size=self.value_size,
+                                 max_entries=entries, btf=self.btf, key_type_id=self.key_type_id,
+                                 value_type_id=self.value_type_id)
+        except BaseException:
+            os.close(fd)
+            raise
+        created._owns_fd = True
+        return created
+
+
+class MapOfMaps(Map):
+    """BPF_MAP_TYPE_ARRAY_OF_MAPS and HASH_OF_MAPS: each value is another map. `outer[key] = inner`
+    puts a Map (or a map's fd) there, atomically replacing what was there for the programs that look
+    it up next; `outer[key]` opens the map there, typed by its BTF (a Map that owns its fd: close it,
+    or use `with`); `inner_id(key)` gives just its id. Whole-map reads (items, lookup_batch) give the
+    ids. `inner_template.create()` makes a new inner map, as the map's declaration defines them."""
+
+    inner_template: Optional[MapTemplate] = None
+
+    def update(self, key: Any, value: Union[_HasFd, int], flags: UpdateFlags = UpdateFlags.ANY) -> None:
+        super().update(key, _fd_of(value), flags)
+
+    def inner_id(self, key: Any) -> Optional[int]:
+        """The id of the map at `key`, or None if there is none."""
+        found = super().lookup(key)
+        return None if found is None else int(found)
+
+    def lookup(self, key: Any) -> Optional[Map]:
+        """The map at `key`, opened by its id, or None if there is none."""
+        inner_id = self.inner_id(key)
+        if inner_id is None:
+            return None
+        what = f"map {inner_id} at key {key!r} of map {self.name!r}"
+        return Map.from_fd(_libbpf.check(_libbpf.bpf_map_get_fd_by_id(inner_id), f"open {what}"), what,
+                           template=self.inner_template)
+
+    def __contains__(self, key: Any) -> bool:
+        return self.inner_id(key) is not None
+
+
 _MAP_CLASSES: dict[Any, type[Map]] = {
     MapType.HASH: HashMap,
     MapType.LRU_HASH: HashMap,
@@ -460,5 +583,8 @@ _MAP_CLASSES: dict[Any, type[Map]] = {
     MapType.LRU_PERCPU_HASH: PerCpuHashMap,
     MapType.PERCPU_ARRAY: PerCpuArrayMap,
     MapType.LPM_TRIE: LpmTrieMap,
+    MapType.PROG_ARRAY: ProgramArray,
+    MapType.ARRAY_OF_MAPS: MapOfMaps,
+    MapType.HASH_OF_MAPS: MapOfMaps,
 }
 
