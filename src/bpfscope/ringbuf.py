@@ -60,6 +60,7 @@ __all__ = ["Parsed", "Record", "RingBuffer", "parse_fixed", "parse_variable"]
 # What a reader's records are: a BTF type, a numpy dtype, or `bytes` (records of any size).
 Record = Union[TypeCodec, np.dtype[Any], type[bytes]]
 DataArea = Union[np.ndarray[Any, Any], bytes, bytearray, memoryview]
+Decoder = Callable[[np.ndarray[Any, Any]], Iterable[Any]]  # a batch into single records
 
 _BUSY = BPF_RINGBUF_BUSY_BIT
 _DISCARD = BPF_RINGBUF_DISCARD_BIT
@@ -233,6 +234,19 @@ def _as_is(batch: np.ndarray[Any, Any]) -> Iterable[Any]:
     return batch
 
 
+def record_decoding(record: Record, what: str) -> tuple[np.dtype[Any], Decoder]:
+    """The dtype of a batch of `record`s and how records() makes a batch into single records: frozen
+    dataclasses for a BTF type, numpy records for a dtype, `bytes` objects for bytes. Shared by every
+    buffer reader (ring and perf buffers)."""
+    if record is bytes:
+        return np.dtype(object), _as_is
+    if isinstance(record, TypeCodec):
+        return record.dtype, _record_maker(record)
+    if isinstance(record, np.dtype) and not record.hasobject:
+        return record, _as_is
+    raise TypeMismatchError(f"{what}: a record is a TypeCodec, a numpy dtype or bytes, not {record!r}")
+
+
 class RingBuffer:
     """Reads ring buffer map `ring` (BPF_MAP_TYPE_RINGBUF). Its records are `record`: a BTF struct
     (`obj.btf.struct("event")`; records() yields its frozen dataclasses), a numpy dtype (records()
@@ -251,17 +265,7 @@ class RingBuffer:
         self._lost_map = lost
         self._fence = _Fence()
         self._size = ring.max_entries
-        self._make_records: Callable[[np.ndarray[Any, Any]], Iterable[Any]] = _as_is
-        if record is bytes:
-            self.dtype: np.dtype[Any] = np.dtype(object)
-        elif isinstance(record, TypeCodec):
-            self.dtype = record.dtype
-            self._make_records = _record_maker(record)
-        elif isinstance(record, np.dtype) and not record.hasobject:
-            self.dtype = record
-        else:
-            raise TypeMismatchError(f"ring {self.name!r}: a record is a TypeCodec, a numpy dtype or bytes, "
-                                    f"not {record!r}")
+        self.dtype, self._make_records = record_decoding(record, f"ring {self.name!r}")
         self._itemsize = 0 if record is bytes else self.dtype.itemsize  # 0: records of any size
         if record is not bytes and not 0 < self._itemsize <= self._size - _HEADER:
             raise TypeMismatchError(
