@@ -23,11 +23,9 @@ class Variant:
     instead: tuple[str, ...]  # the programs that do the same without it
 
 
-# By object name (tool_object's). TEMPORARY for guard, until it declares Tool.VARIANT (issue 16
-# step 2); the benchmark's stays with the benchmarks.
+# By object name (tool_object's): the benchmark's, which stays with the benchmarks. A tool declares its
+# own (Tool.VARIANT).
 VARIANTS: dict[str, Variant] = {
-    # BPF atomics of Linux 5.12 (compare-and-swap) or a bpf_spin_lock (stripes.bpf.h)
-    "guard": Variant(Feature.ATOMICS, ("limit_sources",), ("limit_sources_locked",)),
     # a loop through bpf_loop (5.17), or open-coded and so capped (benchmarks/ringbuf.py)
     "ringbuf_bench": Variant(Feature.BPF_LOOP, ("fill_ring",), ("fill_ring_noloop",)),
 }

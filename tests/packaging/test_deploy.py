@@ -303,7 +303,7 @@ def test_shipped_config_passes_our_parser(configmap_text: str) -> None:
     assert config.pin_dir.startswith("/sys/fs/bpf/")
     assert config.packets is not None and config.tool("flows") is not None
     assert config.opens is not None and config.execs is not None
-    assert config.guard is None  # it drops packets: nobody gets that from a default
+    assert config.tool("guard") is None  # it drops packets: nobody gets that from a default
     assert config.funclatency == () and config.http is None and config.custom == ()
 
 

@@ -27,7 +27,7 @@ from ..tools import _registry as registry
 from .config import AgentConfig
 from .containers import ContainerResolver
 from .source import Source
-from .sources import ExecsSource, FuncLatencySource, GuardSource, HttpSource, ToolSource, pin_subdir
+from .sources import ExecsSource, FuncLatencySource, HttpSource, ToolSource, pin_subdir
 
 __all__ = ["Agent", "ReloadError", "build_sources", "check_custom"]
 
@@ -38,7 +38,7 @@ log = logging.getLogger("bpfscope.agent")
 _OWN_PIN_DIR = re.compile("^(?:{})".format("|".join(
     [f"{tool.AGENT_KEY}-" if tool.per_interface() else f"{tool.AGENT_KEY}$"
      for tool in registry.all_tools() if tool.AGENT_KEY]
-    + ["funclatency-", "guard$", "execs$", "http$", "custom-"])))
+    + ["funclatency-", "execs$", "http$", "custom-"])))
 _PUMP_MS = 200  # the reader thread's longest wait, so stop() is heard within it
 
 
@@ -56,8 +56,6 @@ def build_sources(config: AgentConfig, resolver: Optional[ContainerResolver]) ->
                                    pin_subdir(pins, tool.key, iface)) for iface in tool.interfaces]
         else:
             sources.append(ToolSource(tool_class, tool.key, values, pin_subdir(pins, tool.key)))
-    if config.guard:
-        sources.append(GuardSource(config.guard, pin_subdir(pins, "guard")))
     if config.execs:
         sources.append(ExecsSource(pin_subdir(pins, "execs"), resolver))
     for f in config.funclatency:

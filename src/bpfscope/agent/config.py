@@ -23,7 +23,7 @@ from ..tools import _registry as registry
 from ..tools._base import OptionValueError, Tool
 
 __all__ = [
-    "DEFAULT_LISTEN", "ConfigError", "Fields", "AgentConfig", "ToolConfig", "GuardConfig",
+    "DEFAULT_LISTEN", "ConfigError", "Fields", "AgentConfig", "ToolConfig",
     "CountsConfig", "FuncLatencyConfig", "HttpConfig", "CustomConfig", "OtlpConfig", "load_config", "parse_config",
     "default_interface",
 ]
@@ -173,15 +173,11 @@ class ToolConfig:
     def values(self) -> dict[str, Any]:
         return dict(self.options)
 
-
-@dataclass(frozen=True)
-class GuardConfig:
-    interface: str
-    rate: int
-    burst: int
-    dry_run: bool = False
-    allow: tuple[str, ...] = ()
-    deny: tuple[str, ...] = ()
+    @property
+    def on(self) -> tuple[str, ...]:
+        """The interfaces it runs on: one instance each, or the one its section names (guard's)."""
+        iface = self.values.get("iface")
+        return self.interfaces or ((iface,) if isinstance(iface, str) else ())
 
 
 @dataclass(frozen=True)
@@ -227,7 +223,6 @@ class AgentConfig:
     max_containers: int = 500  # distinct containers labelled before the rest are container="other"
     ring_bytes: int = 1 << 22
     tools: tuple[ToolConfig, ...] = ()  # the tools on the Tool base, in the file's order
-    guard: Optional[GuardConfig] = None
     execs: Optional[CountsConfig] = None
     funclatency: tuple[FuncLatencyConfig, ...] = ()
     http: Optional[HttpConfig] = None
@@ -301,7 +296,6 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     enabled = [key for key in tools.keys() if key in by_key and tools.raw(key) is not False]
     generic = tuple(_tool_config(by_key[key], Fields({}, f"tools.{key}", source) if tools.raw(key) is True
                                  else tools.child(key)) for key in enabled)
-    guard = _guard(tools.child("guard")) if tools.has("guard") else None
     execs = _counts(tools, "execs")
     funclatency = tuple(tools.items("funclatency", _funclatency))
     _no_repeats(tools, "funclatency", [(f.target, f.symbol) for f in funclatency], "target and symbol")
@@ -312,15 +306,12 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     _no_repeats(top, "custom", [c.object.name.split(".")[0] for c in custom], "program name")
     otlp = _otlp(top.child("otlp")) if top.has("otlp") else None
     top.done()
-    packets = next((t for t in generic if t.name == "packets"), None)
-    if guard and packets and guard.interface in packets.interfaces:
-        raise ConfigError(tools.where("guard.interface"), f"{guard.interface} already runs tools.packets: an "
-                          "interface has one XDP program, so count packets on another or use the guard's counts")
-    if not any((generic, guard, execs, funclatency, http, custom)):
+    _one_xdp_program_each(tools, generic)
+    if not any((generic, execs, funclatency, http, custom)):
         raise ConfigError(top.where("tools"), "no tool is enabled: nothing to export")
     return AgentConfig(
         listen=listen, pin_dir=pin_dir, containers=containers, max_containers=max_containers, ring_bytes=ring_bytes,
-        tools=generic, guard=guard, execs=execs, funclatency=funclatency, http=http,
+        tools=generic, execs=execs, funclatency=funclatency, http=http,
         custom=custom, otlp=otlp, source=source,
     )
 
@@ -361,6 +352,20 @@ def _tool_config(tool: type[Tool], section: Fields) -> ToolConfig:
     return ToolConfig(tool.NAME, tool.AGENT_KEY or tool.NAME, tuple(values.items()), interfaces)
 
 
+def _one_xdp_program_each(tools: Fields, configs: tuple[ToolConfig, ...]) -> None:
+    """An interface holds one XDP program: two tools that attach one (doctor's row `xdp_link`) cannot
+    both run on it."""
+    holders: dict[str, str] = {}
+    for config in configs:
+        if not any("xdp_link" in group for group in registry.tool_class(config.name).NEEDS):
+            continue
+        for iface in config.on:
+            if iface in holders:
+                raise ConfigError(tools.where(config.key), f"{iface} already runs tools.{holders[iface]}: an "
+                                  "interface holds one XDP program, so run the two on different interfaces")
+            holders[iface] = config.key
+
+
 def _interfaces(section: Fields) -> tuple[str, ...]:
     ifaces = tuple(section.strings("interfaces", [default_interface()]))
     if not ifaces:
@@ -368,26 +373,6 @@ def _interfaces(section: Fields) -> tuple[str, ...]:
     if len(set(ifaces)) != len(ifaces):
         raise section.error("interfaces", "names an interface twice")
     return ifaces
-
-
-def _guard(f: Fields) -> GuardConfig:
-    rate = f.integer("rate", None, 1, 100_000_000)
-    if rate is None:
-        raise f.error("rate", "is required (packets per second per source)")
-    burst = f.integer("burst", rate, 1, 100_000_000)
-    assert burst is not None
-    config = GuardConfig(
-        interface=f.string("interface", default_interface()) or default_interface(), rate=rate, burst=burst,
-        dry_run=f.boolean("dry_run", False), allow=tuple(f.strings("allow", [])), deny=tuple(f.strings("deny", [])),
-    )
-    for which in ("allow", "deny"):
-        for i, text in enumerate(getattr(config, which)):
-            try:
-                ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                raise f.error(f"{which}[{i}]", f"not an address or network: {text!r}") from None
-    f.done()
-    return config
 
 
 def _counts(tools: Fields, name: str) -> Optional[CountsConfig]:

@@ -10,7 +10,6 @@ seconds). Labels with unbounded values are bounded: flows to the top N by bytes,
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -27,14 +26,13 @@ from ..pin import ensure_pin_dir
 from ..tools._base import Kind, Tool
 from ..tools.execsnoop import ExecCount, ExecSnoop
 from ..tools.funclatency import FunctionLatency, Unit
-from ..tools.guard import Guard, Limit
 from ..tools.httptrace import Request, Tracer
-from .config import FuncLatencyConfig, GuardConfig, HttpConfig
+from .config import FuncLatencyConfig, HttpConfig
 from .containers import ContainerResolver
 from .source import Source
 
 __all__ = [
-    "ToolSource", "GuardSource", "ExecsSource", "FuncLatencySource", "HttpSource",
+    "ToolSource", "ExecsSource", "FuncLatencySource", "HttpSource",
     "lost_events", "received_events", "unseen_families", "normalize_route",
 ]
 
@@ -121,51 +119,6 @@ def unseen_families(key: str, source: str, tool: Tool) -> Iterator[Metric]:
         yield lost_events(key, source, count, ring)
     for ring, count in tool.received_by_ring().items():
         yield received_events(key, source, count, ring)
-
-
-class GuardSource(Source):
-    """The XDP rate limiter. Its pins are the guard's own, so `bpfscope guard --pin-dir
-    PIN_DIR/guard allow|deny|unlist|set` changes the agent's guard while it runs."""
-
-    name = "guard"
-
-    def __init__(self, config: GuardConfig, pin_dir: str) -> None:
-        super().__init__(pin_dir)
-        self.config = config
-        self._guard: Optional[Guard] = None
-
-    def open(self) -> None:
-        c = self.config
-        guard = Guard(c.interface, limit=Limit(c.rate, c.burst), dry_run=c.dry_run, pin_dir=self.pin_dir,
-                      keep_counts=True)
-        guard.open()
-        try:
-            for which, networks in (("allow", c.allow), ("deny", c.deny)):
-                for network in networks:
-                    guard.add(which, ipaddress.ip_network(network, strict=False))
-        except BaseException:
-            guard.close()
-            raise
-        self._guard = guard
-
-    def collect(self) -> Iterator[Metric]:
-        assert self._guard is not None
-        counts = self._guard.snapshot().counts
-        iface = self.config.interface
-        verdicts = CounterMetricFamily("bpfscope_guard_packets", "Packets the guard passed or dropped (XDP); "
-                                       "would_drop: over the limit in dry-run mode", labels=["interface", "verdict"])
-        for verdict in ("passed", "dropped", "would_drop"):
-            verdicts.add_metric([iface, verdict], getattr(counts, verdict))
-        lists = CounterMetricFamily("bpfscope_guard_list_matches", "Packets from an allowed or denied network",
-                                    labels=["interface", "list"])
-        lists.add_metric([iface, "allow"], counts.allowed)
-        lists.add_metric([iface, "deny"], counts.denied)
-        yield from (verdicts, lists)
-
-    def close(self) -> None:
-        if self._guard is not None:
-            self._guard.close()
-            self._guard = None
 
 
 class ExecsSource(Source):

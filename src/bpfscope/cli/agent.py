@@ -146,8 +146,7 @@ def _reload(agent: Agent, otlp: _Otlp, args: argparse.Namespace) -> None:
 
 def _describe(config: AgentConfig) -> str:
     parts: list[Optional[str]] = [
-        *(f"{t.key}({', '.join(t.interfaces)})" if t.interfaces else t.key for t in config.tools),
-        f"guard({config.guard.interface})" if config.guard else None,
+        *(f"{t.key}({', '.join(t.on)})" if t.on else t.key for t in config.tools),
         "execs" if config.execs else None,
         *(f"funclatency({f.target}:{f.symbol})" for f in config.funclatency),
         "http" if config.http else None,

@@ -35,7 +35,6 @@ class ToolInfo(NamedTuple):
 # add_arguments/run: help, needs, and "net" or "trace" capabilities. Each conversion deletes its entry;
 # the table goes with the last one.
 _LEGACY = {
-    "guard": ("drop floods: a per-source rate limit with allow and deny lists (XDP)", (("xdp_link",),), "net"),
     "execsnoop": ("trace new programs: pid, ppid, uid, arguments, result (tracepoints)",
                   (("tracepoints",), ("tracefs",), ("ringbuf",)), "trace"),
     "funclatency": ("time a function in a binary or library as a log2 histogram (uprobes)", (("uprobes",),), "trace"),

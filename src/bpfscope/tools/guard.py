@@ -1,6 +1,7 @@
 """The XDP rate limiter: loads guard.bpf.o, pins its maps under /sys/fs/bpf/bpfscope/guard while it
 runs, and reads its counters. Another process changes a running guard through those pins
-(`RunningGuard`): lists and limits are maps, so nothing is reloaded.
+(`RunningGuard`, and the tool's actions: `bpfscope guard allow|deny|unlist|set`): lists and limits are
+maps, so nothing is reloaded.
 
 One guard runs per machine. It holds an exclusive flock on its pin directory for as long as it
 lives; the kernel drops the lock with the process, so a pin directory nobody holds locked is the
@@ -11,26 +12,32 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import ipaddress
 import os
 import time
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional
 
 from .. import netdev
-from ..btf import Kind, TypeCodec
+from ..btf import Kind as BtfKind
+from ..btf import TypeCodec
 from ..errors import BpfscopeError
-from ..link import Link
+from ..features import Feature
 from ..maps import Map
 from ..object import Object, ObjectSpec, tool_object
 from ..pin import ensure_pin_dir, remove_pins, tool_pin_dir
 from ..program import Program, XdpMode
-from ..variants import choose
+from ..variants import Variant, choose
+from ._base import DURATION, IFACE, INTERVAL, JSON, NET, XDP_MODE, Action, Kind, Option, OptionValueError, Tool
 from .cidr import Network, cidr_key, source_name
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 __all__ = [
     "MAX_RATE",
     "PINNED_MAPS",
+    "TOOL",
     "Counts",
     "Guard",
     "GuardControl",
@@ -48,6 +55,28 @@ PINNED_MAPS = ("settings", "allowed_cidrs", "denied_cidrs", "sources", "counts")
 # 1/rate is kept in whole nanoseconds, and burst/rate must fit a u64 of nanoseconds.
 MAX_RATE = 1_000_000_000
 _LISTS = {"allow": "allowed_cidrs", "deny": "denied_cidrs"}
+# limit_sources, or before Linux 5.12 limit_sources_locked: same verdicts, same counters. BPF atomics
+# (compare-and-swap), or a bpf_spin_lock (stripes.bpf.h).
+_FORMS = Variant(Feature.ATOMICS, ("limit_sources",), ("limit_sources_locked",))
+
+
+def rate(text: str) -> int:
+    """Packets per second, or back to back: a whole number from 1 to MAX_RATE."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise OptionValueError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_RATE:
+        raise OptionValueError(f"{text!r} must be from 1 to {MAX_RATE:,}")
+    return value
+
+
+def network(text: str) -> Network:
+    """An address or a network, without host bits: 192.0.2.0/24, 2001:db8::/48, 10.1.2.3."""
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError as exc:
+        raise OptionValueError(f"{text!r} is not a CIDR ({exc})") from None
 
 
 class NoRunningGuardError(BpfscopeError):
@@ -112,8 +141,7 @@ def load_guard(limit: Limit, *, dry_run: bool = False, counts_pin_dir: Optional[
     """guard.bpf.o loaded with its limit set; dry_run is frozen in .rodata, the limit stays writable.
     With `counts_pin_dir`, the counters pinned there by an earlier run are taken over."""
     spec = ObjectSpec.open(tool_object("guard"))
-    # limit_sources, or before Linux 5.12 limit_sources_locked: same verdicts, same counters.
-    choose(spec, "guard")
+    choose(spec, _FORMS)
     spec.rodata["cfg_dry_run"] = dry_run
     spec.pin_maps(counts_pin_dir, ["counts"])
     obj = spec.load()
@@ -167,7 +195,7 @@ class GuardControl:
         list costs no lookup per packet and two shells editing lists cannot leave it wrong."""
         settings = self.maps["settings"].value
         assert isinstance(settings, TypeCodec)  # guard.bpf.o always carries BTF
-        bits = settings.btf.find("guard_lists", Kind.ENUM)
+        bits = settings.btf.find("guard_lists", BtfKind.ENUM)
         assert bits is not None
         bit_of = {name.removeprefix("LIST_").lower(): value for name, value in bits.enumerators}
         lists = sum(bit_of[which] for which, name in _LISTS.items() if not self.maps[name].empty())
@@ -212,46 +240,108 @@ def top_offenders(now: Snapshot, earlier: Snapshot, n: int = 10) -> list[Offende
     ]
 
 
-class Guard(GuardControl):
+_RATE = Option("rate", "packets per second each source (IPv4 /32, IPv6 /64) may send", rate, metavar="PPS",
+               required=True, example="1000")
+_BURST = Option("burst", "packets a quiet source may send back to back (default: the rate)", rate, metavar="N")
+_CIDR = Option("cidr", "an address or network: 192.0.2.0/24, 2001:db8::/48", network, metavar="CIDR", positional=True)
+
+
+class Guard(GuardControl, Tool):
     """`with Guard("eth1", limit=Limit(1000, 2000)) as guard: guard.snapshot()`. On exit it detaches
-    and removes its pins. `mode` says which XDP mode ran once it is open."""
+    and removes its pins (but the counters', with `keep_counts`). `mode` says which XDP mode ran once
+    it is open."""
+
+    NAME = "guard"
+    HELP = "drop floods: a per-source rate limit with allow and deny lists (XDP)"
+    NEEDS = (("xdp_link",),)
+    CAPABILITIES = NET
+    KIND = Kind.POLLING
+    OPTIONS = (
+        # Required, never the default route's: a guard drops traffic. The agent's config names it `interface`.
+        IFACE.but(help="the interface to guard", required=True, agent=True, config_name="interface"),
+        _RATE,
+        _BURST,
+        Option("dry_run", "count what would be dropped, drop nothing"),
+        XDP_MODE,
+        Option("allow", "let CIDR through unlimited (any number of times)", network, default=(), metavar="CIDR",
+               many=True),
+        Option("deny", "drop everything from CIDR, even if allowed (any number of times)", network, default=(),
+               metavar="CIDR", many=True),
+        INTERVAL,
+        DURATION,
+        JSON,
+        Option("pin_dir", f"where the guard's maps are pinned (default: {tool_pin_dir('guard')}; the agent's "
+               "guard: its pin_dir/guard)", str, metavar="DIR", agent=False),
+    )
+    AGENT_KEY = "guard"
+    VARIANT = _FORMS
+    ACTIONS = (
+        Action("allow", "let CIDR through unlimited (the deny list wins over the allow list)", (_CIDR,), ("pin_dir",)),
+        Action("deny", "drop everything from CIDR (the deny list wins over the allow list)", (_CIDR,), ("pin_dir",)),
+        Action("unlist", "take CIDR off the allow and deny lists", (_CIDR,), ("pin_dir",)),
+        Action("set", "change the rate and burst", (_RATE.but(help="packets per second per source", required=False),
+                                                    _BURST.but(help="packets back to back")), ("pin_dir",)),
+    )
 
     def __init__(
         self, iface: str, *, limit: Limit, dry_run: bool = False, mode: XdpMode = XdpMode.AUTO,
-        pin_dir: Optional[str] = None, keep_counts: bool = False,
+        allow: Iterable[Network] = (), deny: Iterable[Network] = (), pin_dir: Optional[str] = None,
+        keep_counts: bool = False,
     ) -> None:
+        GuardControl.__init__(self, {})
+        Tool.__init__(self, pin_dir=pin_dir or tool_pin_dir("guard"))
         self.iface = iface
         self.keep_counts = keep_counts  # the counters' pin outlives this guard, for the next (the agent's)
         self.initial_limit = limit
         self.dry_run = dry_run
         self.mode = mode
-        self.pin_dir = pin_dir or tool_pin_dir("guard")
-        super().__init__({})
-        self._obj: Optional[Object] = None
-        self._link: Optional[Link] = None
+        self.allow, self.deny = tuple(allow), tuple(deny)  # on the lists from the start
         self._lock = -1
 
-    def open(self) -> Guard:
-        netdev.ifindex(self.iface)  # an unknown interface fails before anything is pinned or loaded
-        self._lock_pin_dir()
-        try:
-            self._obj = load_guard(self.initial_limit, dry_run=self.dry_run,
-                                   counts_pin_dir=self.pin_dir if self.keep_counts else None)
-            self.maps = self._obj.maps
-            for name in PINNED_MAPS:
-                if not (self.keep_counts and name == "counts"):
-                    self.maps[name].pin(os.path.join(self.pin_dir, name))
-            link = limiter(self._obj).attach_xdp(self.iface, mode=self.mode)
-            self._link, self.mode = link, link.mode
-        except BaseException:
-            self.close()
-            raise
-        return self
+    @classmethod
+    def _from_options(cls, values: Mapping[str, Any], pin_dir: Optional[str]) -> Guard:
+        # The agent's guard (pin_dir given) keeps its counts across restarts; its pins are its own.
+        return cls(values["iface"], limit=Limit(values["rate"], values["burst"] or values["rate"]),
+                   dry_run=bool(values["dry_run"]), mode=XdpMode(values["mode"]), allow=values["allow"],
+                   deny=values["deny"], pin_dir=pin_dir or values["pin_dir"], keep_counts=pin_dir is not None)
 
-    def _lock_pin_dir(self) -> None:
-        ensure_pin_dir(self.pin_dir)
-        os.makedirs(self.pin_dir, exist_ok=True)
-        self._lock = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    @classmethod
+    def act(cls, action: str, values: Mapping[str, Any]) -> str:
+        with RunningGuard(values["pin_dir"]) as guard:
+            if action == "set":
+                if values["rate"] is None and values["burst"] is None:
+                    raise BpfscopeError(errno.EINVAL, "give --rate, --burst or both")
+                before = guard.limit
+                after = guard.set_limit(rate=values["rate"], burst=values["burst"])
+                return f"guard: rate {after.rate:,}/s, burst {after.burst:,} (was {before.rate:,}/s, {before.burst:,})"
+            cidr = values["cidr"]
+            if action == "unlist":
+                lists = guard.unlist(cidr)
+                if not lists:
+                    raise BpfscopeError(errno.ENOENT, f"{cidr} is on neither list")
+                return f"guard: {cidr} off the {' and '.join(lists)} list"
+            guard.add(action, cidr)
+            return f"guard: {cidr} on the {action} list"
+
+    def _open(self) -> None:
+        netdev.ifindex(self.iface)  # an unknown interface fails before anything is pinned or loaded
+        assert self.pin_dir is not None
+        self._lock_pin_dir(self.pin_dir)
+        self._obj = obj = load_guard(self.initial_limit, dry_run=self.dry_run,
+                                     counts_pin_dir=self.pin_dir if self.keep_counts else None)
+        self.maps = obj.maps
+        for name in PINNED_MAPS:
+            if not (self.keep_counts and name == "counts"):
+                self.maps[name].pin(os.path.join(self.pin_dir, name))
+        for which, networks in (("allow", self.allow), ("deny", self.deny)):
+            for listed in networks:
+                self.add(which, listed)
+        self.mode = self.attach(limiter(obj).attach_xdp(self.iface, mode=self.mode)).mode
+
+    def _lock_pin_dir(self, pin_dir: str) -> None:
+        ensure_pin_dir(pin_dir)
+        os.makedirs(pin_dir, exist_ok=True)
+        self._lock = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -262,33 +352,39 @@ class Guard(GuardControl):
         self._unpin(keep=("counts",) if self.keep_counts else ())  # pins of a guard that was killed
 
     def _unpin(self, keep: tuple[str, ...]) -> None:
+        assert self.pin_dir is not None
         for name in os.listdir(self.pin_dir):
             if name not in keep:
                 os.unlink(os.path.join(self.pin_dir, name))
 
     def close(self) -> None:
-        if self._link is not None:
-            self._link.close()
-            self._link = None
+        super().close()
         self.maps = {}
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
         if self._lock >= 0:
             if self.keep_counts:
                 self._unpin(keep=("counts",))
             else:
+                assert self.pin_dir is not None
                 remove_pins(self.pin_dir)
             os.close(self._lock)
             self._lock = -1
 
-    def __enter__(self) -> Guard:
-        return self.open()
+    def metrics(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
 
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()
+        counts = self.snapshot().counts
+        verdicts = CounterMetricFamily("bpfscope_guard_packets", "Packets the guard passed or dropped (XDP); "
+                                       "would_drop: over the limit in dry-run mode", labels=["interface", "verdict"])
+        for verdict in ("passed", "dropped", "would_drop"):
+            verdicts.add_metric([self.iface, verdict], getattr(counts, verdict))
+        lists = CounterMetricFamily("bpfscope_guard_list_matches", "Packets from an allowed or denied network",
+                                    labels=["interface", "list"])
+        lists.add_metric([self.iface, "allow"], counts.allowed)
+        lists.add_metric([self.iface, "deny"], counts.denied)
+        yield from (verdicts, lists)
+
+
+TOOL = Guard
 
 
 class RunningGuard(GuardControl):
