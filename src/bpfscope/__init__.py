@@ -13,11 +13,12 @@ from .__about__ import __version__
 _EXPORTS = {
     "errors": ["BpfscopeError", "InterfaceNotFoundError", "KernelRefusedError", "NotSupportedError",
                "PermissionDeniedError", "SyscallError", "TypeMismatchError", "VerifierError"],
-    "link": ["Link"],
+    "link": ["IterLink", "Link", "LinkGroup"],
     "maps": ["ArrayMap", "HashMap", "LpmTrieMap", "Map", "MapType", "PerCpuArrayMap", "PerCpuHashMap",
              "UpdateFlags"],
     "object": ["Object", "ObjectSpec", "load", "tool_object"],
-    "program": ["Program", "TcDirection", "TcMode", "TestRunResult", "XdpAction", "XdpMode"],
+    "program": ["AttachType", "CgroupIterOrder", "HardwareEvent", "NetfilterFamily", "NetfilterHook", "Program",
+                "SoftwareEvent", "TcDirection", "TcMode", "TestRunResult", "XdpAction", "XdpMode"],
     "ringbuf": ["RingBuffer"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -43,8 +44,21 @@ if TYPE_CHECKING:
         TypeMismatchError,
         VerifierError,
     )
-    from .link import Link
+    from .link import IterLink, Link, LinkGroup
     from .maps import ArrayMap, HashMap, LpmTrieMap, Map, MapType, PerCpuArrayMap, PerCpuHashMap, UpdateFlags
     from .object import Object, ObjectSpec, load, tool_object
-    from .program import Program, TcDirection, TcMode, TestRunResult, XdpAction, XdpMode
+    from .program import (
+        AttachType,
+        CgroupIterOrder,
+        HardwareEvent,
+        NetfilterFamily,
+        NetfilterHook,
+        Program,
+        SoftwareEvent,
+        TcDirection,
+        TcMode,
+        TestRunResult,
+        XdpAction,
+        XdpMode,
+    )
     from .ringbuf import RingBuffer

@@ -16,9 +16,11 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 import numpy as np
 
 from . import _libbpf
+from ._attach import auto, struct_ops, tracing
 from ._privileges import Capability, load_needs
 from .btf import Btf, Kind, TypeCodec
 from .errors import BpfscopeError, SyscallError, VerifierError
+from .link import Link, LinkGroup
 from .maps import Map, MapType
 from .pin import ensure_pin_dir
 from .program import Program
@@ -120,6 +122,11 @@ class ProgramSpec:
     @autoload.setter
     def autoload(self, value: bool) -> None:
         _libbpf.check(_libbpf.bpf_program__set_autoload(self._ptr, value), f"set autoload of {self.name!r}")
+
+    def set_attach_target(self, function: str, *, program: Optional[Program] = None) -> None:
+        """Points an fentry, fexit, fmod_ret or freplace program at `function`: of the kernel, or a global
+        function of the loaded BPF program `program` (which freplace needs), instead of its section's."""
+        tracing.set_attach_target(self._ptr, self.name, function, program)
 
 
 class Config(Mapping[str, Any]):
@@ -229,6 +236,7 @@ class ObjectSpec:
         owner = self._owner
         if not owner.ptr:
             raise BpfscopeError(errno.EBADF, "this ObjectSpec was already loaded or closed")
+        struct_ops.prepare(owner.ptr)  # registered through links, which go with the process
         with _libbpf.captured_log() as log:
             ret = _libbpf.bpf_object__load(owner.ptr)
         if ret < 0:
@@ -298,6 +306,16 @@ class Object:
                 btf=btf, key_type_id=_libbpf.bpf_map__btf_key_type_id(ptr),
                 value_type_id=_libbpf.bpf_map__btf_value_type_id(ptr), owner=owner,
             )
+
+    def attach_all(self) -> LinkGroup:
+        """Attaches every program whose section names its target (Program.autoattaches: kprobe/do_unlinkat,
+        tp_btf/..., iter/task, ...) and registers every struct_ops map, as a libbpf skeleton's attach does;
+        closing the group detaches them all. Programs that need an argument are left to their methods."""
+        return auto.attach_all(self.programs.values(), self._owner.ptr)
+
+    def attach_struct_ops(self, name: str) -> Link:
+        """Registers struct_ops map `name` (a TCP congestion control, ...) through a link (Linux 6.4+)."""
+        return struct_ops.attach(self._owner.ptr, name)
 
     def missed_runs(self) -> int:
         """Runs of this object's programs the kernel skipped (Program.missed_runs): events a tool did not see."""

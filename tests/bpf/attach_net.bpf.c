@@ -112,7 +112,7 @@ int count_receives(struct __sk_buff *skb)
 }
 
 SEC("netfilter")
-int count_packets_out(struct bpf_nf_ctx *ctx)
+int count_packets_out(void *ctx)
 {
 	count(HIT_NETFILTER);
 	return NF_ACCEPT;

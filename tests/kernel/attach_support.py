@@ -120,7 +120,7 @@ def kill_9_leaves_nothing(object_path: Path, recipe: str, *args: str, configure:
         ids = [int(word) for word in line.split()[1:]]
         assert ids and all(_program_exists(i) for i in ids)
     finally:
-        os.kill(child.pid, signal.SIGKILL)
+        child.send_signal(signal.SIGKILL)  # nothing if it has ended already
         child.communicate(timeout=30)
     deadline = time.monotonic() + 10  # the kernel frees programs after an RCU grace period
     while any(_program_exists(i) for i in ids):

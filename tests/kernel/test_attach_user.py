@@ -20,9 +20,9 @@ COUNT = 25
 
 # A USDT probe bpfscope_test:tick(value) guarded by a semaphore, written out as <sys/sdt.h> writes one (so
 # no systemtap headers are needed): a .note.stapsdt entry (the probe's address, the .stapsdt.base anchor,
-# the semaphore's address, provider, name, argument) and the semaphore in .probes. `ticks N` waits for a
-# line on stdin, then fires the probe N times with 1..N, each time only if a tracer holds the semaphore
-# up, and prints how many it fired.
+# the semaphore's address, provider, name, argument) and the semaphore in .probes. `ticks N` says it is
+# ready and waits for a line on stdin, then fires the probe N times with 1..N, each time only if a tracer
+# holds the semaphore up, and prints how many it fired.
 TICKS = r"""
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +58,8 @@ int main(int argc, char **argv)
 {
 	int count = atoi(argv[1]), fired = 0;
 
+	printf("ready\n");
+	fflush(stdout);
 	getchar();
 	for (int i = 1; i <= count; i++) {
 		if (*(volatile unsigned short *)&bpfscope_test_tick_semaphore) {
@@ -88,6 +90,7 @@ def run_ticks(binary: Path, attach=None) -> int:
     """Runs `ticks COUNT`, attaching with attach(pid) while it waits; returns how many ticks it fired."""
     child = subprocess.Popen([str(binary), str(COUNT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"  # running, not being exec'd
         if attach is None:
             return int(child.communicate("\n", timeout=30)[0])
         with attach(child.pid):

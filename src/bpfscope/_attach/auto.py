@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .. import _libbpf
 from .._uapi import AttachType, ProgramType
 from ..errors import BpfscopeError
 from ..features import Feature, require
-from ..link import IterLink, LibbpfLink, Link
+from ..link import IterLink, LibbpfLink, Link, LinkGroup
 from ..mounts import ensure_tracefs
-from . import TRACE, attached, describe, probes, uprobes
+from . import TRACE, attached, describe, probes, struct_ops, uprobes
 from .iterators import MAP_ITERATORS
 
 if TYPE_CHECKING:
     from ..program import Program
 
-__all__ = ["attach", "autoattaches", "explicit_method"]
+__all__ = ["attach", "attach_all", "autoattaches", "explicit_method"]
 
 # The explicit method for each program type whose section never names a target.
 _METHODS = {
@@ -134,3 +135,20 @@ def attach(program: Program) -> Link:
     ptr = attached(ptr, f"attach {describe(program)}", TRACE)
     iterator = program.type is ProgramType.TRACING and _expected(program) == AttachType.TRACE_ITER
     return IterLink(ptr, what) if iterator else LibbpfLink(ptr, what)
+
+
+def attach_all(programs: Iterable[Program], object_ptr: int) -> LinkGroup:
+    """Every program that autoattaches, and every struct_ops map, attached; on a failure, what was attached
+    is closed again before the error goes up."""
+    links: list[Link] = []
+    try:
+        for program in programs:
+            if autoattaches(program):
+                links.append(attach(program))
+        for name in struct_ops.map_names(object_ptr):
+            links.append(struct_ops.attach(object_ptr, name))
+    except BaseException:
+        for link in links:
+            link.close()
+        raise
+    return LinkGroup(links, f"{len(links)} programs and struct_ops maps attached from their sections")

@@ -20,7 +20,7 @@ from . import TRACE, attached, describe, expect_type, probes
 if TYPE_CHECKING:
     from ..program import Program
 
-__all__ = ["freplace", "kprobe", "kprobe_multi", "lsm", "raw_tracepoint", "tracepoint", "tracing"]
+__all__ = ["freplace", "kprobe", "kprobe_multi", "lsm", "raw_tracepoint", "set_attach_target", "tracepoint", "tracing"]
 
 _BTF_HOOKS: dict[int, str] = {AttachType.TRACE_FENTRY: "fentry", AttachType.TRACE_FEXIT: "fexit",
               AttachType.MODIFY_RETURN: "fmod_ret", AttachType.TRACE_RAW_TP: "tp_btf"}
@@ -95,6 +95,18 @@ def tracing(program: Program, *, cookie: int) -> LibbpfLink:
         ptr = _libbpf.bpf_program__attach_trace_opts(program._ptr, opts)
     what = program.section.replace("/", " ", 1)
     return LibbpfLink(attached(ptr, f"attach {program.name} as {what}", TRACE), what)
+
+
+def set_attach_target(program_ptr: int, name: str, function: str, target: Optional[Program]) -> None:
+    """Before load: program `name` (fentry, fexit, fmod_ret, freplace) is for `function`, of the kernel or
+    of BPF program `target` (bpf_program__set_attach_target)."""
+    where = f"program {target.name!r}" if target is not None else "the kernel"
+    with _libbpf.captured_log():
+        ret = _libbpf.bpf_program__set_attach_target(program_ptr, target.fd if target is not None else 0,
+                                                     function.encode())
+    if ret in (-errno.ENOENT, -errno.ESRCH):
+        raise BpfscopeError(-ret, f"no function {function!r} in the BTF of {where}")
+    _libbpf.check(ret, f"set the attach target of {name!r} to {function} of {where}", TRACE)
 
 
 def freplace(program: Program, target: Optional[Program], function: Optional[str]) -> LibbpfLink:
