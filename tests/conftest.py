@@ -15,6 +15,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from hypothesis import settings
+
+# No deadline for a hypothesis example: its time on a loaded machine says nothing about the code (an example of
+# test_btf that takes a millisecond took 267 ms once, past the default deadline of 200 ms, and failed).
+settings.register_profile("bpfscope", deadline=None)
+settings.load_profile("bpfscope")
 
 TEST_OBJECTS = Path(__file__).resolve().parent / "bpf" / "build" / platform.machine()
 _KERNEL_DIRS = ("kernel", "tools", "packaging", "agent")
