@@ -235,7 +235,7 @@ def test_readmes_docker_run_grants_what_compose_does(compose: dict[str, Any]) ->
 def _needs_host_pids(config: AgentConfig) -> bool:
     """Whether the config names processes by node PID: a `pid:`, or a target reached through /proc/<pid>/root."""
     return (any(f.pid is not None or f.target.startswith("/proc/") for f in config.funclatency)
-            or (config.http is not None and config.http.pid is not None))
+            or ((http := config.tool("httptrace")) is not None and http.values["pid"] is not None))
 
 
 def test_compose_uses_the_hosts_network_and_its_pids_only_if_the_config_needs_them(
@@ -304,7 +304,7 @@ def test_shipped_config_passes_our_parser(configmap_text: str) -> None:
     assert config.packets is not None and config.tool("flows") is not None
     assert config.opens is not None and config.execs is not None
     assert config.tool("guard") is None  # it drops packets: nobody gets that from a default
-    assert config.funclatency == () and config.http is None and config.custom == ()
+    assert config.funclatency == () and config.tool("httptrace") is None and config.custom == ()
 
 
 def test_shipped_config_passes_the_agents_check() -> None:

@@ -27,7 +27,7 @@ from ..tools import _registry as registry
 from .config import AgentConfig
 from .containers import ContainerResolver
 from .source import Source
-from .sources import ExecsSource, FuncLatencySource, HttpSource, ToolSource, pin_subdir
+from .sources import ExecsSource, FuncLatencySource, ToolSource, pin_subdir
 
 __all__ = ["Agent", "ReloadError", "build_sources", "check_custom"]
 
@@ -38,7 +38,7 @@ log = logging.getLogger("bpfscope.agent")
 _OWN_PIN_DIR = re.compile("^(?:{})".format("|".join(
     [f"{tool.AGENT_KEY}-" if tool.per_interface() else f"{tool.AGENT_KEY}$"
      for tool in registry.all_tools() if tool.AGENT_KEY]
-    + ["funclatency-", "execs$", "http$", "custom-"])))
+    + ["funclatency-", "execs$", "custom-"])))
 _PUMP_MS = 200  # the reader thread's longest wait, so stop() is heard within it
 
 
@@ -60,8 +60,6 @@ def build_sources(config: AgentConfig, resolver: Optional[ContainerResolver]) ->
         sources.append(ExecsSource(pin_subdir(pins, "execs"), resolver))
     for f in config.funclatency:
         sources.append(FuncLatencySource(f, pin_subdir(pins, "funclatency", f.target, f.symbol, str(f.pid or ""))))
-    if config.http:
-        sources.append(HttpSource(config.http, pin_subdir(pins, "http"), config.ring_bytes))
     if config.custom:
         from .custom import CustomProgram  # its build and decoders only when configured
 

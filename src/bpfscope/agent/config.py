@@ -24,7 +24,7 @@ from ..tools._base import OptionValueError, Tool
 
 __all__ = [
     "DEFAULT_LISTEN", "ConfigError", "Fields", "AgentConfig", "ToolConfig",
-    "CountsConfig", "FuncLatencyConfig", "HttpConfig", "CustomConfig", "OtlpConfig", "load_config", "parse_config",
+    "CountsConfig", "FuncLatencyConfig", "CustomConfig", "OtlpConfig", "load_config", "parse_config",
     "default_interface",
 ]
 
@@ -193,14 +193,6 @@ class FuncLatencyConfig:
 
 
 @dataclass(frozen=True)
-class HttpConfig:
-    pid: Optional[int] = None
-    port: Optional[int] = None
-    tls: bool = True
-    max_routes: int = 100  # distinct routes before the rest are counted as route="other"
-
-
-@dataclass(frozen=True)
 class CustomConfig:
     """A program of the user's: its `.bpf.c` or `.bpf.o`, and the YAML naming its metrics."""
 
@@ -225,7 +217,6 @@ class AgentConfig:
     tools: tuple[ToolConfig, ...] = ()  # the tools on the Tool base, in the file's order
     execs: Optional[CountsConfig] = None
     funclatency: tuple[FuncLatencyConfig, ...] = ()
-    http: Optional[HttpConfig] = None
     custom: tuple[CustomConfig, ...] = ()
     otlp: Optional[OtlpConfig] = None
     source: str = ""  # the file it came from, "" for the default
@@ -299,7 +290,6 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     execs = _counts(tools, "execs")
     funclatency = tuple(tools.items("funclatency", _funclatency))
     _no_repeats(tools, "funclatency", [(f.target, f.symbol) for f in funclatency], "target and symbol")
-    http = _http(tools.child("http")) if tools.has("http") else None
     tools.done()
 
     custom = tuple(top.items("custom", lambda f: _custom(f, base)))
@@ -307,11 +297,11 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     otlp = _otlp(top.child("otlp")) if top.has("otlp") else None
     top.done()
     _one_xdp_program_each(tools, generic)
-    if not any((generic, execs, funclatency, http, custom)):
+    if not any((generic, execs, funclatency, custom)):
         raise ConfigError(top.where("tools"), "no tool is enabled: nothing to export")
     return AgentConfig(
         listen=listen, pin_dir=pin_dir, containers=containers, max_containers=max_containers, ring_bytes=ring_bytes,
-        tools=generic, execs=execs, funclatency=funclatency, http=http,
+        tools=generic, execs=execs, funclatency=funclatency,
         custom=custom, otlp=otlp, source=source,
     )
 
@@ -389,13 +379,6 @@ def _counts(tools: Fields, name: str) -> Optional[CountsConfig]:
 def _funclatency(f: Fields) -> FuncLatencyConfig:
     config = FuncLatencyConfig(f.required_string("target"), f.required_string("symbol"),
                                f.integer("pid", None, 1, 1 << 22))
-    f.done()
-    return config
-
-
-def _http(f: Fields) -> HttpConfig:
-    config = HttpConfig(pid=f.integer("pid", None, 1, 1 << 22), port=f.integer("port", None, 1, 65535),
-                        tls=f.boolean("tls", True), max_routes=f.integer("max_routes", 100, 1, 10_000) or 100)
     f.done()
     return config
 

@@ -149,7 +149,6 @@ def _describe(config: AgentConfig) -> str:
         *(f"{t.key}({', '.join(t.on)})" if t.on else t.key for t in config.tools),
         "execs" if config.execs else None,
         *(f"funclatency({f.target}:{f.symbol})" for f in config.funclatency),
-        "http" if config.http else None,
         *(f"custom({c.object.name})" for c in config.custom),
     ]
     return ", ".join(p for p in parts if p)

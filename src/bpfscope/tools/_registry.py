@@ -38,8 +38,6 @@ _LEGACY = {
     "execsnoop": ("trace new programs: pid, ppid, uid, arguments, result (tracepoints)",
                   (("tracepoints",), ("tracefs",), ("ringbuf",)), "trace"),
     "funclatency": ("time a function in a binary or library as a log2 histogram (uprobes)", (("uprobes",),), "trace"),
-    "httptrace": ("trace HTTP/1.x requests of any process, plain and OpenSSL (tracepoints, uprobes)",
-                  (("tracepoints",), ("tracefs",), ("uprobes",), ("ringbuf",)), "trace"),
 }
 
 

@@ -18,16 +18,21 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, NamedTuple, Optional
 
 import numpy as np
 
 from ..errors import BpfscopeError
 from ..object import ObjectSpec, tool_object
 from ..program import resolve_binary
-from ._attached import Attached
+from ..ringbuf import RingBuffer
+from ._base import DURATION, INTERVAL, JSON, PID, RING_BYTES, TRACE, Kind, Option, OptionValueError, Tool
+from ._httpseries import Series
 
-__all__ = ["DEFAULT_RING_BYTES", "Counts", "Request", "Tracer", "libssl_of", "percentile"]
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+__all__ = ["DEFAULT_RING_BYTES", "TOOL", "Counts", "Request", "Tracer", "libssl_of", "percentile"]
 
 DEFAULT_RING_BYTES = 1 << 20
 _WAKEUP_FRACTION = 8  # the kernel wakes the reader each time an eighth of the ring fills
@@ -126,6 +131,36 @@ def libssl_of(pid: int) -> list[str]:
     return [f"/proc/{pid}/root{p}" for p in found]
 
 
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise OptionValueError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise OptionValueError(f"{text!r} is not a port (1 to 65535)")
+    return value
+
+
+def milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionValueError(f"{text!r} is not a number of milliseconds") from None
+    if not value >= 0:
+        raise OptionValueError(f"{text!r} must be 0 or more")
+    return value
+
+
+def route_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise OptionValueError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 10_000:
+        raise OptionValueError(f"{text!r} must be from 1 to 10,000")
+    return value
+
+
 def percentile(values: list[float], q: float) -> float:
     """The nearest-rank `q` percentile (0 < q <= 100) of `values`, which must not be empty."""
     ordered = sorted(values)
@@ -133,27 +168,59 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[int(rank) - 1]
 
 
-class Tracer(Attached):
+class Tracer(Tool):
     """`with Tracer(pid=None, port=None) as t: t.poll()` → finished `Request`s; detaches on exit.
 
     `tls`: attach to OpenSSL as well (for `pid`: the libssl it has mapped, an error if none;
-    system-wide: the system's libssl, skipped if there is none)."""
+    system-wide: the system's libssl, skipped if there is none). Requests whose response took less
+    than `min_latency` seconds are left out (those without a response are kept). In the agent the
+    requests are tallied into RED series (requests, errors, durations by method, status class, route
+    and side; at most `max_routes` routes), kept in a map pinned under `pin_dir`."""
+
+    NAME = "httptrace"
+    HELP = "trace HTTP/1.x requests of any process, plain and OpenSSL (tracepoints, uprobes)"
+    NEEDS = (("tracepoints",), ("tracefs",), ("uprobes",), ("ringbuf",))
+    CAPABILITIES = TRACE
+    KIND = Kind.STREAMING
+    OPTIONS = (
+        PID.but(help="only this process (its threads, not its children)"),
+        Option("port", "only connections with this local or remote port", port_number, metavar="PORT"),
+        Option("min_latency", "show and summarize only requests whose response took at least MS milliseconds "
+               "(and those without a response)", milliseconds, default=0.0, metavar="MS", agent=False),
+        Option("tls", "plain HTTP only: no uprobes on OpenSSL", default=True),
+        Option("max_routes", 'distinct routes counted before the rest count as route "other"', route_count,
+               default=100, cli=False),
+        INTERVAL.but(default=0.5, help="seconds between refreshes of the live view (default: 0.5)"),
+        DURATION,
+        JSON.but(help="one JSON object per request, and a final summary"),
+        RING_BYTES.but(default=DEFAULT_RING_BYTES),
+    )
+    AGENT_KEY = "http"
 
     def __init__(self, *, pid: Optional[int] = None, port: Optional[int] = None, tls: bool = True,
-                 ring_bytes: int = DEFAULT_RING_BYTES, idle_flush: float = 1.0, pin_dir: Optional[str] = None) -> None:
-        super().__init__()
-        self.pin_dir = pin_dir  # counters pinned here carry on from an earlier run
+                 min_latency: float = 0.0, ring_bytes: int = DEFAULT_RING_BYTES, idle_flush: float = 1.0,
+                 max_routes: int = 100, pin_dir: Optional[str] = None) -> None:
+        super().__init__(pin_dir=pin_dir)  # counters pinned here carry on from an earlier run
         self.pid = pid
         self.port = port
         self.tls = tls
+        self.min_latency = min_latency
         self.ring_bytes = ring_bytes
         self.idle_flush = idle_flush
+        self.max_routes = max_routes
         self.libssl: list[str] = []
         self._exchanges: dict[tuple[int, int, int], _Exchange] = {}
         self._clock_offset_ns = 0
+        self._events: Optional[RingBuffer] = None
+        self._series: Optional[Series] = None
 
-    def open(self) -> Tracer:
-        """Checks the target, loads, and attaches; nothing stays attached if any step fails."""
+    @classmethod
+    def _from_options(cls, values: Mapping[str, Any], pin_dir: Optional[str]) -> Tracer:
+        return cls(pid=values["pid"], port=values["port"], tls=values["tls"], min_latency=values["min_latency"] / 1000,
+                   ring_bytes=values["ring_bytes"], max_routes=values["max_routes"], pin_dir=pin_dir)
+
+    def _open(self) -> None:
+        """Checks the target, loads, and attaches."""
         if self.pid is not None and not os.path.exists(f"/proc/{self.pid}"):
             raise BpfscopeError(errno.ESRCH, f"no process with pid {self.pid}")
         if self.tls:
@@ -168,25 +235,20 @@ class Tracer(Attached):
         if not self.libssl:
             for name in (*_SSL_ENTRIES.values(), "exit_ssl_io", "enter_ssl_free"):
                 spec.programs[name].autoload = False
-        self._obj = spec.load()
-        try:
-            self._ring = self._obj.ring_buffer("events")
-            programs = self._obj.programs
-            for syscall in _SYSCALLS:
-                self._links.append(programs[f"enter_{syscall}"].attach_tracepoint("syscalls", f"sys_enter_{syscall}"))
-                self._links.append(programs["exit_read"].attach_tracepoint("syscalls", f"sys_exit_{syscall}"))
-            self._links.append(programs["enter_close"].attach_tracepoint("syscalls", "sys_enter_close"))
-            for library in self.libssl:
-                for symbol, program in _SSL_ENTRIES.items():
-                    self._links.append(programs[program].attach_uprobe(library, symbol, pid=self.pid))
-                    self._links.append(programs["exit_ssl_io"].attach_uprobe(library, symbol, pid=self.pid,
-                                                                             retprobe=True))
-                self._links.append(programs["enter_ssl_free"].attach_uprobe(library, "SSL_free", pid=self.pid))
-        except BaseException:
-            self.close()
-            raise
+        self._obj = obj = spec.load()
+        self._events = self.ring(obj.ring_buffer("events"))
+        programs = obj.programs
+        for syscall in _SYSCALLS:
+            self.attach(programs[f"enter_{syscall}"].attach_tracepoint("syscalls", f"sys_enter_{syscall}"))
+            self.attach(programs["exit_read"].attach_tracepoint("syscalls", f"sys_exit_{syscall}"))
+        self.attach(programs["enter_close"].attach_tracepoint("syscalls", "sys_enter_close"))
+        for library in self.libssl:
+            for symbol, program in _SSL_ENTRIES.items():
+                self.attach(programs[program].attach_uprobe(library, symbol, pid=self.pid))
+                self.attach(programs["exit_ssl_io"].attach_uprobe(library, symbol, pid=self.pid, retprobe=True))
+            self.attach(programs["enter_ssl_free"].attach_uprobe(library, "SSL_free", pid=self.pid))
+        self._series = Series(self.max_routes, os.path.join(self.pin_dir, "series") if self.pin_dir else None)
         self._clock_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        return self
 
     def _find_libssl(self) -> list[str]:
         if self.pid is not None:
@@ -205,11 +267,16 @@ class Tracer(Attached):
     def poll(self, timeout_ms: int = 100) -> list[Request]:
         """Requests whose exchange ended by the kernel's next wakeup (each time an eighth of the ring
         fills) or by `timeout_ms`, whichever comes first: one batch per wakeup, not per record."""
-        assert self._ring is not None, "open() first"
+        assert self._events is not None, "open() first"
         done: list[Request] = []
-        self._records(self._ring.next_batch(timeout_ms), done)
+        self._records(self._events.next_batch(timeout_ms), done)
         self._flush_idle(done)
-        return done
+        return self._kept(done)
+
+    def _kept(self, requests: list[Request]) -> list[Request]:
+        if not self.min_latency:
+            return requests
+        return [r for r in requests if r.latency is None or r.latency >= self.min_latency]
 
     def _records(self, batch: np.ndarray[Any, Any], done: list[Request]) -> None:
         """Each field of the batch turned into Python once (numpy's per-record field access costs
@@ -286,23 +353,35 @@ class Tracer(Attached):
 
     def flush(self) -> list[Request]:
         """Every request still waiting for its exchange to end, as it stands (at the end of a run)."""
-        assert self._ring is not None, "open() first"
+        assert self._events is not None, "open() first"
         done: list[Request] = []
-        self._records(self._ring.drain(), done)
+        self._records(self._events.drain(), done)
         exchanges, self._exchanges = self._exchanges, {}
         done.extend(self._counted(key, exchange) for key, exchange in exchanges.items())
-        return done
+        return self._kept(done)
 
     def counts(self) -> Counts:
         _, totals = self.obj.maps["counts"].lookup_batch_sum()  # type: ignore[attr-defined]
         row = totals[0]
         return Counts(int(row["heads"]), int(row["skipped"]), self.lost, self.obj.missed_runs())
 
-    @property
-    def lost(self) -> int:
-        return self._ring.lost if self._ring is not None else 0
+    # --- the agent's series ---
 
-    @property
-    def received(self) -> int:
-        """Records this reader took from the ring."""
-        return self._ring.received if self._ring is not None else 0
+    def tally(self, batch: list[Request]) -> None:
+        assert self._series is not None, "open() first"
+        self._series.add(batch)
+
+    def metrics(self) -> Iterator[Metric]:
+        assert self._series is not None, "open() first"
+        yield from self._series.families()
+
+    def close(self) -> None:
+        series, self._series = self._series, None
+        try:
+            if series is not None:
+                series.close()  # written back to its pinned map
+        finally:
+            super().close()
+
+
+TOOL = Tracer
