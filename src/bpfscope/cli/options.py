@@ -1,16 +1,12 @@
-"""Helpers the subcommands share: signals, intervals, summary wording, tc notes. The option value
+"""Helpers the subcommands share: signals, intervals, summary wording. The option value
 types are the tools' (tools/_base.py), read by the CLI and the agent alike."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import time
 from typing import Any, Iterator, Optional
-
-from ..link import remove_stale_tc_filters
-from ..program import TcMode
 
 
 @contextlib.contextmanager
@@ -81,20 +77,7 @@ def ticks(interval: float, duration: Optional[float]) -> Iterator[None]:
             return
 
 
-def remove_stale_filters(tool: str) -> None:
-    """Removes the cls_bpf filters a killed bpfscope left (link.remove_stale_tc_filters), one line for each."""
-    for removed in remove_stale_tc_filters():
-        print(f"bpfscope {tool}: removed {removed}, left by a bpfscope that was killed", file=sys.stderr, flush=True)
-
-
 def unseen(summary: dict[str, Any]) -> str:
     """"N lost" for a summary line, and the program runs the kernel skipped when there were any."""
     missed = f", {summary['missed']:,} program runs skipped by the kernel" if summary["missed"] else ""
     return f"{summary['lost']:,} lost{missed}"
-
-
-def note_tc_fallback(tool: str, requested: TcMode, used: TcMode, iface: str) -> None:
-    """One line on stderr when AUTO found no tcx links and attached with clsact + cls_bpf instead."""
-    if requested is TcMode.AUTO and used is TcMode.CLSACT:
-        print(f"bpfscope {tool}: this kernel has no tcx links (Linux 6.6+); attached to {iface} with clsact + cls_bpf",
-              file=sys.stderr, flush=True)
