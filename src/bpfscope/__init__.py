@@ -13,10 +13,12 @@ from .__about__ import __version__
 _EXPORTS = {
     "errors": ["BpfscopeError", "InterfaceNotFoundError", "KernelRefusedError", "NotSupportedError",
                "PermissionDeniedError", "SyscallError", "TypeMismatchError", "VerifierError"],
+    "globals": ["Globals"],
     "link": ["IterLink", "Link", "LinkGroup"],
-    "maps": ["ArrayMap", "HashMap", "LpmTrieMap", "Map", "MapType", "PerCpuArrayMap", "PerCpuHashMap",
-             "UpdateFlags"],
+    "maps": ["ArrayMap", "HashMap", "LpmTrieMap", "Map", "MapOfMaps", "MapTemplate", "MapType", "PerCpuArrayMap",
+             "PerCpuHashMap", "ProgramArray", "UpdateFlags"],
     "object": ["Object", "ObjectSpec", "load", "tool_object"],
+    "perfbuf": ["PerfBuffer"],
     "program": ["AttachType", "CgroupIterOrder", "HardwareEvent", "NetfilterFamily", "NetfilterHook", "Program",
                 "SoftwareEvent", "TcDirection", "TcMode", "TestRunResult", "XdpAction", "XdpMode"],
     "ringbuf": ["RingBuffer"],
@@ -44,9 +46,23 @@ if TYPE_CHECKING:
         TypeMismatchError,
         VerifierError,
     )
+    from .globals import Globals
     from .link import IterLink, Link, LinkGroup
-    from .maps import ArrayMap, HashMap, LpmTrieMap, Map, MapType, PerCpuArrayMap, PerCpuHashMap, UpdateFlags
+    from .maps import (
+        ArrayMap,
+        HashMap,
+        LpmTrieMap,
+        Map,
+        MapOfMaps,
+        MapTemplate,
+        MapType,
+        PerCpuArrayMap,
+        PerCpuHashMap,
+        ProgramArray,
+        UpdateFlags,
+    )
     from .object import Object, ObjectSpec, load, tool_object
+    from .perfbuf import PerfBuffer
     from .program import (
         AttachType,
         CgroupIterOrder,

@@ -20,8 +20,10 @@ from ._attach import auto, struct_ops, tracing
 from ._privileges import Capability, load_needs
 from .btf import Btf, Kind, TypeCodec
 from .errors import BpfscopeError, SyscallError, VerifierError
+from .globals import Globals, section_map
 from .link import Link, LinkGroup
 from .maps import Map, MapType
+from .perfbuf import PerfBuffer
 from .pin import ensure_pin_dir
 from .program import Program
 from .ringbuf import Record, RingBuffer
@@ -290,12 +292,16 @@ class Object:
     def __init__(self, owner: _Owner, btf: Btf, rodata: Config) -> None:
         self._owner = owner
         self.btf = btf
+        btf_fd = _libbpf.bpf_object__btf_fd(owner.ptr)  # -1 where the kernel took no BTF
+        if btf_fd >= 0:
+            btf.kernel_id = int(_libbpf.obj_info(btf_fd, _libbpf.BpfBtfInfo(), "the object's BTF").id)
         self.rodata = rodata
         self.programs: dict[str, Program] = {}
         for ptr in _walk(_libbpf.bpf_object__next_program, owner.ptr):
             if _libbpf.bpf_program__autoload(ptr):
                 prog = Program(ptr, owner)
                 self.programs[prog.name] = prog
+        self._sections: dict[str, Globals] = {}
         self.maps: dict[str, Map] = {}
         for ptr in _walk(_libbpf.bpf_object__next_map, owner.ptr):
             fd = _libbpf.bpf_map__fd(ptr)
@@ -336,21 +342,62 @@ class Object:
         ring = self.maps.get(name)
         if ring is None or ring.type != MapType.RINGBUF:
             raise BpfscopeError(errno.ENOENT, f"the object has no ring buffer map {name!r}")
-        if record is None:
-            try:
-                record = self.exported_type(name)
-            except BpfscopeError:
-                raise BpfscopeError(errno.ENOENT, f"ring buffer {name!r} has no record type exported by "
-                                    "DEFINE_RINGBUF: name one, as record=\"event\", a numpy dtype or bytes") from None
-        elif isinstance(record, str):
-            record = self.btf.struct(record)
-        return RingBuffer(ring, record=record, lost=self.maps.get(f"{name}_lost"))
+        return RingBuffer(ring, record=self._record(name, record, "ring buffer", "DEFINE_RINGBUF"),
+                          lost=self.maps.get(f"{name}_lost"))
+
+    def perf_buffer(self, name: str, *, record: Union[str, Record, None] = None, pages: int = 8,
+                    wakeup_events: int = 1, watermark: int = 0) -> PerfBuffer:
+        """A reader for perf event array `name` (bpf_perf_event_output). Its records are `record`, as
+        for ring_buffer(); by default the type BTF_EXPORT(type, `name`) exported. The options are
+        PerfBuffer's: `pages` per CPU, a wakeup every `wakeup_events` samples or `watermark` bytes."""
+        events = self.maps.get(name)
+        if events is None or events.type != MapType.PERF_EVENT_ARRAY:
+            raise BpfscopeError(errno.ENOENT, f"the object has no perf event array map {name!r}")
+        record = self._record(name, record, "perf buffer", f"BTF_EXPORT(type, {name})")
+        return PerfBuffer(events, record=record, pages=pages, wakeup_events=wakeup_events, watermark=watermark)
+
+    def _record(self, name: str, record: Union[str, Record, None], what: str, exporter: str) -> Record:
+        """The record type a reader of buffer `name` was given, or the one the program exported for it."""
+        if isinstance(record, str):
+            return self.btf.struct(record)
+        if record is not None:
+            return record
+        try:
+            return self.exported_type(name)
+        except BpfscopeError:
+            raise BpfscopeError(errno.ENOENT, f"{what} {name!r} has no record type exported by {exporter}: name one, "
+                                "as record=\"event\", a numpy dtype or bytes") from None
+
+    @property
+    def bss(self) -> Globals:
+        """The zeroed global variables (.bss), read and written while the programs run."""
+        return self.datasec(".bss")
+
+    @property
+    def data(self) -> Globals:
+        """The initialised global variables (.data), read and written while the programs run."""
+        return self.datasec(".data")
+
+    def datasec(self, name: str) -> Globals:
+        """The global variables of data section `name`: ".bss", ".data", ".data.NAME" (globals declared
+        with SEC(".data.NAME")), or ".rodata" (read only: frozen at load). Mapped into memory where the
+        kernel allows it (Linux 5.5+); made on first use, closed with the object."""
+        section = self._sections.get(name)
+        if section is None:
+            found = section_map(self.maps.values(), name)
+            if found is None:
+                raise BpfscopeError(errno.ENOENT, f"the object has no {name} section (no global variables there)")
+            section = self._sections[name] = Globals(found)
+        return section
 
     @property
     def closed(self) -> bool:
         return not self._owner.ptr
 
     def close(self) -> None:
+        sections, self._sections = list(self._sections.values()), {}
+        for section in sections:
+            section.close()
         for m in self.maps.values():
             m._fd = -1
         self._owner.close()
