@@ -1,26 +1,28 @@
-"""What a module written by `bpfscope gen` imports at run time: typed maps and ring buffers, knobs,
-namespaces of programs and maps, and `bind`, which makes bpfscope decode values into the module's own
-classes. Written and tested once here instead of once per module; the generator is bpfscope._gen."""
+"""What a module written by `bpfscope gen` imports at run time: typed maps, ring and perf buffers,
+knobs and global variables, namespaces of programs and maps, and `bind`, which makes bpfscope decode
+values into the module's own classes. Written and tested once here instead of once per module; the
+generator is bpfscope._gen."""
 
 from __future__ import annotations
 
 import dataclasses
 import errno
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Generic, Optional, TypeVar, Union, cast, overload
+from typing import Any, Generic, Optional, Protocol, TypeVar, Union, cast, overload
 
 import numpy as np
 
 from .btf import Btf, Kind, TypeCodec, frozen_record
 from .errors import BpfscopeError, TypeMismatchError
 from .maps import Map, PerCpuHashMap, UpdateFlags
-from .object import Config, Object, ObjectSpec, ProgramSpec
+from .object import Object, ObjectSpec, ProgramSpec
+from .perfbuf import PerfBuffer
 from .program import Program
 from .ringbuf import RingBuffer
 
 __all__ = [
     "Knob", "Knobs", "LoadedObject", "Members", "OpenedSpec", "ProgramT", "Rings", "TypedMap", "TypedPerCpuMap",
-    "TypedRingBuffer", "bind", "plain", "record", "struct_dtype",
+    "TypedPerfBuffer", "TypedRingBuffer", "Variable", "Variables", "bind", "map_as", "plain", "record", "struct_dtype",
 ]
 
 K = TypeVar("K")
@@ -29,6 +31,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 ProgramT = TypeVar("ProgramT", ProgramSpec, Program)
 _Ring = TypeVar("_Ring", bound="TypedRingBuffer[Any]")
+_MapT = TypeVar("_MapT", bound=Map)
+_Perf = TypeVar("_Perf", bound="TypedPerfBuffer[Any]")
 _Array = np.ndarray[Any, np.dtype[Any]]
 
 def plain(value: Any) -> Any:
@@ -74,9 +78,13 @@ def _stale(what: str) -> TypeMismatchError:
 
 def _find_type(spec: ObjectSpec, path: str) -> int:
     """The BTF type id at `path`: a root (`struct NAME`, `typedef NAME`, `map NAME.key`, `export
-    NAME`, `config NAME`), then member names; arrays stand for their elements. 0 if not there."""
+    NAME`, `config NAME`, `global SECTION NAME`), then member names; arrays stand for their elements.
+    0 if not there."""
     btf = spec.btf
     root, _, rest = path.partition(" ")
+    section_name = ".rodata"
+    if root == "global":
+        section_name, _, rest = rest.partition(" ")
     name, *members = rest.split(".")
     type_id = 0
     if root == "map":
@@ -86,8 +94,8 @@ def _find_type(spec: ObjectSpec, path: str) -> int:
     elif root == "export":
         var = btf.find(f"__btf_export_{name}", Kind.VAR)
         type_id = btf.resolve(var.ref).ref if var is not None else 0
-    elif root == "config":
-        section = btf.find(".rodata", Kind.DATASEC)
+    elif root in ("config", "global"):
+        section = btf.find(section_name, Kind.DATASEC)
         type_id = next((m.type_id for m in section.members if m.name == name), 0) if section is not None else 0
     elif root in ROOT_KINDS:
         found = btf.find(name, ROOT_KINDS[root])
@@ -120,6 +128,14 @@ def bind(spec: ObjectSpec, types: Iterable[tuple[Any, str, Optional[np.dtype[Any
         elif sorted({value for _, value in btf.resolve(type_id).enumerators}) != sorted({int(m) for m in cls}):
             raise _stale(f"{path} has other values")
         btf.use_class(type_id, cls)
+
+
+def map_as(obj: Object, name: str, cls: type[_MapT]) -> _MapT:
+    """obj.maps[name] as the class its map type makes it (ProgramArray, MapOfMaps), checked."""
+    found = obj.maps[name]
+    if not isinstance(found, cls):
+        raise _stale(f"map {name!r} is a {type(found).__name__}, not a {cls.__name__}")
+    return found
 
 
 class _TypedMapBase(Generic[K]):
@@ -278,6 +294,29 @@ class TypedRingBuffer(RingBuffer, Generic[R]):
         super().close()
 
 
+class TypedPerfBuffer(PerfBuffer, Generic[R]):
+    """A PerfBuffer whose records are the generated module's class (and its dtype, checked)."""
+
+    def __init__(self, events: Map, *, record: TypeCodec, dtype: np.dtype[Any]) -> None:
+        self.closed = False
+        if record.dtype != dtype:
+            raise _stale(f"perf buffer {events.name!r}: its record {record.name} has another layout")
+        super().__init__(events, record=record)
+
+    def records(self, timeout_ms: int = 100) -> Iterator[R]:
+        return cast("Iterator[R]", super().records(timeout_ms))
+
+    def __iter__(self) -> Iterator[R]:
+        return self.records()
+
+    def __enter__(self: _Perf) -> _Perf:
+        return self
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
 class Members(Generic[T]):
     """Base of a generated namespace of programs or maps: attributes instead of string keys, so
     mypy catches a misspelt name."""
@@ -293,48 +332,74 @@ class Members(Generic[T]):
         return member
 
 
-class Knobs:
-    """Base of a generated Config: its Knob attributes read and write the object's .rodata."""
+class Section(Protocol):
+    """Global variables by name: an object's Config (.rodata, before load) or Globals (after load)."""
 
-    def __init__(self, rodata: Config) -> None:
-        self._rodata = rodata
+    def __getitem__(self, name: str, /) -> Any: ...
+
+    def __setitem__(self, name: str, value: Any, /) -> None: ...
 
 
-class Knob(Generic[T]):
-    """One `const volatile` global as a typed attribute: settable until the object loads."""
+class Variables:
+    """Base of a generated namespace of global variables: its Variable attributes read and write one
+    section of the object (.bss, .data, .data.NAME while the programs run)."""
+
+    def __init__(self, section: Section) -> None:
+        self._section = section
+
+
+class Variable(Generic[T]):
+    """One global variable as a typed attribute of a Variables namespace."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     @overload
-    def __get__(self, instance: None, owner: Any) -> Knob[T]: ...
+    def __get__(self, instance: None, owner: Any) -> Variable[T]: ...
 
     @overload
-    def __get__(self, instance: Knobs, owner: Any) -> T: ...
+    def __get__(self, instance: Variables, owner: Any) -> T: ...
 
-    def __get__(self, instance: Optional[Knobs], owner: Any) -> Union[Knob[T], T]:
+    def __get__(self, instance: Optional[Variables], owner: Any) -> Union[Variable[T], T]:
         if instance is None:
             return self
-        return cast(T, instance._rodata[self.name])
+        return cast(T, instance._section[self.name])
 
-    def __set__(self, instance: Knobs, value: T) -> None:
-        instance._rodata[self.name] = plain(value)
+    def __set__(self, instance: Variables, value: T) -> None:
+        instance._section[self.name] = plain(value)
+
+
+class Knobs(Variables):
+    """Base of a generated Config: its Knob attributes read and write the object's .rodata."""
+
+
+class Knob(Variable[T]):
+    """One `const volatile` global as a typed attribute: settable until the object loads."""
 
 
 class Rings:
-    """Base of a generated namespace of ring buffer readers: each made on first use (again after
-    the caller closed it, as `with obj.rings.events as events:` does), all closed with the object."""
+    """Base of a generated namespace of ring and perf buffer readers: each made on first use (again
+    after the caller closed it, as `with obj.rings.events as events:` does), all closed with the object.
+    A perf buffer's samples reach it only once its reader is open: open it before the programs run."""
 
     def __init__(self, obj: Object) -> None:
         self._object = obj
-        self._readers: dict[str, TypedRingBuffer[Any]] = {}
+        self._readers: dict[str, Union[TypedRingBuffer[Any], TypedPerfBuffer[Any]]] = {}
 
     def _reader(self, name: str, dtype: np.dtype[Any]) -> TypedRingBuffer[Any]:
         reader = self._readers.get(name)
-        if reader is None or reader.closed:
+        if not isinstance(reader, TypedRingBuffer) or reader.closed:
             obj = self._object  # the look-ups of Object.ring_buffer, for a ring of DEFINE_RINGBUF
             reader = self._readers[name] = TypedRingBuffer(
                 obj.maps[name], record=obj.exported_type(name), lost=obj.maps.get(f"{name}_lost"), dtype=dtype)
+        return reader
+
+    def _perf_reader(self, name: str, dtype: np.dtype[Any]) -> TypedPerfBuffer[Any]:
+        reader = self._readers.get(name)
+        if not isinstance(reader, TypedPerfBuffer) or reader.closed:
+            obj = self._object  # Object.perf_buffer's look-up, for the type BTF_EXPORT names after the map
+            reader = self._readers[name] = TypedPerfBuffer(obj.maps[name], record=obj.exported_type(name),
+                                                           dtype=dtype)
         return reader
 
     def close(self) -> None:

@@ -22,9 +22,10 @@ import bpfscope
 from bpfscope._gen import generate
 from bpfscope.build import find_clang
 from bpfscope.errors import BpfscopeError, VerifierError
-from bpfscope.maps import ArrayMap, Map, MapType, possible_cpus
+from bpfscope.maps import ArrayMap, Map, MapOfMaps, MapType, ProgramArray, possible_cpus
+from bpfscope.perfbuf import PerfBuffer
 from bpfscope.program import XdpAction
-from bpfscope.typed import TypedMap, TypedPerCpuMap, TypedRingBuffer
+from bpfscope.typed import TypedMap, TypedPerCpuMap, TypedPerfBuffer, TypedRingBuffer, Variables
 
 pytestmark = pytest.mark.kernel
 
@@ -98,8 +99,9 @@ def test_loads_and_reads_through_its_generated_module(
         maps = vars(obj.maps)
         assert set(maps) == {map_name for map_name in obj.object.maps if "." not in map_name}
         for map_name, typed in maps.items():
-            if isinstance(typed, Map):  # a ring buffer: read through obj.rings
-                assert typed.type == MapType.RINGBUF
+            if isinstance(typed, Map):  # a buffer, read through obj.rings, or values that are programs or maps
+                assert typed.type in (MapType.RINGBUF, MapType.PERF_EVENT_ARRAY, MapType.PROG_ARRAY,
+                                      MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS, MapType.STRUCT_OPS)
                 continue
             assert isinstance(typed, (TypedMap, TypedPerCpuMap))
             keys, values = typed.lookup_batch()
@@ -113,8 +115,11 @@ def test_loads_and_reads_through_its_generated_module(
         for ring_name, attribute in vars(type(obj.rings)).items():
             if isinstance(attribute, property):
                 reader = getattr(obj.rings, ring_name)
-                assert isinstance(reader, TypedRingBuffer)
+                assert isinstance(reader, (TypedRingBuffer, TypedPerfBuffer))
                 assert len(reader.drain()) == 0 and reader.lost == 0
+        for section in (value for value in vars(obj).values() if isinstance(value, Variables)):
+            variables = [name for name in vars(type(section)) if not name.startswith("__")]
+            assert all(_is_generated(getattr(section, name), module) for name in variables)
         programs = [attribute for attribute, member in vars(type(obj.programs)).items() if isinstance(member, property)]
         assert sorted(programs) == sorted(spec.spec.programs)
         for program in programs:
@@ -200,6 +205,61 @@ def test_nested_values_go_into_the_kernel_and_come_back(generated: Path, monkeyp
         obj.maps.sources[source] = guard.SourceState(tat=1, passed=2, dropped=3)
         assert obj.maps.sources.items() == [(source, guard.SourceState(tat=1, passed=2, dropped=3))]
         assert obj.maps.sources.delete(source) and len(obj.maps.sources) == 0
+
+
+def test_globals_read_and_write_through_the_generated_attributes(
+    generated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _import(generated, "globals", monkeypatch)
+    with module.Globals.load(cfg_scale=2) as obj:
+        obj.programs.count_runs.test_run(PACKET, repeat=10)
+        assert (obj.bss.runs, obj.bss.total) == (10, 20)
+        assert obj.bss.stats == module.RunStats(packets=10, bytes=10 * len(PACKET))
+        obj.data.step = 5
+        obj.data_custom.verdict = int(XdpAction.DROP)
+        assert obj.programs.count_runs.test_run(PACKET).action == XdpAction.DROP
+        assert obj.bss.total == 30 and obj.data.label == b"start"
+
+
+def test_jump_tables_and_maps_of_maps_through_the_generated_module(
+    generated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tail_calls = _import(generated, "tail_calls", monkeypatch)
+    with tail_calls.TailCalls.load() as obj:
+        assert isinstance(obj.maps.jumps, ProgramArray)
+        obj.maps.jumps[1] = obj.programs.step_two
+        assert obj.programs.dispatch.test_run(PACKET, repeat=3).action == XdpAction.PASS
+        assert obj.maps.steps[2] == 3
+    nested = _import(generated, "nested_maps", monkeypatch)
+    with nested.NestedMaps.load() as obj:
+        assert isinstance(obj.maps.by_tenant, MapOfMaps) and obj.maps.by_tenant.inner_template is not None
+        with obj.maps.by_tenant.inner_template.create() as tenant:
+            obj.maps.by_tenant[obj.config.cfg_tenant] = tenant
+            obj.programs.count_inner.test_run(PACKET, repeat=4)
+            assert tenant.items() == [(2, 4)]
+
+
+def test_perf_buffer_samples_arrive_as_the_generated_classes(
+    generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _import(generated, "perfbuf_events", monkeypatch)
+    with module.PerfbufEvents.load(cfg_per_run=3) as obj:
+        samples = obj.rings.samples  # a perf buffer gets samples from when its reader opens
+        obj.programs.emit_samples.test_run(PACKET, repeat=2)
+        records = list(samples.records(timeout_ms=0))
+        assert [type(record) for record in records] == [module.TestSample] * 6
+        assert sorted(record.seq for record in records) == list(range(6))
+    # getpid_sample reaches the BTF through a function's signature only: --type makes a class of it.
+    typed = generate(ROOT / "tests/bpf/perfbuf_events.bpf.c", tmp_path / "perfbuf_typed.py", types=["getpid_sample"])
+    module = _import(tmp_path, typed.stem, monkeypatch)
+    with module.PerfbufEvents.load(cfg_tgid=os.getpid()) as obj, \
+            PerfBuffer(obj.object.maps["getpids"], record=obj.object.btf.struct("getpid_sample")) as getpids, \
+            obj.programs.trace_getpid.attach_tracepoint("syscalls", "sys_enter_getpid"):
+        for _ in range(5):
+            os.getpid()
+        records = list(getpids.records(timeout_ms=20))
+    assert [type(record) for record in records] == [module.GetpidSample] * 5
+    assert sorted(record.seq for record in records) == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow

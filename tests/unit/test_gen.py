@@ -373,3 +373,142 @@ def test_a_refused_program_leaves_the_object_and_module_as_they_were(source: Pat
     with pytest.raises(BpfscopeError):
         generate(source)
     assert (module.read_bytes(), source.with_name("shape_demo.bpf.o").read_bytes()) == before
+
+
+GLOBALS_AND_BUFFERS = r"""
+struct only_in_a_signature {
+	__u64 at;
+};
+
+struct only_local {
+	__u32 left;
+	__u32 right;
+};
+
+struct draw_sample {
+	__u64 seq;
+	struct point at;
+};
+
+__u64 drawn;
+struct point last_point;
+__u32 scale = 2;
+__u32 tint SEC(".data.tint") = 7;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, int (void *));
+} jumps SEC(".maps");
+
+struct inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct inner);
+} tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} samples SEC(".maps");
+
+BTF_EXPORT(struct draw_sample, samples);
+
+static __noinline int stamp(struct only_in_a_signature *stamp)
+{
+	stamp->at = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("xdp")
+int count_draws(struct xdp_md *ctx)
+{
+	static __u32 calls;
+	struct only_in_a_signature now;
+	struct only_local local = { .left = 1, .right = tint };
+
+	stamp(&now);
+	calls++;
+	drawn += scale + calls + local.right;
+	last_point.x = now.at;
+	bpf_perf_event_output(ctx, &samples, BPF_F_CURRENT_CPU, &local, sizeof(local));
+	bpf_tail_call(ctx, &jumps, 0);
+	return XDP_PASS;
+}
+"""
+
+
+def test_global_variables_become_typed_attributes_by_section(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source.write_text(SHAPES + GLOBALS_AND_BUFFERS)
+    module = _import(generate(source), monkeypatch)
+    assert {"ShapeDemoBss", "ShapeDemoData", "ShapeDemoDataTint"} <= set(module.__all__)
+    # Not BTF_EXPORT's pointer, nor count_draws's static local (count_draws.calls in the BTF).
+    assert [name for name in vars(module.ShapeDemoBss) if not name.startswith("__")] == ["drawn", "last_point"]
+    stub = source.with_name("shape_demo.pyi").read_text()
+    assert "class ShapeDemoBss(Variables):" in stub
+    assert "    drawn: int\n    last_point: Point\n" in stub
+    assert "    scale: int\n" in stub and "    tint: int\n" in stub
+    assert "    bss: ShapeDemoBss\n    data: ShapeDemoData\n    data_tint: ShapeDemoDataTint\n" in stub
+    text = source.with_name("shape_demo.py").read_text()
+    assert 'self.data_tint = ShapeDemoDataTint(obj.datasec(".data.tint"))' in text
+
+
+def test_jump_tables_maps_of_maps_and_perf_buffers_get_their_own_classes(source: Path) -> None:
+    source.write_text(SHAPES + GLOBALS_AND_BUFFERS)
+    generate(source)
+    stub = source.with_name("shape_demo.pyi").read_text()
+    assert "    jumps: ProgramArray\n" in stub and "    tables: MapOfMaps\n" in stub and "    samples: Map\n" in stub
+    assert "    def samples(self) -> TypedPerfBuffer[DrawSample]: ..." in stub
+    text = source.with_name("shape_demo.py").read_text()
+    assert 'self.jumps: ProgramArray = map_as(obj, "jumps", ProgramArray)' in text
+    assert 'return self._perf_reader("samples", DRAW_SAMPLE_DTYPE)' in text
+
+
+def test_type_makes_classes_of_types_no_map_or_global_uses(
+    source: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source.write_text(SHAPES + GLOBALS_AND_BUFFERS)
+    without = _import(generate(source), monkeypatch)
+    assert not hasattr(without, "OnlyInASignature") and not hasattr(without, "OnlyLocal")
+    assert main(["gen", str(source), "--type", "only_in_a_signature", "--type", "struct only_local"]) == 0
+    monkeypatch.delitem(sys.modules, "shape_demo")
+    module = _import(source.with_name("shape_demo.py"), monkeypatch)
+    assert [f.name for f in dataclasses.fields(module.OnlyInASignature)] == ["at"]
+    assert module.ONLY_LOCAL_DTYPE == np.dtype([("left", "<u4"), ("right", "<u4")])
+    # A type only local variables have is not in what clang writes: gen's object carries it, as BTF_EXPORT would.
+    spec = module.ShapeDemo.open()
+    try:
+        assert type(spec.spec.btf.struct("only_local").to_python(np.zeros(1, module.ONLY_LOCAL_DTYPE)[0])) is \
+            module.OnlyLocal
+        assert "__bpfscope_type_only_local" not in vars(module.ShapeDemoBss)
+    finally:
+        spec.close()
+    capsys.readouterr()
+    assert main(["gen", "--check", str(source), "--type", "only_in_a_signature", "--type", "struct only_local"]) == 0
+    assert main(["gen", "--check", str(source)]) == 1
+    assert "--type only_in_a_signature --type struct only_local" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "says"), [
+    ("nowhere", "the program defines no such type"),
+    ("typedef range_u", "the program defines no such type"),
+    ("struct two words", "give a type's name"),
+    ("cfg_limit", "the program defines no such type"),
+])
+def test_type_names_a_type_or_fails_in_one_line(
+    source: Path, name: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["gen", str(source), "--type", name]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
+    assert not source.with_name("shape_demo.py").exists()

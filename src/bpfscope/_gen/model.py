@@ -7,28 +7,54 @@ import dataclasses
 import errno
 import keyword
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..btf import Btf, Kind
+from ..btf import Btf, BtfType, Kind
 from ..errors import BpfscopeError
 from ..maps import MapType
 from ..object import ObjectSpec
 from ..typed import ROOT_KINDS, element_type
 
 _PER_CPU = (MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH, MapType.PERCPU_ARRAY)
+# Maps a module gives as bpfscope's own class: what their values are (programs, maps, perf events, a
+# kernel struct's operations) is no type of the object's BTF.
+_MAP_CLASSES = {MapType.PROG_ARRAY: "ProgramArray", MapType.ARRAY_OF_MAPS: "MapOfMaps",
+                MapType.HASH_OF_MAPS: "MapOfMaps", MapType.PERF_EVENT_ARRAY: "Map", MapType.STRUCT_OPS: "Map"}
+_BUFFERS = (MapType.RINGBUF, MapType.PERF_EVENT_ARRAY)
 # Class names a generated module imports, which none of its own classes may take.
-_IMPORTED = frozenset({"Any", "Knob", "Knobs", "LoadedObject", "Map", "MapSpec", "Members", "Object", "ObjectSpec",
-                       "OpenedSpec", "Path", "Program", "ProgramSpec", "ProgramT", "Rings", "TypedMap",
-                       "TypedPerCpuMap", "TypedRingBuffer"})
+_IMPORTED = frozenset({"Any", "Knob", "Knobs", "LoadedObject", "Map", "MapOfMaps", "MapSpec", "Members", "Object",
+                       "ObjectSpec", "OpenedSpec", "Path", "Program", "ProgramArray", "ProgramSpec", "ProgramT",
+                       "Rings", "TypedMap", "TypedPerCpuMap", "TypedPerfBuffer", "TypedRingBuffer", "Variable",
+                       "Variables"})
 # What the module's own namespaces already use; a C name equal to one gets a trailing underscore.
 # Knobs are also load()'s parameters, beside `path` and its local `spec`.
 _RESERVED = {
-    "config": frozenset({"_rodata", "path", "spec"}),
+    "config": frozenset({"_section", "path", "spec"}),
+    "global": frozenset({"_section"}),
     "program": frozenset({"_get", "_members", "_what"}),
     "map": frozenset({"_get", "_members", "_what"}),
-    "ring": frozenset({"close", "_object", "_reader", "_readers"}),
+    "ring": frozenset({"close", "_object", "_reader", "_perf_reader", "_readers"}),
 }
+_EXPORT_PREFIX = "__btf_export_"
+# gen's own BTF_EXPORT, for a type asked for with --type that only local variables have (see _gen.compile).
+TYPE_ANCHOR = "__bpfscope_type_"
+_TAGS = {"struct": (Kind.STRUCT,), "union": (Kind.UNION,), "enum": (Kind.ENUM, Kind.ENUM64), "typedef": (Kind.TYPEDEF,),
+         "": (Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64, Kind.TYPEDEF)}
+
+
+def split_type_name(name: str) -> tuple[str, str]:
+    """A --type NAME as (tag, name): "struct event" → ("struct", "event"), "event" → ("", "event")."""
+    tag, _, bare = name.strip().rpartition(" ")
+    if tag not in _TAGS or not bare.isidentifier():
+        raise GenError(f"--type {name!r}: give a type's name, or struct, union, enum or typedef and its name")
+    return tag, bare
+
+
+def find_named_type(btf: Btf, name: str) -> BtfType | None:
+    """The struct, union, enum or typedef `name` ("event", "struct event") of `btf`, defined in full."""
+    tag, bare = split_type_name(name)
+    return next((t for kind in _TAGS[tag] if (t := btf.find(bare, kind)) is not None), None)
 
 
 class GenError(BpfscopeError):
@@ -67,6 +93,21 @@ def _attributes(names: Iterable[str], what: str) -> dict[str, str]:
 
 
 @dataclasses.dataclass
+class GenSection:
+    """A data section whose global variables a module reads and writes after load (.bss, .data, .data.NAME)."""
+
+    name: str  # ".data.custom"
+    attribute: str  # the object's attribute: "data_custom", as a skeleton names it
+    cls: str
+    variables: dict[str, str]  # C name → attribute
+    types: dict[str, int]  # C name → BTF type id
+
+
+def _is_global_section(name: str) -> bool:
+    return name in (".bss", ".data") or name.startswith(".data.")
+
+
+@dataclasses.dataclass
 class GenType:
     """A struct, union or enum that becomes a class (a struct with fields no dataclass can have
     keeps bpfscope's own records and gets only its dtype)."""
@@ -85,7 +126,7 @@ class Model:
     """One object as a generated module sees it: its types, maps, programs, rings and knobs, with
     every Python name chosen."""
 
-    def __init__(self, spec: ObjectSpec, base: str) -> None:
+    def __init__(self, spec: ObjectSpec, base: str, *, extra_types: Sequence[str] = ()) -> None:
         self.btf: Btf = spec.btf
         self.spec = spec
         self.cls = _camel(base)
@@ -100,11 +141,12 @@ class Model:
         self.knob_types = ({m.name: m.type_id for m in section.members if "." not in m.name}
                            if section is not None else {})
         self.knobs = _attributes(self.knob_types, "config")
-        exports = {t.name.removeprefix("__btf_export_"): self.btf.resolve(t.ref).ref
-                   for t in self.btf if t.kind == Kind.VAR and t.name.startswith("__btf_export_")}
-        self.rings = _attributes((name for name in self.maps if spec.maps[name].type == MapType.RINGBUF
+        exports = {t.name.removeprefix(_EXPORT_PREFIX): self.btf.resolve(t.ref).ref
+                   for t in self.btf if t.kind == Kind.VAR and t.name.startswith(_EXPORT_PREFIX)}
+        self.rings = _attributes((name for name in self.maps if spec.maps[name].type in _BUFFERS
                                   and name in exports), "ring")
         self.ring_types = {name: exports[name] for name in self.rings}
+        self.sections = self._sections()
         for name in self.maps:
             for role in ("key", "value"):
                 codec = getattr(spec.maps[name], role)
@@ -114,7 +156,40 @@ class Model:
             self._visit(exports[name], f"export {name}", name)
         for name in sorted(self.knob_types):
             self._visit(self.knob_types[name], f"config {name}", f"{name}_type")
+        for data in self.sections:
+            for name in data.variables:
+                self._visit(data.types[name], f"global {data.name} {name}", f"{name}_type")
+        for name in extra_types:
+            self._visit_named(name)
         self._name_types()
+
+    def _sections(self) -> list[GenSection]:
+        """The data sections with global variables of the program's own (not BTF_EXPORT's or gen's,
+        nor a function's static locals, named func.var), by name."""
+        sections = []
+        for t in sorted((t for t in self.btf if t.kind == Kind.DATASEC and _is_global_section(t.name)),
+                        key=lambda t: t.name):
+            types = {m.name: m.type_id for m in t.members
+                     if "." not in m.name and not m.name.startswith((_EXPORT_PREFIX, TYPE_ANCHOR))}
+            if not types:
+                continue
+            attribute = re.sub(r"[^0-9A-Za-z]+", "_", t.name).strip("_")
+            sections.append(GenSection(t.name, attribute, f"{self.cls}{_camel(attribute)}",
+                                       _attributes(types, "global"), types))
+        if len({section.attribute for section in sections}) < len(sections):
+            raise GenError(f"two data sections would share a Python attribute: {', '.join(s.name for s in sections)}")
+        return sections
+
+    def _visit_named(self, name: str) -> None:
+        """A type asked for by name (`--type`), as bpf2go's -type: a struct, union, enum or typedef of
+        the object's BTF that no map, global or export reaches."""
+        found = find_named_type(self.btf, name)
+        if found is None:
+            raise GenError(f"--type {name!r}: the program defines no such type (a struct, union or enum the "
+                           "object's BTF could hold; a typedef only where BTF already has it)")
+        if self.btf.resolve(found.id).kind not in (Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64):
+            raise GenError(f"--type {name!r}: not a struct, union or enum, so there is no class to make of it")
+        self._visit(found.id, name, found.name)
 
     def _visit(self, type_id: int, path: str, hint: str) -> None:
         btf = self.btf
@@ -142,7 +217,7 @@ class Model:
 
     def _name_types(self) -> None:
         taken = {self.cls + suffix for suffix in ("", "Spec", "Config", "Programs", "MapSpecs", "Maps", "Rings")}
-        taken |= _IMPORTED | {"OBJECT"}
+        taken |= _IMPORTED | {"OBJECT"} | {section.cls for section in self.sections}
 
         def take(wanted: str) -> str:
             name, n = wanted, 2
@@ -220,6 +295,8 @@ class Model:
 
     def map_class(self, name: str) -> str:
         spec = self.spec.maps[name]
+        if spec.type in _MAP_CLASSES:
+            return _MAP_CLASSES[MapType(spec.type)]
         if not spec.key_size or not spec.value_size:
             return "Map"
         return "TypedPerCpuMap" if spec.type in _PER_CPU else "TypedMap"
