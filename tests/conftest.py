@@ -10,7 +10,7 @@ import pty
 import select
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +32,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kernel)
             if os.geteuid() != 0:
                 item.add_marker(pytest.mark.skip(reason="needs root: loads BPF programs (CAP_BPF, CAP_NET_ADMIN)"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_tc_leases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The clsact filters' leases (bpfscope.link) of everything this run starts, in a directory of its own:
+    a bpfscope that attaches with clsact removes the filters of every lease it finds unheld, so another run
+    on the machine would take those of a process a test killed before the test could see them removed."""
+    from bpfscope.link import TC_LEASES_ENV
+
+    leases = tmp_path_factory.mktemp("tc-leases")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TC_LEASES_ENV, str(leases))
+        yield leases
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 Every kind but the clsact fallback is fd-based: the kernel detaches it when its last fd closes,
 so a process that is killed leaves nothing attached (unless the link was pinned on purpose). A
 clsact filter is held by a lease instead, which the next clsact attach on the machine reads to
-remove the filters of processes that were killed."""
+remove the filters of processes that were killed. The leases are in tc_lease_dir(): /run/bpfscope/tc,
+or the directory BPFSCOPE_TC_LEASES names."""
 
 from __future__ import annotations
 
@@ -29,13 +30,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Link", "FdLink", "XdpLink", "TcxLink", "LibbpfLink", "IterLink", "TcFilterLink", "SocketFilterLink",
-    "ProgAttachLink", "LinkGroup", "XdpMode", "TcDirection", "TcMode", "TC_LEASES", "remove_stale_tc_filters",
+    "ProgAttachLink", "LinkGroup", "XdpMode", "TcDirection", "TcMode", "DEFAULT_TC_LEASES", "TC_LEASES_ENV",
+    "tc_lease_dir", "remove_stale_tc_filters",
 ]
 
 # One file per cls_bpf filter a running bpfscope attached, named <ifindex>-<attach point>-<handle>-<priority>
 # and holding the program's id; its process keeps it flock'ed, and the kernel drops the lock with the process.
-TC_LEASES = "/run/bpfscope/tc"
+DEFAULT_TC_LEASES = "/run/bpfscope/tc"
+TC_LEASES_ENV = "BPFSCOPE_TC_LEASES"
 _ATTACH_POINTS = {BPF_TC_INGRESS: "ingress", BPF_TC_EGRESS: "egress"}
+
+
+def tc_lease_dir() -> str:
+    """Where the leases are: $BPFSCOPE_TC_LEASES, read at each use, or DEFAULT_TC_LEASES. Every bpfscope on
+    a machine must use one directory to find the filters the others left (a container mounts the host's)."""
+    return os.environ.get(TC_LEASES_ENV) or DEFAULT_TC_LEASES
 
 
 class XdpMode(enum.Enum):
@@ -207,15 +216,16 @@ class TcFilterLink(Link):
         self._prog_fd = opts.prog_fd
         self.description = description
         self._lease = -1
-        self._lease_path = os.path.join(TC_LEASES, f"{hook.ifindex}-{hook.attach_point}-{opts.handle}-{opts.priority}")
+        leases = tc_lease_dir()
+        self._lease_path = os.path.join(leases, f"{hook.ifindex}-{hook.attach_point}-{opts.handle}-{opts.priority}")
         try:
-            self._take_lease(opts.prog_id)
+            self._take_lease(leases, opts.prog_id)
         except BaseException:
             self.close()
             raise
 
-    def _take_lease(self, prog_id: int) -> None:
-        os.makedirs(TC_LEASES, exist_ok=True)
+    def _take_lease(self, leases: str, prog_id: int) -> None:
+        os.makedirs(leases, exist_ok=True)
         # Locked and written before it appears under its name, so a sweep never sees it unheld or empty.
         making = f"{self._lease_path}.{os.getpid()}"
         self._lease = os.open(making, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -313,8 +323,9 @@ def _detach_filter(hook: _libbpf.BpfTcHook, handle: int, priority: int) -> int:
 def remove_stale_tc_filters() -> list[str]:
     """Detaches the cls_bpf filters of bpfscope processes that ended without closing them (killed), where
     the filter still runs the program it was made for; returns a description of each one removed."""
+    leases = tc_lease_dir()
     try:
-        names = os.listdir(TC_LEASES)
+        names = os.listdir(leases)
     except FileNotFoundError:
         return []
     removed = []
@@ -322,7 +333,7 @@ def remove_stale_tc_filters() -> list[str]:
         fields = name.split("-")
         if len(fields) != 4 or not all(field.isdigit() for field in fields):
             continue  # a lease being made
-        path = os.path.join(TC_LEASES, name)
+        path = os.path.join(leases, name)
         try:
             lease = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

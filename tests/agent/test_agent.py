@@ -202,6 +202,7 @@ BAD_CONFIGS = {
     "tools: {packets: {interfaces: [lo]}}\npin_dir: /tmp/pins\n": "pin_dir",
     "tools: {opens: {}}\npin_dir: /sys/fs/bpf/\n": "pin_dir: must be a directory of the agent's own",
     "tools:\n  opens: {}\n  8080: x\n": "tools.8080",
+    "tools: {opens: {}}\ntc_leases: run/bpfscope\n": "tc_leases: must be an absolute directory",
     "tools:\n  funclatency: [{target: libc, symbol: free}, {target: libc, symbol: free, pid: 1}]\n":
         "tools.funclatency[1]",
     "tools: {}\n": "tools",

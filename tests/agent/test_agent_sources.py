@@ -19,6 +19,8 @@ import pytest
 
 from bpfscope.agent.containers import ContainerResolver
 from bpfscope.agent.sources import ExecsSource
+from bpfscope.netdev import ifindex
+from bpfscope.testing.netns import tc_filters
 from bpfscope.tools.execsnoop import ExecSnoop, Filters
 
 from .agentproc import AgentProcess, free_port, xdp_attached
@@ -88,6 +90,21 @@ def test_flows_export_the_top_flows_with_bounded_series(veth_pair, pins, tmp_pat
         assert agent.value("bpfscope_flows", interface=veth_pair.host) >= 3
     finally:
         agent.stop()
+
+
+def test_flows_on_clsact_keep_their_leases_where_the_config_says(veth_pair, pins, tmp_path):
+    leases = tmp_path / "leases"
+    config = {"pin_dir": pins, "tc_leases": str(leases),
+              "tools": {"flows": {"interfaces": [veth_pair.host], "mode": "clsact"}}}
+    agent = AgentProcess(config, tmp_path)
+    try:
+        assert {direction for direction, _ in tc_filters(veth_pair.host)} == {"ingress", "egress"}
+        assert [name.split("-")[0] for name in os.listdir(leases)] == [str(ifindex(veth_pair.host))] * 2
+    finally:
+        agent.stop()
+    assert agent.proc.returncode == 0, agent.stderr
+    assert tc_filters(veth_pair.host) == set()
+    assert os.listdir(leases) == []
 
 
 def test_funclatency_is_a_prometheus_histogram(pins, tmp_path):

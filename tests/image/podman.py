@@ -9,9 +9,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 # The defaults podman would take here are refused by this kernel build: crun, the systemd cgroup manager,
@@ -115,11 +113,9 @@ def quantity(text: str | int) -> float:
     return float(number) / 1000 if unit == "m" else float(number) * _UNITS[unit]
 
 
-def run_options(pod: dict[str, Any], container: dict[str, Any], *, config_dir: Path,
-                host_paths: Mapping[str, Path] = MappingProxyType({})) -> list[str]:
+def run_options(pod: dict[str, Any], container: dict[str, Any], *, config_dir: Path) -> list[str]:
     """`podman run` options that give a container what the pod spec gives it: its security context,
-    capabilities, host namespaces, limits, environment and volumes (a ConfigMap volume is `config_dir`; a
-    hostPath named in `host_paths` is the directory given there instead, for a test to keep to itself)."""
+    capabilities, host namespaces, limits, environment and volumes (a ConfigMap volume is `config_dir`)."""
     context = container["securityContext"]
     assert not context.get("privileged"), "the agent is never privileged"
     capabilities = context["capabilities"]
@@ -146,7 +142,7 @@ def run_options(pod: dict[str, Any], container: dict[str, Any], *, config_dir: P
     for mount in container["volumeMounts"]:
         volume, target = volumes[mount["name"]], mount["mountPath"]
         if "hostPath" in volume:
-            path = str(host_paths.get(volume["hostPath"]["path"], volume["hostPath"]["path"]))
+            path = volume["hostPath"]["path"]
             if volume["hostPath"].get("type") == "DirectoryOrCreate":
                 os.makedirs(path, exist_ok=True)
             assert os.path.isdir(path), f"the node has no {path}, which the pod mounts"

@@ -23,7 +23,7 @@ import yaml
 
 from bpfscope import MapType
 from bpfscope.agent import caps
-from bpfscope.link import TC_LEASES
+from bpfscope.link import DEFAULT_TC_LEASES, TC_LEASES_ENV
 from bpfscope.mounts import ensure_bpffs
 from bpfscope.netdev import ifindex
 from bpfscope.testing.netns import VethPair, tc_filters
@@ -288,16 +288,17 @@ def test_flows_on_clsact_and_a_killed_containers_filters_are_removed_at_the_next
         podman: Podman, image: str, pod: dict[str, Any], container: dict[str, Any], veth_pair: VethPair,
         tmp_path: Path) -> None:
     iface = veth_pair.host
-    # The node's lease directory is a directory of the test's: any bpfscope that attaches with clsact on this
-    # machine sweeps the leases it finds abandoned, and one of another test run would take the killed
-    # container's filters before the next container could.
-    (lease_dir,) = [v["hostPath"]["path"] for v in pod["volumes"]
-                    if "hostPath" in v and PurePath(TC_LEASES).is_relative_to(v["hostPath"]["path"])]
-    node = tmp_path / "node-leases"
-    leases = node / PurePath(TC_LEASES).relative_to(lease_dir)
-    options = run_options(pod, container, config_dir=tmp_path, host_paths={lease_dir: node})
-    flows = ["--no-healthcheck", *options, "--entrypoint", "bpfscope", image, "flows", "--mode", "clsact",
-             "--iface", iface, "--json", "--interval", "0.5"]
+    # The leases go to a directory of the test's own on the node's lease mount ($BPFSCOPE_TC_LEASES): any
+    # bpfscope that attaches with clsact on this machine sweeps the leases it finds abandoned in its directory,
+    # and one of another test run would take the killed container's filters before the next container could.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    ((mount, node_dir),) = [(m["mountPath"], volumes[m["name"]]["hostPath"]["path"]) for m in container["volumeMounts"]
+                            if PurePath(DEFAULT_TC_LEASES).is_relative_to(m["mountPath"])]
+    own = f"tc-test-{secrets.token_hex(4)}"
+    leases = Path(node_dir) / own
+    flows = ["--no-healthcheck", *run_options(pod, container, config_dir=tmp_path),
+             f"--env={TC_LEASES_ENV}={PurePath(mount) / own}", "--entrypoint", "bpfscope", image,
+             "flows", "--mode", "clsact", "--iface", iface, "--json", "--interval", "0.5"]
     killed, next_one = _container_name("flows-killed"), _container_name("flows-next")
     try:
         podman("run", "--detach", "--name", killed, *flows)
@@ -329,3 +330,4 @@ def test_flows_on_clsact_and_a_killed_containers_filters_are_removed_at_the_next
         assert _leases(leases, iface) == []
     finally:
         podman.remove_containers(killed, next_one)
+        shutil.rmtree(leases, ignore_errors=True)

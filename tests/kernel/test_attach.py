@@ -13,7 +13,7 @@ from completeness import assert_counted
 
 from bpfscope.errors import BpfscopeError
 from bpfscope.features import Feature
-from bpfscope.link import TC_LEASES, Link, remove_stale_tc_filters
+from bpfscope.link import TC_LEASES_ENV, Link, remove_stale_tc_filters
 from bpfscope.netdev import ifindex
 from bpfscope.object import ObjectSpec, load, tool_object
 from bpfscope.program import TcDirection, TcMode, XdpMode
@@ -115,7 +115,13 @@ with load(sys.argv[2]) as obj:
 """
 
 
-def test_stale_clsact_filters_are_only_those_of_ended_processes(veth_pair, test_object):
+def test_stale_clsact_filters_are_only_those_of_ended_processes(veth_pair, test_object, tmp_path, monkeypatch):
+    leases = tmp_path / "leases"  # made at the first attach
+    monkeypatch.setenv(TC_LEASES_ENV, str(leases))  # read by the children and by remove_stale_tc_filters()
+
+    def ours() -> list[str]:
+        return [name for name in os.listdir(leases) if name.startswith(f"{ifindex(veth_pair.host)}-")]
+
     def hold() -> subprocess.Popen[str]:
         child = subprocess.Popen([sys.executable, "-c", HOLD_CLSACT, veth_pair.host, str(test_object("attach_kinds"))],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -125,6 +131,7 @@ def test_stale_clsact_filters_are_only_those_of_ended_processes(veth_pair, test_
     alive = hold()
     try:
         before = tc_filters(veth_pair.host)
+        assert len(ours()) == 1  # the lease is where $BPFSCOPE_TC_LEASES says
         killed = hold()
         (_, killed_program), = tc_filters(veth_pair.host) - before
         killed.kill()
@@ -136,7 +143,7 @@ def test_stale_clsact_filters_are_only_those_of_ended_processes(veth_pair, test_
     finally:
         alive.communicate("", timeout=30)
     assert tc_filters(veth_pair.host) == set()  # closed: detached, and its lease gone too
-    assert not [name for name in os.listdir(TC_LEASES) if name.startswith(f"{ifindex(veth_pair.host)}-")]
+    assert ours() == []
 
 
 def test_xdp_native_on_veth_and_not_on_lo(veth_pair):

@@ -21,7 +21,7 @@ import yaml
 from bpfscope.__about__ import __version__
 from bpfscope.agent import caps
 from bpfscope.agent.config import AgentConfig, parse_config
-from bpfscope.link import TC_LEASES
+from bpfscope.link import DEFAULT_TC_LEASES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -38,7 +38,7 @@ MOUNTS = {
     "/sys/kernel/tracing": False,
     "/sys/kernel/debug": False,
     "/sys/fs/cgroup": True,
-    "/run/bpfscope": False,  # clsact filter leases (TC_LEASES), the node's so that they outlive the container
+    "/run/bpfscope": False,  # clsact filter leases (DEFAULT_TC_LEASES), the node's so that they outlive the container
 }
 # hostPath types other than Directory: the lease directory is made on a node that has none yet.
 HOST_PATH_TYPES = {"/run/bpfscope": "DirectoryOrCreate"}
@@ -278,7 +278,7 @@ def test_daemonset_mounts_what_the_agent_reads(pod: dict[str, Any], container: d
 
 def test_clsact_leases_live_on_the_node() -> None:
     """A killed agent's clsact filters are found by its lease (bpfscope.link), which must outlive the container."""
-    assert any(Path(TC_LEASES).is_relative_to(path) and not read_only for path, read_only in MOUNTS.items())
+    assert any(Path(DEFAULT_TC_LEASES).is_relative_to(path) and not read_only for path, read_only in MOUNTS.items())
 
 
 def test_counters_outlive_restarts(compose: dict[str, Any], container: dict[str, Any],

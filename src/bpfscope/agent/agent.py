@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ..__about__ import __version__
 from ..errors import BpfscopeError
+from ..link import TC_LEASES_ENV
 from ..pin import PIN_ROOT, ensure_pin_dir
 from ..tools import _registry as registry
 from .config import AgentConfig
@@ -195,6 +196,8 @@ class Agent:
             except BpfscopeError as exc:
                 log.warning("no container labels: %s", exc)
                 self._resolver = None
+        # The one place bpfscope.link reads it from, for the agent's tc tools and any bpfscope it starts.
+        os.environ[TC_LEASES_ENV] = config.tc_leases
         sources = build_sources(config, self._resolver)
         opened: list[Source] = []
         try:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar, Union
 
 import yaml
 
 from ..errors import BpfscopeError
+from ..link import DEFAULT_TC_LEASES, tc_lease_dir
 from ..pin import BPFFS, PIN_ROOT
 from ..tools import _registry as registry
 from ..tools._base import OptionValueError, Tool
@@ -211,6 +212,8 @@ class OtlpConfig:
 class AgentConfig:
     listen: str = DEFAULT_LISTEN
     pin_dir: str = DEFAULT_PIN_DIR
+    # The clsact filters' leases (bpfscope.link): by default where $BPFSCOPE_TC_LEASES says, as for the CLI.
+    tc_leases: str = field(default_factory=tc_lease_dir)
     containers: bool = True  # cgroup → container id and pod uid labels
     max_containers: int = 500  # distinct containers labelled before the rest are container="other"
     ring_bytes: int = 1 << 22
@@ -272,6 +275,9 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
         # The agent removes what it pinned there: a directory of its own, never bpffs or bpfscope's root.
         raise top.error("pin_dir", f"must be a directory of the agent's own under {BPFFS} (as {DEFAULT_PIN_DIR}), "
                         f"not {pin_dir!r}")
+    tc_leases = top.string("tc_leases", tc_lease_dir()) or tc_lease_dir()
+    if not os.path.isabs(tc_leases) or os.path.normpath(tc_leases) != tc_leases:
+        raise top.error("tc_leases", f"must be an absolute directory (as {DEFAULT_TC_LEASES}), not {tc_leases!r}")
     containers = top.boolean("containers", True)
     max_containers = top.integer("max_containers", 500, 1, 100_000)
     ring_bytes = top.integer("ring_bytes", 1 << 22, 1 << 12, 1 << 30)
@@ -300,7 +306,8 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     if not any((generic, execs, funclatency, custom)):
         raise ConfigError(top.where("tools"), "no tool is enabled: nothing to export")
     return AgentConfig(
-        listen=listen, pin_dir=pin_dir, containers=containers, max_containers=max_containers, ring_bytes=ring_bytes,
+        listen=listen, pin_dir=pin_dir, tc_leases=tc_leases, containers=containers, max_containers=max_containers,
+        ring_bytes=ring_bytes,
         tools=generic, execs=execs, funclatency=funclatency,
         custom=custom, otlp=otlp, source=source,
     )
