@@ -18,7 +18,8 @@ from typing import Union
 from .errors import BpfscopeError
 
 __all__ = [
-    "ARCHES", "CompileError", "CompileWarning", "compile_command", "compile_object", "find_clang", "include_dir",
+    "ARCHES", "CompileError", "CompileWarning", "asm_include_dir", "compile_command", "compile_object", "find_clang",
+    "include_dir",
 ]
 
 StrPath = Union[str, "os.PathLike[str]"]
@@ -26,6 +27,10 @@ StrPath = Union[str, "os.PathLike[str]"]
 # uname -m → the __TARGET_ARCH_ bpf_tracing.h wants (it picks the pt_regs layout for PT_REGS_*).
 ARCHES = {"x86_64": "x86", "aarch64": "arm64"}
 _ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+# uname -m → Debian's multiarch triple, whose directory holds that architecture's <asm/...> headers.
+_TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
+# The package that installs them on a machine of another architecture (Debian's cross headers).
+_CROSS_PACKAGES = {"x86_64": "linux-libc-dev-amd64-cross", "aarch64": "linux-libc-dev-arm64-cross"}
 _CLANG_VERSIONED = re.compile(r"^clang-(\d+)$")
 _PACKAGE_INCLUDE = Path(__file__).parent / "include"           # in a wheel: copied by hatch_build.py
 _SOURCE_INCLUDE = Path(__file__).parents[2] / "bpf" / "include"  # in a checkout or an editable install
@@ -34,14 +39,22 @@ _SOURCE_INCLUDE = Path(__file__).parents[2] / "bpf" / "include"  # in a checkout
 class CompileError(BpfscopeError):
     """clang rejected the program; `diagnostics` is everything it printed."""
 
-    def __init__(self, source: Path, returncode: int, diagnostics: str) -> None:
+    def __init__(self, source: Path, returncode: int, diagnostics: str, *, arch: str | None = None) -> None:
         message = f"clang could not compile {source} (exit {returncode})"
         if "bpf/bpf_helpers.h' file not found" in diagnostics:  # a checkout without libbpf-dev; wheels carry them
             message += "; libbpf's headers are missing: install them (Debian: apt-get install libbpf-dev)"
+        elif arch and _MISSING_ASM.search(diagnostics):
+            message += (
+                f"; the {arch} <asm/...> headers are missing: install them (Debian: apt-get install "
+                f"linux-libc-dev on {arch}, {_CROSS_PACKAGES[arch]} elsewhere)"
+            )
         super().__init__(errno.EINVAL, message)
         self.source = source
         self.returncode = returncode
         self.diagnostics = diagnostics
+
+
+_MISSING_ASM = re.compile(r"'asm/[^']+' file not found")
 
 
 class CompileWarning(UserWarning):
@@ -86,6 +99,18 @@ def _arch(arch: str | None) -> str:
     return name
 
 
+def asm_include_dir(arch: str | None = None) -> Path | None:
+    """The directory whose asm/ has `arch`'s kernel uapi headers (default: this machine's), which
+    <linux/errno.h> and the like include and `-target bpf` does not search: Debian's multiarch directory
+    (linux-libc-dev of that architecture), else the cross headers' (linux-libc-dev-<arch>-cross). None if
+    neither is installed: a program that includes no asm/ header compiles without them."""
+    triple = _TRIPLES[_arch(arch)]
+    for candidate in (Path("/usr/include") / triple, Path("/usr") / triple / "include"):
+        if (candidate / "asm").is_dir():
+            return candidate
+    return None
+
+
 def _default_output(source: Path) -> Path:
     return source.with_name(source.name.removesuffix(".c") + ".o")
 
@@ -94,15 +119,18 @@ def compile_command(
     source: StrPath, output: StrPath, *, arch: str | None = None, include_dirs: Iterable[StrPath] = ()
 ) -> list[str]:
     """The clang command line: bpf/Makefile's flags (less -Werror: a user sees warnings and gets an
-    object), the user's -I directories ahead of bpfscope's (so a program may bring its own vmlinux.h)."""
+    object), the user's -I directories ahead of bpfscope's (so a program may bring its own vmlinux.h),
+    and the target architecture's asm/ headers last, as system headers."""
     arch = _arch(arch)
     headers = include_dir()
     if not (headers / arch / "vmlinux.h").is_file():
         raise BpfscopeError(errno.ENOENT, f"no vmlinux.h for {arch} in {headers / arch}")
+    asm = asm_include_dir(arch)
     return [
         find_clang(), "-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{ARCHES[arch]}", "-Wall",
         *(f"-I{os.fspath(d)}" for d in include_dirs),
         f"-I{headers / arch}", f"-I{headers}",
+        *(["-idirafter", os.fspath(asm)] if asm else []),
         "-c", os.fspath(source), "-o", os.fspath(output),
     ]
 
@@ -125,7 +153,7 @@ def compile_object(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise CompileError(source_path, result.returncode, result.stderr)
+        raise CompileError(source_path, result.returncode, result.stderr, arch=_arch(arch))
     if result.stderr.strip():
         warnings.warn(result.stderr, CompileWarning, stacklevel=2)
     return output_path

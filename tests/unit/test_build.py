@@ -15,6 +15,7 @@ from bpfscope.build import (
     ARCHES,
     CompileError,
     CompileWarning,
+    asm_include_dir,
     compile_command,
     compile_object,
     find_clang,
@@ -84,6 +85,23 @@ int BPF_KPROBE(count_malloc, __u64 size)
 {
 	if (size >= cfg_min_size)
 		__sync_fetch_and_add(&big_allocations, 1);
+	return 0;
+}
+"""
+
+# usdt.bpf.h includes <linux/errno.h>, which includes <asm/errno.h>: the target architecture's uapi headers.
+USDT = r"""
+#include "bpfscope.bpf.h"
+#include <bpf/usdt.bpf.h>
+
+__u64 request_bytes = 0;
+
+SEC("usdt")
+int BPF_USDT(count_request, long bytes)
+{
+	if (bytes == -EINVAL)
+		return 0;
+	__sync_fetch_and_add(&request_bytes, bytes);
 	return 0;
 }
 """
@@ -160,6 +178,27 @@ def test_arch_picks_its_vmlinux_h(tmp_path: Path, arch: str, regs: str) -> None:
     try:
         assert spec.btf.find(regs, Kind.STRUCT) is not None
         assert dict(spec.rodata) == {"cfg_min_size": 0}
+    finally:
+        spec.close()
+
+
+@needs_clang
+@pytest.mark.parametrize("arch", sorted(ARCHES))
+def test_asm_headers_are_the_target_architectures(tmp_path: Path, arch: str) -> None:
+    source = tmp_path / "usdt.bpf.c"
+    source.write_text(USDT)
+    asm = asm_include_dir(arch)
+    if asm is None:  # no headers of that architecture here: the error names the package that has them
+        with pytest.raises(CompileError, match=f"the {arch} <asm/...> headers are missing: install them"):
+            compile_object(source, tmp_path / arch / "usdt.bpf.o", arch=arch)
+        return
+    assert asm.name == f"{arch}-linux-gnu" or asm.parent.name == f"{arch}-linux-gnu"
+    command = compile_command(source, tmp_path / "usdt.bpf.o", arch=arch)
+    assert command[command.index("-idirafter") + 1] == str(asm)
+    output = compile_object(source, tmp_path / arch / "usdt.bpf.o", arch=arch)
+    spec = ObjectSpec.open(output)
+    try:
+        assert spec.programs["count_request"].section == "usdt"
     finally:
         spec.close()
 

@@ -134,7 +134,9 @@ class Model:
             raise GenError(f"{base!r} would name the module's class {self.cls}, a name the module imports; "
                            "rename the program")
         self.types: dict[int, GenType] = {}
-        self.maps = _attributes((name for name in spec.maps if "." not in name), "map")
+        # libbpf's headers bring maps of their own (usdt.bpf.h's __bpf_usdt_specs): its machinery, not the program's.
+        self.maps = _attributes((name for name in spec.maps if "." not in name and not name.startswith("__bpf_")),
+                                "map")
         self.programs = _attributes(spec.programs, "program")
         section = self.btf.find(".rodata", Kind.DATASEC)
         # Globals only: a function's static locals (bpf_printk's format string) are named func.var here.
