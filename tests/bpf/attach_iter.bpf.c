@@ -1,5 +1,5 @@
-/* Iterators: tasks and their files as records (bpf_seq_write), maps by id, the elements of one map, and
- * TCP and UDP sockets as text (bpf_seq_printf), one local port a line. */
+/* Iterators: tasks and their files as records (bpf_seq_write); maps by id, the elements of one map, TCP
+ * and UDP sockets (one local port a line) and cgroups (one id a line) as text (bpf_seq_printf). */
 #include "bpfscope.bpf.h"
 
 #define AF_INET 2
@@ -92,5 +92,16 @@ int dump_udp_ports(struct bpf_iter__udp *ctx)
 
 	if (udp)
 		BPF_SEQ_PRINTF(ctx->meta->seq, "%u\n", udp->inet.sk.__sk_common.skc_num);
+	return 0;
+}
+
+/* Linux 6.1+: the tests load it on its own. */
+SEC("iter/cgroup")
+int dump_cgroup_ids(struct bpf_iter__cgroup *ctx)
+{
+	struct cgroup *cgroup = ctx->cgroup;
+
+	if (cgroup)
+		BPF_SEQ_PRINTF(ctx->meta->seq, "%llu\n", cgroup->kn->id);
 	return 0;
 }

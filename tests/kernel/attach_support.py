@@ -4,6 +4,7 @@ is killed with SIGKILL, and must leave nothing attached."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -66,6 +67,7 @@ def cgroup2_root() -> Path:
     return Path(roots[0])
 
 
+@contextlib.contextmanager
 def fresh_cgroup() -> Iterator[Path]:
     """A new cgroup v2 directory, removed after (its processes must have ended)."""
     path = cgroup2_root() / f"bpfscope-test-{secrets.token_hex(4)}"

@@ -69,7 +69,8 @@ elif action.endswith("sockopt"):
 
 @pytest.fixture
 def cgroup() -> Iterator[Path]:
-    yield from fresh_cgroup()
+    with fresh_cgroup() as path:
+        yield path
 
 
 @pytest.fixture

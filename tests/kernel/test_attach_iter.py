@@ -3,6 +3,7 @@ program wrote comes back as records (bpf_seq_write) or text (bpf_seq_printf)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -11,36 +12,41 @@ from collections.abc import Iterator
 import pytest
 
 from bpfscope import _libbpf
-from bpfscope.errors import BpfscopeError
+from bpfscope.errors import BpfscopeError, NotSupportedError
 from bpfscope.link import IterLink
 from bpfscope.object import Object, ObjectSpec
-from tests.kernel.attach_support import kill_9_leaves_nothing, one_line
+from bpfscope.program import CgroupIterOrder
+from tests.kernel.attach_support import fresh_cgroup, kill_9_leaves_nothing, one_line
 
-# Some kernels refuse iter/bpf_map_elem programs to root (this project's development kernel does, EPERM with
-# an empty verifier log): the one test of it loads it alone.
-MAP_ELEMENTS = "dump_values"
+# Loaded on their own, each by the one test of it: some kernels refuse iter/bpf_map_elem programs to root
+# (this project's development kernel does, EPERM with an empty verifier log), and cgroup iterators came in 6.1.
+MAP_ELEMENTS, CGROUPS = "dump_values", "dump_cgroup_ids"
 
 
-def load_iterators(path, *, map_elements: bool) -> Object:
+def load_iterators(path, *names: str) -> Object:
+    """The iterators named, or all but those loaded on their own."""
     spec = ObjectSpec.open(path)
     for name, program in spec.programs.items():
-        program.autoload = (name == MAP_ELEMENTS) == map_elements
+        program.autoload = name in names if names else name not in (MAP_ELEMENTS, CGROUPS)
     return spec.load()
+
+
+def load_alone(path, name: str) -> Object:
+    try:
+        return load_iterators(path, name)
+    except BpfscopeError as exc:
+        pytest.skip(f"this kernel refuses {name}: {exc}")
 
 
 @pytest.fixture
 def obj(test_object) -> Iterator[Object]:
-    with load_iterators(test_object("attach_iter"), map_elements=False) as loaded:
+    with load_iterators(test_object("attach_iter")) as loaded:
         yield loaded
 
 
 @pytest.fixture
 def map_elements(test_object) -> Iterator[Object]:
-    try:
-        loaded = load_iterators(test_object("attach_iter"), map_elements=True)
-    except BpfscopeError as exc:
-        pytest.skip(f"this kernel refuses an iter/bpf_map_elem program: {exc}")
-    with loaded:
+    with load_alone(test_object("attach_iter"), MAP_ELEMENTS) as loaded:
         yield loaded
 
 
@@ -52,13 +58,22 @@ def test_task_iterator_from_its_section_finds_the_test_process(obj):
     assert len(tasks) > 1
 
 
+def attach_iter_or_skip(program, **walk):
+    """attach_iter(**walk), or a skip where the kernel's iterators take no pid= or tid= (before Linux 6.1)."""
+    try:
+        return program.attach_iter(**walk)
+    except NotSupportedError as exc:
+        one_line(exc)
+        pytest.skip(str(exc))
+
+
 def test_task_iterator_of_one_process_lists_exactly_its_threads(obj):
     stop = threading.Event()
     threads = [threading.Thread(target=stop.wait) for _ in range(3)]
     for thread in threads:
         thread.start()
     try:
-        with obj.programs["dump_tasks"].attach_iter(pid=os.getpid()) as link:
+        with attach_iter_or_skip(obj.programs["dump_tasks"], pid=os.getpid()) as link:
             tasks = link.records(obj.exported_type("task_record"))
             mine = {int(tid) for tid in os.listdir("/proc/self/task")}
     finally:
@@ -72,7 +87,7 @@ def test_task_iterator_of_one_process_lists_exactly_its_threads(obj):
 
 def test_task_file_iterator_sees_an_fd_come_and_go(obj):
     record = obj.exported_type("file_record")
-    with obj.programs["dump_files"].attach_iter(pid=os.getpid()) as link:
+    with attach_iter_or_skip(obj.programs["dump_files"], pid=os.getpid()) as link:
         memfd = os.memfd_create("bpfscope-test")
         # Far above the lowest free fd, which each read's own iterator fd takes.
         fd = os.dup2(memfd, 900)
@@ -122,6 +137,22 @@ def test_tcp_and_udp_iterators_list_the_test_sockets(obj):
             assert udp.getsockname()[1] in {int(port) for port in udp_link.text().split()}
 
 
+def test_cgroup_iterator_walks_from_the_cgroup_given(test_object):
+    with load_alone(test_object("attach_iter"), CGROUPS) as obj, contextlib.ExitStack() as stack:
+        root = stack.enter_context(fresh_cgroup())
+        children = [root / "a", root / "b"]
+        for child in children:
+            child.mkdir()
+            stack.callback(child.rmdir)
+        ids = {path: os.stat(path).st_ino for path in (root, *children)}  # a cgroup's id is its inode
+        program = obj.programs[CGROUPS]
+        with attach_iter_or_skip(program, cgroup=root) as alone:
+            assert [int(line) for line in alone.text().split()] == [ids[root]]
+        with program.attach_iter(cgroup=str(root), order=CgroupIterOrder.DESCENDANTS_PRE) as tree:
+            walked = [int(line) for line in tree.text().split()]
+        assert walked[0] == ids[root] and sorted(walked) == sorted(ids.values())
+
+
 def test_bad_input_is_one_line(obj):
     with pytest.raises(BpfscopeError, match="give one of map=, pid=, tid=, cgroup=") as two:
         obj.programs["dump_tasks"].attach_iter(pid=1, tid=1)
@@ -130,4 +161,4 @@ def test_bad_input_is_one_line(obj):
 
 def test_kill_9_leaves_nothing_attached(test_object):
     kill_9_leaves_nothing(test_object("attach_iter"), "link = obj.programs['dump_tasks'].attach()",
-                          configure=f"program.autoload = name != {MAP_ELEMENTS!r}")
+                          configure=f"program.autoload = name not in {(MAP_ELEMENTS, CGROUPS)!r}")

@@ -114,8 +114,8 @@ def test_sockmap_bad_input_is_one_line(obj):
 
 def test_sockmap_hook_given_overrides_the_section(obj):
     with obj.programs["count_receives"].attach_sockmap(obj.maps["receivers"],
-                                                       attach_type=AttachType.SK_SKB_VERDICT) as link:
-        assert "sk_skb_verdict" in link.description
+                                                       attach_type=AttachType.SK_SKB_STREAM_PARSER) as link:
+        assert "sk_skb_stream_parser" in link.description
 
 
 @pytest.mark.parametrize("defrag", [False, True])

@@ -28,22 +28,24 @@ def obj(test_object) -> Iterator[Object]:
 
 
 def touch_fresh_pages(count: int) -> None:
-    """`count` minor page faults: the first write to each page of a new anonymous mapping."""
+    """`count` minor page faults: the first write to each page of a new anonymous mapping, in small pages
+    (with transparent huge pages on, one fault could fill 512 of them)."""
     with mmap.mmap(-1, count * mmap.PAGESIZE) as memory:
+        memory.madvise(mmap.MADV_NOHUGEPAGE)
         for page in range(count):
             memory[page * mmap.PAGESIZE] = 1
 
 
 def test_page_faults_of_one_task_sampled_every_period(obj):
-    with obj.programs["sample_faults"].attach_perf_event(event=SoftwareEvent.PAGE_FAULTS_MIN, period=PERIOD,
+    with obj.programs["sample_faults"].attach_perf_event(event=SoftwareEvent.PAGE_FAULTS, period=PERIOD,
                                                          pid=os.getpid()) as group:
         assert len(group.links) == 1 and f"pid {os.getpid()}" in group.links[0].description
         touch_fresh_pages(PAGES)
     touch_fresh_pages(PAGES)  # detached
     samples, counter = hits(obj, "FAULT_SAMPLE"), obj.maps["seen"][1]
     # A sample each PERIOD faults of this thread, and each one read the counter at a multiple of PERIOD.
-    assert counter >= PAGES and counter % PERIOD == 0
-    assert samples == counter // PERIOD
+    assert (samples, counter % PERIOD) == (counter // PERIOD, 0)
+    assert counter >= PAGES
 
 
 def busy(seconds: float) -> None:

@@ -134,9 +134,16 @@ def test_usdt_bad_input_is_one_line(obj, ticks):
 
 
 def test_kill_9_leaves_no_usdt_probe(test_object, ticks):
-    kill_9_leaves_nothing(test_object("attach_kinds"),
-                          "link = obj.programs['count_ticks'].attach_usdt(sys.argv[2], 'bpfscope_test', 'tick')",
-                          str(ticks))
+    waiting = subprocess.Popen([str(ticks), str(COUNT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiting.stdout is not None and waiting.stdout.readline() == "ready\n"
+        recipe = "link = obj.programs['count_ticks'].attach_usdt(sys.argv[2], 'bpfscope_test', 'tick', " \
+                 "pid=int(sys.argv[3]))"
+        kill_9_leaves_nothing(test_object("attach_kinds"), recipe, str(ticks), str(waiting.pid))
+        assert int(waiting.communicate("\n", timeout=30)[0]) == 0  # its semaphore went down with the link
+    finally:
+        waiting.kill()
+        waiting.wait()
 
 
 # --- multi-uprobes ---

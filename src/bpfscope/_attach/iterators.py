@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from .. import _libbpf
 from .._uapi import AttachType, CgroupIterOrder, ProgramType
-from ..errors import BpfscopeError
+from ..errors import BpfscopeError, NotSupportedError
 from ..link import IterLink
 from . import TRACE, attached, describe, expect_type
 from .cgroup import cgroup_directory
@@ -59,4 +59,7 @@ def attach(program: Program, *, walk_map: Optional[Map], pid: Optional[int], tid
     finally:
         if cgroup_fd >= 0:
             os.close(cgroup_fd)
+    if not ptr and ctypes.get_errno() == errno.E2BIG and walk_map is None:
+        # The kernel's bpf_iter_link_info ends before the task and cgroup members.
+        raise NotSupportedError("iterators of one task or cgroup", "pid=, tid= and cgroup= need Linux 6.1")
     return IterLink(attached(ptr, f"attach {program.name} as {what}", TRACE), what)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional
 
 from .. import _libbpf
 from .._uapi import BPF_F_UPROBE_MULTI_RETURN, BPF_LINK_CREATE, AttachType, ProgramType
-from ..errors import BpfscopeError
+from ..errors import BpfscopeError, NotSupportedError
 from ..link import FdLink, LibbpfLink
 from . import TRACE, attached, describe, expect_type, probes
 from .elf import function_offsets
@@ -123,6 +123,10 @@ def usdt(program: Program, target: Optional[str], provider: str, name: str, *, p
     with _libbpf.captured_log():
         ptr = _libbpf.bpf_program__attach_usdt(program._ptr, -1 if pid is None else pid, path.encode(),
                                                provider.encode(), name.encode(), opts)
+    if not ptr and ctypes.get_errno() == errno.EOPNOTSUPP and pid is None:
+        # Without BPF cookies libbpf tells probes apart by address, which differs per process in a shared object.
+        raise NotSupportedError("USDT probes in shared objects of every process", "libbpf needs BPF cookies (Linux "
+                                "5.15+) for them in a library or PIE executable; give pid=")
     meaning = {errno.ENOENT: f"no USDT probe {provider}:{name} in {path}",
                errno.ESRCH: f"{describe(program)} is not a USDT program: it must include <bpf/usdt.bpf.h> and be "
                             "declared with BPF_USDT"}
