@@ -17,6 +17,7 @@ from .errors import NotSupportedError
 __all__ = [
     "SECURITYFS",
     "Mount",
+    "cgroup2_path",
     "ensure_bpffs",
     "ensure_securityfs",
     "ensure_tracefs",
@@ -29,6 +30,7 @@ __all__ = [
 
 TRACEFS = "/sys/kernel/tracing"
 BPFFS = "/sys/fs/bpf"
+CGROUP = "/sys/fs/cgroup"
 # Where tracefs appears when only debugfs is mounted; libbpf looks here first.
 _DEBUGFS_TRACING = "/sys/kernel/debug/tracing"
 
@@ -81,6 +83,13 @@ def tracefs_path() -> str | None:
         if preferred in targets:
             return preferred
     return targets[0] if targets else None
+
+
+def cgroup2_path() -> str | None:
+    """Where cgroup v2 is mounted: /sys/fs/cgroup on a unified hierarchy, else the first place (a hybrid
+    one puts it at /sys/fs/cgroup/unified, beside systemd's v1 controllers), or None."""
+    targets = _mounted("cgroup2")
+    return CGROUP if CGROUP in targets else (targets[0] if targets else None)
 
 
 def _mount(fstype: str, source: str, target: str, data: str | None) -> None:

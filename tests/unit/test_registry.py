@@ -94,7 +94,8 @@ def test_each_tools_help_parses(name: str) -> None:
     assert " ".join(info.help.split()) in " ".join(result.stdout.split())
     if _registry.legacy_tool(name) is None:
         for option in _registry.tool_class(name).OPTIONS:
-            assert (option.flag in result.stdout) is (option.cli and not option.hidden), option.flag
+            assert (option.shown in result.stdout) is (option.cli and not option.hidden), option.shown
+            assert not any(alias in result.stdout for alias in option.aliases), option.aliases
 
 
 @pytest.mark.parametrize("name", NAMES)

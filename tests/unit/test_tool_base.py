@@ -3,12 +3,15 @@ checks before anything loads."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import pytest
 
 from bpfscope.errors import InterfaceNotFoundError
-from bpfscope.tools._base import IFACE, Kind, Option, Tool, resolve_iface
+from bpfscope.mounts import cgroup2_path
+from bpfscope.tools._base import COMM, IFACE, Kind, Option, OptionValueError, Tool, cgroup_id, resolve_iface
 
 
 class _Part:
@@ -106,3 +109,31 @@ def test_a_required_option_is_asked_for_and_a_repeated_one_is_a_tuple() -> None:
     allow = _Limiter.OPTIONS[2]
     assert allow.from_config(["a", "b"]) == ("a", "b") and allow.from_config("a") == ("a",)
     assert _Limiter.per_interface() and IFACE.but(config_name="interface").key == "interface"
+
+
+def test_an_old_flag_still_works_and_is_not_shown() -> None:
+    import argparse
+
+    from bpfscope.cli._runner import add_arguments
+
+    class Renamed(_Tool):
+        OPTIONS = (COMM.but(aliases=("--name",)),)
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Renamed)
+    assert parser.parse_args([]).comm is None
+    assert parser.parse_args(["--name", "curl"]).comm == parser.parse_args(["-c", "curl"]).comm == "curl"
+    assert "--name" not in parser.format_help() and "--comm" in parser.format_help()
+
+
+def test_a_cgroup_is_given_by_its_path_and_becomes_its_id() -> None:
+    root = cgroup2_path()
+    if root is None:
+        pytest.skip("no cgroup v2 file system is mounted")
+    own = next(line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::"))
+    assert cgroup_id(root) == cgroup_id("/") == os.stat(root).st_ino
+    assert cgroup_id(own) == cgroup_id(root + own) == os.stat(root + own).st_ino
+    with pytest.raises(OptionValueError, match="/nonexistent/cg: no such directory"):
+        cgroup_id("/nonexistent/cg")
+    with pytest.raises(OptionValueError, match=f"/tmp: not a cgroup v2 directory \\(under {root}\\)"):
+        cgroup_id("/tmp")

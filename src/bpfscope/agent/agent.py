@@ -54,9 +54,9 @@ def build_sources(config: AgentConfig, resolver: Optional[ContainerResolver]) ->
             values["ring_bytes"] = config.ring_bytes  # the agent's one size for every ring it reads
         if tool.interfaces:
             sources += [ToolSource(tool_class, tool.key, {**values, "iface": iface},
-                                   pin_subdir(pins, tool.key, iface)) for iface in tool.interfaces]
+                                   pin_subdir(pins, tool.key, iface), resolver) for iface in tool.interfaces]
         else:
-            sources.append(ToolSource(tool_class, tool.key, values, pin_subdir(pins, tool.key)))
+            sources.append(ToolSource(tool_class, tool.key, values, pin_subdir(pins, tool.key), resolver))
     if config.execs:
         sources.append(ExecsSource(pin_subdir(pins, "execs"), resolver))
     for f in config.funclatency:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 
 from ..errors import BpfscopeError
-from ..mounts import mounts
+from ..mounts import CGROUP, cgroup2_path
 
 __all__ = ["OTHER", "ContainerResolver", "parse_cgroup_path"]
 
@@ -55,13 +55,6 @@ def parse_cgroup_path(path: str) -> tuple[str, str]:
     return container, pod
 
 
-def _cgroup2_root() -> str:
-    """Where cgroup2 is mounted: /sys/fs/cgroup on a unified hierarchy, /sys/fs/cgroup/unified on a
-    hybrid one (systemd's v1 controllers beside an empty v2 tree)."""
-    targets = [m.target for m in mounts() if m.fstype == "cgroup2"]
-    return "/sys/fs/cgroup" if not targets or "/sys/fs/cgroup" in targets else targets[0]
-
-
 def _walk(root: str) -> dict[int, str]:
     """inode -> path (relative to `root`, "/" for root) of every cgroup under `root`."""
     index = {os.stat(root).st_ino: "/"}
@@ -100,7 +93,7 @@ class ContainerResolver:
             raise ValueError(f"max_containers must be >= 0, not {max_containers}")
         self.max_containers = max_containers
         #: the cgroup2 mount; by default found in /proc/mounts (/sys/fs/cgroup/unified on hybrid systems)
-        self.cgroup_root = cgroup_root if cgroup_root is not None else _cgroup2_root()
+        self.cgroup_root = cgroup_root if cgroup_root is not None else cgroup2_path() or CGROUP
         if not os.path.isdir(self.cgroup_root):
             raise BpfscopeError(errno.ENOENT, f"no cgroup2 hierarchy at {self.cgroup_root}")
         self.rewalk_interval = rewalk_interval

@@ -57,20 +57,25 @@ def lost_events(tool: str, source: str, lost: int, ring: str = "events") -> Coun
 class ToolSource(Source):
     """A tool on the Tool base (bpfscope.tools), as its config section asks, with the option values the
     agent fixes (Tool.AGENT_VALUES) and its maps pinned under `pin_dir`. A scrape yields the tool's own
-    families (Tool.metrics) and, for every tool, what it could not see: lost records and skipped runs.
-    A streaming tool is pumped between scrapes: the agent's reader thread polls it and tallies each batch
-    (Tool.tally), under a lock that a scrape's metrics() takes too."""
+    families (Tool.metrics, which may label by container through `containers`) and, for every tool, what
+    it could not see: lost records and skipped runs. A streaming tool is pumped between scrapes: the
+    agent's reader thread polls it and tallies each batch (Tool.tally), under a lock that a scrape's
+    metrics() takes too."""
 
-    def __init__(self, tool: type[Tool], key: str, options: Mapping[str, Any], pin_dir: str) -> None:
+    def __init__(self, tool: type[Tool], key: str, options: Mapping[str, Any], pin_dir: str,
+                 containers: Optional[ContainerResolver] = None) -> None:
         super().__init__(pin_dir)
         self.name = key
         self.tool = tool
         self.options = {**options, **tool.AGENT_VALUES}
+        self.containers = containers
         self._tool: Optional[Tool] = None
         self._lock = threading.Lock()
 
     def open(self) -> None:
-        self._tool = self.tool.from_options(self.options, pin_dir=self.pin_dir).open()
+        tool = self.tool.from_options(self.options, pin_dir=self.pin_dir)
+        tool.containers = self.containers
+        self._tool = tool.open()
         self.streams = self._tool.kind is Kind.STREAMING
         for note in self._tool.notes:
             logging.getLogger("bpfscope.agent").info("%s: %s", self.name, note)

@@ -65,8 +65,17 @@ class View(Generic[_T]):
         """A line on stderr once the tool runs (not shown under a live table, whose title says it)."""
         return None
 
+    def header(self) -> Optional[str]:
+        """The first line of text output (not with --json, nor under a live table)."""
+        return None
+
     def hangup(self) -> None:
         """SIGHUP, where the view catches it (tcmon re-reads its rules file)."""
+
+    def ended(self) -> Optional[str]:
+        """Why the run is over before it was told to stop (the traced process exited), else None; the
+        runner looks between polls, and says it on stderr."""
+        return None
 
     def title(self) -> str:
         return f"bpfscope {self.tool.NAME} — Ctrl-C to stop"
@@ -123,10 +132,6 @@ class StreamingView(View[_T]):
         self.events = 0
         self.recent: deque[Any] = deque(maxlen=_SHOWN)
 
-    def header(self) -> Optional[str]:
-        """The first line of text output."""
-        return None
-
     def poll(self, timeout_ms: int) -> Any:
         return self.tool.poll(timeout_ms)
 
@@ -138,6 +143,13 @@ class StreamingView(View[_T]):
         self.events += len(batch)
         if self.columns:
             self.recent.extend(batch)
+
+    def row(self, record: Any) -> list[Any]:
+        """A record as a row of the live table, which shows the newest (`recent`)."""
+        return [record.as_dict().get(column) for column in self.columns]
+
+    def rows(self) -> list[list[Any]]:
+        return [self.row(record) for record in self.recent]
 
     def json_lines(self, batch: Any) -> bytes:
         return b"".join(json.dumps(record.as_dict(), separators=(",", ":")).encode() + b"\n" for record in batch)
@@ -179,13 +191,17 @@ def _add(parser: argparse.ArgumentParser, option: Option) -> None:
                             help=shown)
         return
     names = ([option.short] if option.short else []) + [option.flag]
-    if option.parse is None:
-        parser.add_argument(*names, dest=option.name, action="store_false" if option.negated else "store_true",
-                            help=shown)
-    else:
-        parser.add_argument(*names, dest=option.name, type=option.parse, default=_unset(option),
-                            action="append" if option.many else "store", metavar=option.metavar,
-                            choices=option.choices, help=shown)
+    aliases = list(option.aliases)  # an argument of their own, so that --help shows none of them
+    for flags, text, default in ((names, shown, _unset(option)), (aliases, argparse.SUPPRESS, argparse.SUPPRESS)):
+        if not flags:
+            continue
+        if option.parse is None:
+            parser.add_argument(*flags, dest=option.name, action="store_false" if option.negated else "store_true",
+                                default=default, help=text)
+        else:
+            parser.add_argument(*flags, dest=option.name, type=option.parse, default=default,
+                                action="append" if option.many else "store", metavar=option.metavar,
+                                choices=option.choices, help=text)
 
 
 def _action_values(tool: type[Tool], name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -233,6 +249,9 @@ def run(tool_class: type[Tool], args: argparse.Namespace) -> int:
         banner = view.banner()
         if banner and not live:  # on stderr, so stdout holds only results; it says the tool runs
             print(banner, file=sys.stderr, flush=True)
+        header = None if as_json or live else view.header()
+        if header:
+            print(header, flush=True)
         duration = getattr(args, "duration", None)
         end = view.started + duration if duration else float("inf")
         interval: Optional[float] = getattr(args, "interval", None)
@@ -259,10 +278,15 @@ def run(tool_class: type[Tool], args: argparse.Namespace) -> int:
 
 
 def _heed(view: View[Any], stop: StopFlag) -> None:
-    """A SIGHUP since the last look: the view acts on it here, between polls, never inside a handler."""
+    """What came since the last look, acted on here between polls, never inside a handler: a SIGHUP;
+    and the end of the run, where the view says it is over (said on stderr)."""
     if stop.hangup:
         stop.hangup = False
         view.hangup()
+    reason = view.ended()
+    if reason:
+        print(reason, file=sys.stderr, flush=True)
+        stop.requested = True
 
 
 def _intervals(view: View[Any], interval: Optional[float], end: float, stop: StopFlag) -> Iterator[None]:
@@ -322,9 +346,6 @@ def _stream(view: StreamingView[Any], interval: Optional[float], end: float, sto
         return
     out = sys.stdout.buffer  # views format bytes: no text layer per batch
     write: Callable[[Any], bytes] = view.json_lines if as_json else view.text_lines
-    header = None if as_json else view.header()
-    if header:
-        print(header, flush=True)
 
     def show(batch: Any) -> None:
         view.take(batch)

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import enum
 import errno
+import os
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Optional, TypeVar
@@ -22,6 +23,7 @@ from ..link import TcDirection, TcMode, XdpMode
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
+    from ..agent.containers import ContainerResolver
     from ..link import Link
     from ..object import Object
     from ..program import Program
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from ..variants import Variant
 
 __all__ = [
+    "CGROUP",
     "COMM",
     "COMM_BYTES",
     "CORE_NEEDS",
@@ -48,6 +51,8 @@ __all__ = [
     "OptionValueError",
     "Stats",
     "Tool",
+    "cgroup_id",
+    "check_pid",
     "comm_name",
     "pid_number",
     "positive_float",
@@ -127,6 +132,44 @@ def comm_name(text: str) -> str:
     return text
 
 
+def cgroup_id(text: str) -> int:
+    """The id of the cgroup v2 directory `text` names, which is what bpf_get_current_cgroup_id() returns
+    (its inode number): a path under the cgroup v2 mount, or one relative to it as /proc/PID/cgroup shows
+    it (/system.slice/nginx.service)."""
+    from ..mounts import cgroup2_path
+
+    root = cgroup2_path()
+    if root is None:
+        raise OptionValueError("no cgroup v2 file system is mounted")
+    if not text:
+        raise OptionValueError("'' is not a cgroup's path")
+
+    def inside(path: str) -> bool:
+        return path == root or path.startswith(root.rstrip("/") + "/")
+
+    path = os.path.realpath(text)
+    if not inside(path):
+        relative = os.path.realpath(os.path.join(root, text.lstrip("/")))
+        if inside(relative) and os.path.isdir(relative):
+            path = relative
+    if not os.path.isdir(path):
+        raise OptionValueError(f"{text}: no such directory")
+    if not inside(path):
+        raise OptionValueError(f"{text}: not a cgroup v2 directory (under {root})")
+    return os.stat(path).st_ino
+
+
+def check_pid(pid: int) -> None:
+    """Raises unless `pid` is a running process (a thread group leader: the kernel filters by tgid)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            tgid = next((int(line.split()[1]) for line in f if line.startswith("Tgid:")), pid)
+    except (FileNotFoundError, ProcessLookupError):
+        raise BpfscopeError(errno.ESRCH, f"no process with pid {pid}") from None
+    if tgid != pid:
+        raise BpfscopeError(errno.EINVAL, f"{pid} is a thread of process {tgid}; give --pid {tgid}")
+
+
 @dataclass(frozen=True)
 class Option:
     """One option of a tool, declared once: the CLI makes `--name` (and `short`) of it, and the agent
@@ -147,6 +190,7 @@ class Option:
     many: bool = False  # given any number of times (a YAML list in the agent): its value is a tuple
     positional: bool = False  # given as a bare argument (METAVAR), not as --name
     config_name: Optional[str] = None  # its key in the agent's config, where that is not `name`
+    aliases: tuple[str, ...] = ()  # older flags that still work, left out of --help (execsnoop's --name for --comm)
 
     @property
     def negated(self) -> bool:
@@ -211,6 +255,8 @@ XDP_MODE = Option("mode", "XDP mode: auto tries native, then generic (default: a
                   choices=tuple(m.value for m in XdpMode))
 TC_MODE = Option("mode", "tc attachment: auto uses a tcx link where the kernel has one, else clsact", str,
                  default=TcMode.AUTO.value, choices=tuple(m.value for m in TcMode))
+CGROUP = Option("cgroup", "only tasks in the cgroup v2 at PATH (under its mount, or as /proc/PID/cgroup shows it)",
+                cgroup_id, metavar="PATH")
 # What the runner reads: how long, how often, and JSON or text. Never in the agent's config.
 INTERVAL = Option("interval", "seconds between updates (default: 1)", positive_float, default=1.0, metavar="S",
                   agent=False)
@@ -260,6 +306,8 @@ class Tool:
 
     def __init__(self, *, pin_dir: Optional[str] = None) -> None:
         self.pin_dir = pin_dir  # maps the tool pins here carry on from an earlier run (the agent's)
+        # The agent's (ToolSource sets it before open()): cgroup ids as container labels in metrics().
+        self.containers: Optional[ContainerResolver] = None
         self._obj: Optional[Object] = None
         self._links: list[Link] = []
         self._rings: list[RingBuffer] = []

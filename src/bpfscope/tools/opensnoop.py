@@ -38,6 +38,7 @@ from ._base import (
     Option,
     OptionValueError,
     Tool,
+    check_pid,
 )
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ __all__ = [
     "OpenEvent",
     "Snoop",
     "TOOL",
-    "check_pid",
     "flag_names",
 ]
 
@@ -82,17 +82,6 @@ def flag_names(flags: int) -> str:
     if rest:
         names.append(f"0x{rest:x}")
     return "|".join(names)
-
-
-def check_pid(pid: int) -> None:
-    """Raises unless `pid` is a running process (a thread group leader: the kernel filters by tgid)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            tgid = next((int(line.split()[1]) for line in f if line.startswith("Tgid:")), pid)
-    except (FileNotFoundError, ProcessLookupError):
-        raise BpfscopeError(errno.ESRCH, f"no process with pid {pid}") from None
-    if tgid != pid:
-        raise BpfscopeError(errno.EINVAL, f"{pid} is a thread of process {tgid}; give --pid {tgid}")
 
 
 @dataclass(frozen=True)
