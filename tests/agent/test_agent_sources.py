@@ -18,7 +18,6 @@ from typing import Iterator
 import pytest
 
 from bpfscope.agent.containers import ContainerResolver
-from bpfscope.agent.sources import ExecsSource
 from bpfscope.netdev import ifindex
 from bpfscope.testing.netns import tc_filters
 from bpfscope.tools.execsnoop import ExecSnoop, Filters
@@ -300,10 +299,11 @@ def test_exec_counts_of_removed_cgroups_make_room(bpffs_dir, tmp_path):
     """With the count map nearly full, the counts of cgroups that are gone are deleted; live ones stay."""
     scope = cgroup2_root() / f"bpfscope-test-{tmp_path.name[-8:]}.scope"
     scope.mkdir()
-    source = ExecsSource(str(bpffs_dir / "execs"), ContainerResolver(10), max_counts=10)
     # Counting only the execs inside the scope: a map of ten is this test's alone, whatever else the machine runs.
-    source._snoop = ExecSnoop(filters=Filters(cgroup_id=scope.stat().st_ino), count=True, pin_dir=source.pin_dir,
-                              max_counts=source.max_counts).open()
+    snoop = ExecSnoop(filters=Filters(cgroup_id=scope.stat().st_ino), count=True, pin_dir=str(bpffs_dir / "execs"),
+                      max_counts=10)
+    snoop.containers = ContainerResolver(10)  # as the agent gives it (ToolSource)
+    snoop.open()
     try:
         programs = []
         for i in range(9):  # nine comms, so nine entries: the map is nine tenths full
@@ -312,17 +312,17 @@ def test_exec_counts_of_removed_cgroups_make_room(bpffs_dir, tmp_path):
         runs = "; ".join(str(p) for p in programs)
         subprocess.run(["/bin/sh", "-c", f"echo $$ > {scope}/cgroup.procs; {runs}"], check=True)
         scope_id = os.stat(scope).st_ino
-        assert sum(row.cgroup_id == scope_id for row in source._snoop.counts()) == 9
+        assert sum(row.cgroup_id == scope_id for row in snoop.counts()) == 9
         for _ in range(50):
             try:
                 scope.rmdir()
                 break
             except OSError:
                 time.sleep(0.1)  # the shell's exit reaches the cgroup a moment later
-        exported = {s.labels["comm"] for family in source.collect() for s in family.samples if "comm" in s.labels}
+        exported = {s.labels["comm"] for family in snoop.metrics() for s in family.samples if "comm" in s.labels}
         assert not any(comm.startswith("gone") for comm in exported)
-        assert not any(row.cgroup_id == scope_id for row in source._snoop.counts()), "deleted from the kernel's map"
+        assert not any(row.cgroup_id == scope_id for row in snoop.counts()), "deleted from the kernel's map"
     finally:
-        source.close()
+        snoop.close()
         if scope.exists():
             scope.rmdir()

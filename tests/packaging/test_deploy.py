@@ -302,7 +302,7 @@ def test_shipped_config_passes_our_parser(configmap_text: str) -> None:
     assert config.listen == "0.0.0.0:9435"  # reachable by Prometheus; 127.0.0.1 is the bare-host default
     assert config.pin_dir.startswith("/sys/fs/bpf/")
     assert config.packets is not None and config.tool("flows") is not None
-    assert config.opens is not None and config.execs is not None
+    assert config.opens is not None and config.tool("execsnoop") is not None
     assert config.tool("guard") is None  # it drops packets: nobody gets that from a default
     assert config.funclatency == () and config.tool("httptrace") is None and config.custom == ()
 

@@ -208,8 +208,8 @@ def test_a_path_longer_than_the_cap_is_cut_and_marked(snoop_children, tmp_path):
 
 # --- filters, in the kernel --------------------------------------------------------------------
 
-def test_name_filter_matches_the_programs_name_only():
-    with ExecSnoop(filters=Filters(ppid=os.getpid(), name="echo")) as snoop:
+def test_comm_filter_matches_the_programs_name_only():
+    with ExecSnoop(filters=Filters(ppid=os.getpid(), comm="echo")) as snoop:
         run(TRUE, "echo")
         echo = run(ECHO, "only", "me")
         with pytest.raises(FileNotFoundError):
@@ -319,6 +319,19 @@ def test_json_lines_and_final_summary():
     assert its_programs and not still_loaded(its_programs)
 
 
+@pytest.mark.parametrize("flag", ["--comm", "-c", "--name"])  # --name: --comm's old name, still taken
+def test_comm_filter_from_the_command_line(flag):
+    proc = start("--json", flag, "echo")
+    try:
+        run(TRUE, "echo")
+        echo = run(ECHO, "only", "me")
+    finally:
+        out, _ = stop(proc)
+    *execs, final = [json.loads(line) for line in out.splitlines()]
+    assert_complete([(r["pid"], *r["argv"]) for r in execs], [(echo, ECHO, "only", "me")], missed=final["missed"])
+    assert final["filters"]["comm"] == "echo"
+
+
 def test_plain_lines_and_loss_shown_in_the_last_line():
     # A 4 KiB ring holds one 2.9 KiB event: with the reader stopped, the next four are lost.
     proc = start("--ring-bytes", "4096")
@@ -352,10 +365,12 @@ def test_nothing_stays_loaded_after_a_kill():
 @pytest.mark.parametrize("args, expected", [
     (["--uid", "nosuchuser-bpfscope"], "no user 'nosuchuser-bpfscope'"),
     (["--uid", "-1"], "no user '-1'"),
-    (["--ppid", "0"], "must be from 1"),
-    (["--ppid", "x"], "is not a whole number"),
-    (["--name", "a/b"], "not a program name"),
-    (["--name", ""], "not a program name"),
+    (["--ppid", "0"], "must be greater than 0"),  # the one pid parser of every tool
+    (["--ppid", "x"], "is not a process id"),
+    (["--comm", "a/b"], "matches no exec: an exec's comm is the last component of the path executed"),
+    (["--name", "a/b"], "matches no exec"),  # --comm's old name, still taken
+    (["--comm", ""], "must be 1 to 15 bytes"),  # the one comm parser of every tool: a comm is 15 bytes at most
+    (["--comm", "a-name-longer-than-15"], "must be 1 to 15 bytes"),
     (["--max-args", "0"], "must be from 1 to 20"),
     (["--max-args", "21"], "must be from 1 to 20"),
     (["--arg-bytes", "129"], "must be from 2 to 128"),

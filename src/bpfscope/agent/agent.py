@@ -28,7 +28,7 @@ from ..tools import _registry as registry
 from .config import AgentConfig
 from .containers import ContainerResolver
 from .source import Source
-from .sources import ExecsSource, FuncLatencySource, ToolSource, pin_subdir
+from .sources import FuncLatencySource, ToolSource, pin_subdir
 
 __all__ = ["Agent", "ReloadError", "build_sources", "check_custom"]
 
@@ -39,7 +39,7 @@ log = logging.getLogger("bpfscope.agent")
 _OWN_PIN_DIR = re.compile("^(?:{})".format("|".join(
     [f"{tool.AGENT_KEY}-" if tool.per_interface() else f"{tool.AGENT_KEY}$"
      for tool in registry.all_tools() if tool.AGENT_KEY]
-    + ["funclatency-", "execs$", "custom-"])))
+    + ["funclatency-", "custom-"])))
 _PUMP_MS = 200  # the reader thread's longest wait, so stop() is heard within it
 
 
@@ -57,8 +57,6 @@ def build_sources(config: AgentConfig, resolver: Optional[ContainerResolver]) ->
                                    pin_subdir(pins, tool.key, iface), resolver) for iface in tool.interfaces]
         else:
             sources.append(ToolSource(tool_class, tool.key, values, pin_subdir(pins, tool.key), resolver))
-    if config.execs:
-        sources.append(ExecsSource(pin_subdir(pins, "execs"), resolver))
     for f in config.funclatency:
         sources.append(FuncLatencySource(f, pin_subdir(pins, "funclatency", f.target, f.symbol, str(f.pid or ""))))
     if config.custom:

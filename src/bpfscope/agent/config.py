@@ -25,7 +25,7 @@ from ..tools._base import OptionValueError, Tool
 
 __all__ = [
     "DEFAULT_LISTEN", "ConfigError", "Fields", "AgentConfig", "ToolConfig",
-    "CountsConfig", "FuncLatencyConfig", "CustomConfig", "OtlpConfig", "load_config", "parse_config",
+    "FuncLatencyConfig", "CustomConfig", "OtlpConfig", "load_config", "parse_config",
     "default_interface",
 ]
 
@@ -182,11 +182,6 @@ class ToolConfig:
 
 
 @dataclass(frozen=True)
-class CountsConfig:
-    """File opens or execs, counted per comm (and container)."""
-
-
-@dataclass(frozen=True)
 class FuncLatencyConfig:
     target: str
     symbol: str
@@ -218,7 +213,6 @@ class AgentConfig:
     max_containers: int = 500  # distinct containers labelled before the rest are container="other"
     ring_bytes: int = 1 << 22
     tools: tuple[ToolConfig, ...] = ()  # the tools on the Tool base, in the file's order
-    execs: Optional[CountsConfig] = None
     funclatency: tuple[FuncLatencyConfig, ...] = ()
     custom: tuple[CustomConfig, ...] = ()
     otlp: Optional[OtlpConfig] = None
@@ -226,8 +220,9 @@ class AgentConfig:
 
     @classmethod
     def default(cls) -> AgentConfig:
-        tools = tuple(_tool_config(registry.tool_class(name), Fields({}, name)) for name in ("packets", "opensnoop"))
-        return cls(tools=tools, execs=CountsConfig())
+        tools = tuple(_tool_config(registry.tool_class(name), Fields({}, name))
+                      for name in ("packets", "opensnoop", "execsnoop"))
+        return cls(tools=tools)
 
     def tool(self, name: str) -> Optional[ToolConfig]:
         """The config of tool `name`, if it runs."""
@@ -293,7 +288,6 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     enabled = [key for key in tools.keys() if key in by_key and tools.raw(key) is not False]
     generic = tuple(_tool_config(by_key[key], Fields({}, f"tools.{key}", source) if tools.raw(key) is True
                                  else tools.child(key)) for key in enabled)
-    execs = _counts(tools, "execs")
     funclatency = tuple(tools.items("funclatency", _funclatency))
     _no_repeats(tools, "funclatency", [(f.target, f.symbol) for f in funclatency], "target and symbol")
     tools.done()
@@ -303,12 +297,12 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     otlp = _otlp(top.child("otlp")) if top.has("otlp") else None
     top.done()
     _one_xdp_program_each(tools, generic)
-    if not any((generic, execs, funclatency, custom)):
+    if not any((generic, funclatency, custom)):
         raise ConfigError(top.where("tools"), "no tool is enabled: nothing to export")
     return AgentConfig(
         listen=listen, pin_dir=pin_dir, tc_leases=tc_leases, containers=containers, max_containers=max_containers,
         ring_bytes=ring_bytes,
-        tools=generic, execs=execs, funclatency=funclatency,
+        tools=generic, funclatency=funclatency,
         custom=custom, otlp=otlp, source=source,
     )
 
@@ -372,15 +366,6 @@ def _interfaces(section: Fields) -> tuple[str, ...]:
     return ifaces
 
 
-def _counts(tools: Fields, name: str) -> Optional[CountsConfig]:
-    if not tools.has(name):
-        return None
-    value = tools.raw(name)
-    if value is False:
-        return None
-    if value is not True:
-        tools.child(name).done()  # room for options later; none today
-    return CountsConfig()
 
 
 def _funclatency(f: Fields) -> FuncLatencyConfig:

@@ -14,20 +14,18 @@ import logging
 import os
 import re
 import threading
-from collections import defaultdict
 from typing import Any, Iterator, Mapping, Optional
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from ..tools._base import Kind, Tool
-from ..tools.execsnoop import ExecCount, ExecSnoop
 from ..tools.funclatency import FunctionLatency, Unit
 from .config import FuncLatencyConfig
 from .containers import ContainerResolver
 from .source import Source
 
 __all__ = [
-    "ToolSource", "ExecsSource", "FuncLatencySource",
+    "ToolSource", "FuncLatencySource",
     "lost_events", "received_events", "unseen_families",
 ]
 
@@ -119,71 +117,6 @@ def unseen_families(key: str, source: str, tool: Tool) -> Iterator[Metric]:
         yield received_events(key, source, count, ring)
 
 
-class ExecsSource(Source):
-    """Execs per comm and container, counted in the kernel by comm and cgroup id; cgroup ids become
-    container and pod labels here, at scrape time."""
-
-    name = "execs"
-
-    def __init__(self, pin_dir: str, resolver: Optional[ContainerResolver], max_counts: int = 10240) -> None:
-        super().__init__(pin_dir)
-        self.resolver = resolver
-        self.max_counts = max_counts
-        self._snoop: Optional[ExecSnoop] = None
-        # A cgroup's labels once known, kept after its container is gone (and the resolver forgets
-        # it), so its counts stay in the same series rather than moving to the host's.
-        self._labels: dict[int, tuple[str, str]] = {}
-
-    def _labels_of(self, cgroup_id: int) -> tuple[str, str]:
-        labels = self._labels.get(cgroup_id)
-        if labels is None:
-            if self.resolver is None:
-                return ("", "")
-            labels = self.resolver.labels(cgroup_id)
-            if labels[0] or self.resolver.path(cgroup_id):  # not merely unknown yet
-                self._labels[cgroup_id] = labels
-        return labels
-
-    def open(self) -> None:
-        self._snoop = ExecSnoop(count=True, pin_dir=self.pin_dir, max_counts=self.max_counts).open()
-
-    def _prune(self, rows: list[ExecCount]) -> list[ExecCount]:
-        """With the map nine tenths full, the counts of cgroups that no longer exist (containers gone)
-        are deleted, so a node that runs many short-lived containers keeps counting new ones: their
-        series end, as a finished container's do."""
-        if self.resolver is None or len(rows) < self.max_counts * 9 // 10:
-            return rows
-        alive = self.resolver.exists({row.cgroup_id for row in rows})
-        gone = [row for row in rows if not alive[row.cgroup_id]]
-        assert self._snoop is not None
-        self._snoop.forget(gone)
-        for row in gone:
-            self._labels.pop(row.cgroup_id, None)
-        dropped = {(row.comm, row.cgroup_id) for row in gone}
-        return [row for row in rows if (row.comm, row.cgroup_id) not in dropped]
-
-    def collect(self) -> Iterator[Metric]:
-        assert self._snoop is not None
-        totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
-        for row in self._prune(self._snoop.counts()):
-            container, pod = self._labels_of(row.cgroup_id)
-            total = totals[(row.comm, container, pod)]
-            total[0] += row.execs
-            total[1] += row.failures
-        labels = ["comm", "container", "pod"]
-        execs = CounterMetricFamily("bpfscope_execs", "Programs executed (execve, execveat), by the new "
-                                    "program's comm and its container", labels=labels)
-        failures = CounterMetricFamily("bpfscope_exec_failures", "Execs that failed, by the caller's comm",
-                                       labels=labels)
-        for key, (n, failed) in sorted(totals.items()):
-            execs.add_metric(list(key), n)
-            failures.add_metric(list(key), failed)
-        yield from (execs, failures, lost_events(self.name, os.path.basename(self.pin_dir), self._snoop.lost, "counts"))
-
-    def close(self) -> None:
-        if self._snoop is not None:
-            self._snoop.close()
-            self._snoop = None
 
 
 class FuncLatencySource(Source):

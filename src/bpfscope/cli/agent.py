@@ -147,7 +147,6 @@ def _reload(agent: Agent, otlp: _Otlp, args: argparse.Namespace) -> None:
 def _describe(config: AgentConfig) -> str:
     parts: list[Optional[str]] = [
         *(f"{t.key}({', '.join(t.on)})" if t.on else t.key for t in config.tools),
-        "execs" if config.execs else None,
         *(f"funclatency({f.target}:{f.symbol})" for f in config.funclatency),
         *(f"custom({c.object.name})" for c in config.custom),
     ]

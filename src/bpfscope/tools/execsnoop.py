@@ -4,26 +4,49 @@ streams through its ring buffer into `Exec`s. The filters run in the kernel: an 
 never copied, let alone sent.
 
 A failed exec has no sched_process_exec and returns to the caller: its event carries the error
-and the caller's comm. A successful one returns in the new program, so its comm is the new one."""
+and the caller's comm. A successful one returns in the new program, so its comm is the new one.
+
+In the agent it counts execs per comm and cgroup in the kernel instead, and exports them labelled by
+container."""
 
 from __future__ import annotations
 
 import errno
 import os
+import pwd
 import time
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 from ..errors import BpfscopeError
 from ..mounts import ensure_tracefs
 from ..object import ObjectSpec, tool_object
-from ._attached import Attached
+from ..ringbuf import RingBuffer
+from ._base import (
+    CGROUP,
+    COMM,
+    COMM_BYTES,
+    DURATION,
+    INTERVAL,
+    JSON,
+    RING_BYTES,
+    TRACE,
+    Kind,
+    Option,
+    OptionValueError,
+    Tool,
+    pid_number,
+)
 
-__all__ = ["ARG_BYTES", "COMM_BYTES", "MAX_ARGS", "Exec", "ExecCount", "ExecSnoop", "Filters", "Limits", "errno_name"]
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
-MAX_ARGS = 20  # MAX_ARGS, ARG_BYTES and COMM_BYTES in execsnoop.bpf.c
+__all__ = ["ARG_BYTES", "COMM_BYTES", "MAX_ARGS", "TOOL", "Exec", "ExecCount", "ExecSnoop", "Filters", "Limits",
+           "errno_name"]
+
+MAX_ARGS = 20  # MAX_ARGS and ARG_BYTES in execsnoop.bpf.c
 ARG_BYTES = 128
-COMM_BYTES = 16
 DEFAULT_RING_BYTES = 1 << 20
 
 # (category, tracepoint, program, required): the execve ones are required, the others used where they exist.
@@ -49,13 +72,21 @@ class Filters:
     uid: Optional[int] = None
     ppid: Optional[int] = None
     cgroup_id: Optional[int] = None
-    name: Optional[str] = None  # the program's name: the path's last component, as comm shows it
+    # The comm the exec gives its process, exactly: the last component of the path executed, cut at 15
+    # bytes; a failed exec is matched by the comm it would have given.
+    comm: Optional[str] = None
     failed_only: bool = False
+
+    def check(self) -> None:
+        """Raises BpfscopeError (EINVAL) for a filter that no exec can pass."""
+        if self.comm is not None and "/" in self.comm:
+            raise BpfscopeError(errno.EINVAL, f"comm {self.comm!r} matches no exec: an exec's comm is the last "
+                                "component of the path executed, without '/'")
 
     def describe(self) -> str:
         parts = []
-        if self.name is not None:
-            parts.append(f"name {self.name}")
+        if self.comm is not None:
+            parts.append(f"comm {self.comm}")
         if self.uid is not None:
             parts.append(f"uid {self.uid}")
         if self.ppid is not None:
@@ -80,6 +111,34 @@ class Limits:
             raise BpfscopeError(errno.EINVAL, f"max_args must be from 1 to {MAX_ARGS}, not {self.max_args}")
         if not 2 <= self.arg_bytes <= ARG_BYTES:
             raise BpfscopeError(errno.EINVAL, f"arg_bytes must be from 2 to {ARG_BYTES}, not {self.arg_bytes}")
+
+
+def _whole(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise OptionValueError(f"{text!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise OptionValueError(f"{text!r} must be from {low} to {high}")
+    return value
+
+
+def user_id(text: str) -> int:
+    """A uid, or a user name from the password database."""
+    if text.isdigit():
+        return _whole(text, 0, 2**32 - 2)  # (uid_t)-1 is no uid
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise OptionValueError(f"no user {text!r} (give a name or a number)") from None
+
+
+def max_args(text: str) -> int:
+    return _whole(text, 1, MAX_ARGS)
+
+
+def arg_bytes(text: str) -> int:
+    return _whole(text, 2, ARG_BYTES)
 
 
 def errno_name(ret: int) -> str:
@@ -156,26 +215,70 @@ class ExecCount:
     failures: int
 
 
-class ExecSnoop(Attached):
-    """`with ExecSnoop(filters=Filters(name="curl")) as snoop: snoop.poll()`; detaches on exit."""
+class ExecSnoop(Tool):
+    """`with ExecSnoop(filters=Filters(comm="curl")) as snoop: snoop.poll()`; detaches on exit. With
+    `count=True` nothing is streamed: `counts()` reads the counts per comm and cgroup.
+
+    `lost` counts the execs that passed the filters but could not be reported: the ring was full, more
+    execs were in flight at once than the stash holds, or (count mode) the counters map was full."""
+
+    NAME = "execsnoop"
+    HELP = "trace new programs: pid, ppid, uid, arguments, result (tracepoints)"
+    NEEDS = (("tracepoints",), ("tracefs",), ("ringbuf",))
+    CAPABILITIES = TRACE
+    KIND = Kind.STREAMING
+    OPTIONS = (
+        COMM.but(help=f"only execs whose comm is exactly NAME: the last component of the path executed, as the "
+                 f"kernel names the process (at most {COMM_BYTES - 1} bytes)", aliases=("--name",)),
+        Option("uid", "only execs by this user (name or uid)", user_id, metavar="USER"),
+        Option("ppid", "only execs by children of process PID", pid_number, metavar="PID"),
+        CGROUP.but(help="only execs in the cgroup v2 at PATH (under its mount, or as /proc/PID/cgroup shows it)"),
+        Option("failed", "only execs that failed"),
+        Option("max_args", f"arguments kept per exec; more are marked with … (default and most: {MAX_ARGS})",
+               max_args, default=MAX_ARGS, metavar="N", agent=False),
+        Option("arg_bytes", f"bytes kept per argument, the NUL included; a longer one ends in … (default and most: "
+               f"{ARG_BYTES})", arg_bytes, default=ARG_BYTES, metavar="N", agent=False),
+        Option("count", "count execs per comm and cgroup in the kernel; stream nothing", cli=False, agent=False),
+        INTERVAL.but(default=0.5, help="seconds between refreshes of the live view (default: 0.5)"),
+        DURATION,
+        JSON.but(help="one JSON object per exec, and a final summary"),
+        RING_BYTES.but(default=DEFAULT_RING_BYTES),
+    )
+    AGENT_KEY = "execs"
+    AGENT_VALUES = {"count": True}  # execs per comm and container, counted in the kernel
 
     def __init__(
         self, *, filters: Filters = Filters(), limits: Limits = Limits(), ring_bytes: int = DEFAULT_RING_BYTES,
         count: bool = False, pin_dir: Optional[str] = None, max_counts: int = 10240,
     ) -> None:
-        super().__init__()
+        super().__init__(pin_dir=pin_dir)  # counters pinned there carry on from an earlier run
         self.count = count
         self.max_counts = max_counts  # (comm, cgroup) pairs the count map holds
-        self.pin_dir = pin_dir  # counters pinned here carry on from an earlier run
         self.filters = filters
         self.limits = limits
         self.ring_bytes = ring_bytes
         self._syscalls: dict[int, str] = {}
         self._clock_offset_ns = 0
         self.hooks: tuple[str, ...] = ()  # the tracepoints attached, as category:name
+        self._events: Optional[RingBuffer] = None
+        # A cgroup's container labels once known, kept after its container is gone (and the resolver
+        # forgets it), so its counts stay in the same series rather than moving to the host's.
+        self._labels: dict[int, tuple[str, str]] = {}
 
-    def open(self) -> ExecSnoop:
-        """Loads with the filters written and attaches to every tracepoint this kernel has."""
+    @classmethod
+    def _from_options(cls, values: Mapping[str, Any], pin_dir: Optional[str]) -> ExecSnoop:
+        filters = Filters(uid=values["uid"], ppid=values["ppid"], cgroup_id=values["cgroup"], comm=values["comm"],
+                          failed_only=values["failed"])
+        return cls(filters=filters, limits=Limits(values["max_args"], values["arg_bytes"]),
+                   ring_bytes=values["ring_bytes"], count=values["count"], pin_dir=pin_dir)
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.POLLING if self.count else Kind.STREAMING
+
+    def _open(self) -> None:
+        """Checks the filters, loads with them written and attaches to every tracepoint this kernel has."""
+        self.filters.check()
         tracefs = ensure_tracefs()
         present = {program: os.path.isdir(os.path.join(tracefs, "events", category, name))
                    for category, name, program, _ in _HOOKS}
@@ -185,23 +288,18 @@ class ExecSnoop(Attached):
         for _, _, program, required in _HOOKS:
             if not present[program] and not required:
                 spec.programs[program].autoload = False  # required ones fail at attach, naming the tracepoint
-        self._obj = spec.load()
-        try:
-            syscalls = self._obj.exported_type("syscall").python_type  # enum exec_syscall: SYSCALL_EXECVE = 0
-            self._syscalls = {int(s): s.name[len("SYSCALL_"):].lower() for s in syscalls}
-            if not self.count:
-                self._ring = self._obj.ring_buffer("events")
-            hooks = []
-            for category, name, program, _ in _HOOKS:
-                if program in self._obj.programs:
-                    self._links.append(self._obj.programs[program].attach_tracepoint(category, name))
-                    hooks.append(f"{category}:{name}")
-            self.hooks = tuple(hooks)
-        except BaseException:
-            self.close()
-            raise
+        self._obj = obj = spec.load()
+        syscalls = obj.exported_type("syscall").python_type  # enum exec_syscall: SYSCALL_EXECVE = 0
+        self._syscalls = {int(s): s.name[len("SYSCALL_"):].lower() for s in syscalls}
+        if not self.count:
+            self._events = self.ring(obj.ring_buffer("events"))
+        hooks = []
+        for category, name, program, _ in _HOOKS:
+            if program in obj.programs:
+                self.attach(obj.programs[program].attach_tracepoint(category, name))
+                hooks.append(f"{category}:{name}")
+        self.hooks = tuple(hooks)
         self._clock_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        return self
 
     def _configure(self, spec: ObjectSpec) -> None:
         f, rodata = self.filters, spec.rodata
@@ -211,8 +309,8 @@ class ExecSnoop(Attached):
             rodata["cfg_ppid"] = f.ppid
         if f.cgroup_id is not None:
             rodata["cfg_cgroup_id"] = f.cgroup_id
-        if f.name is not None:
-            rodata["cfg_name"] = f.name.encode()[: COMM_BYTES - 1]
+        if f.comm is not None:
+            rodata["cfg_name"] = f.comm.encode()
         rodata["cfg_failed_only"] = f.failed_only
         rodata["cfg_max_args"] = self.limits.max_args
         rodata["cfg_arg_bytes"] = self.limits.arg_bytes
@@ -224,8 +322,8 @@ class ExecSnoop(Attached):
 
     def poll(self, timeout_ms: int = 100) -> list[Exec]:
         """The execs reported, waiting up to `timeout_ms` for the first."""
-        assert self._ring is not None, "open() first"
-        batch = self._ring.poll(timeout_ms)
+        assert self._events is not None, "open() first, without count=True"
+        batch = self._events.poll(timeout_ms)
         if not len(batch):
             return []
         # Per field, one conversion for the whole batch; Python per record only to build argv.
@@ -261,8 +359,49 @@ class ExecSnoop(Attached):
         for row in rows:
             self.obj.maps["counts"].delete({"comm": row.comm.encode(), "cgroup_id": row.cgroup_id})
 
-    @property
-    def lost(self) -> int:
-        """Execs that passed the filters but could not be reported: the ring was full, more execs
-        were in flight at once than the stash holds, or (count mode) the counters map was full."""
-        return sum(int(v) for v in self.obj.maps["events_lost"].lookup(0))
+    def metrics(self) -> Iterator[Metric]:
+        """Execs and failures per comm, container and pod (the containers' labels from `containers`)."""
+        from prometheus_client.core import CounterMetricFamily
+
+        totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        for row in self._prune(self.counts()):
+            container, pod = self._labels_of(row.cgroup_id)
+            total = totals[(row.comm, container, pod)]
+            total[0] += row.execs
+            total[1] += row.failures
+        labels = ["comm", "container", "pod"]
+        execs = CounterMetricFamily("bpfscope_execs", "Programs executed (execve, execveat), by the new "
+                                    "program's comm and its container", labels=labels)
+        failures = CounterMetricFamily("bpfscope_exec_failures", "Execs that failed, by the caller's comm",
+                                       labels=labels)
+        for key, (n, failed) in sorted(totals.items()):
+            execs.add_metric(list(key), n)
+            failures.add_metric(list(key), failed)
+        yield from (execs, failures)
+
+    def _labels_of(self, cgroup_id: int) -> tuple[str, str]:
+        labels = self._labels.get(cgroup_id)
+        if labels is None:
+            if self.containers is None:
+                return ("", "")
+            labels = self.containers.labels(cgroup_id)
+            if labels[0] or self.containers.path(cgroup_id):  # not merely unknown yet
+                self._labels[cgroup_id] = labels
+        return labels
+
+    def _prune(self, rows: list[ExecCount]) -> list[ExecCount]:
+        """With the map nine tenths full, the counts of cgroups that no longer exist (containers gone)
+        are deleted, so a node that runs many short-lived containers keeps counting new ones: their
+        series end, as a finished container's do."""
+        if self.containers is None or len(rows) < self.max_counts * 9 // 10:
+            return rows
+        alive = self.containers.exists({row.cgroup_id for row in rows})
+        gone = [row for row in rows if not alive[row.cgroup_id]]
+        self.forget(gone)
+        for row in gone:
+            self._labels.pop(row.cgroup_id, None)
+        dropped = {(row.comm, row.cgroup_id) for row in gone}
+        return [row for row in rows if (row.comm, row.cgroup_id) not in dropped]
+
+
+TOOL = ExecSnoop
