@@ -203,11 +203,12 @@ BAD_CONFIGS = {
     "tools: {opens: {}}\npin_dir: /sys/fs/bpf/\n": "pin_dir: must be a directory of the agent's own",
     "tools:\n  opens: {}\n  8080: x\n": "tools.8080",
     "tools: {opens: {}}\ntc_leases: run/bpfscope\n": "tc_leases: must be an absolute directory",
-    "tools:\n  funclatency: [{target: libc, symbol: free}, {target: libc, symbol: free, pid: 1}]\n":
+    "tools:\n  funclatency: [{function: 'libc:free'}, {function: 'libc:free', pid: 1}]\n":
         "tools.funclatency[1]",
     "tools: {}\n": "tools",
     "tools: [\n": "agent.yaml:2",
-    "tools:\n  funclatency: [{target: libc}]\n": "tools.funclatency[0].symbol",
+    "tools:\n  funclatency: [{function: libc}]\n": "tools.funclatency[0].function",
+    "tools:\n  funclatency: [{target: libc, symbol: free}]\n": "tools.funclatency[0].function: is required",
     "tools:\n  packets: {interfaces: [bpfscope-nope0]}\n": "bpfscope-nope0",
     "tools:\n  opens: {}\ncustom: [{object: missing.bpf.c}]\n": "custom[0].object",
 }

@@ -109,7 +109,7 @@ def test_flows_on_clsact_keep_their_leases_where_the_config_says(veth_pair, pins
 def test_funclatency_is_a_prometheus_histogram(pins, tmp_path):
     binary = tmp_path / "nap.v1"  # a dot, as in libc.so.6: bpffs refuses one in a pin's name
     subprocess.run(["gcc", "-O1", "-o", str(binary), str(NAP_C)], check=True)
-    config = {"pin_dir": pins, "tools": {"funclatency": [{"target": str(binary), "symbol": "nap"}]}}
+    config = {"pin_dir": pins, "tools": {"funclatency": [{"function": f"{binary}:nap"}]}}
     agent = AgentProcess(config, tmp_path)
     try:
         out = subprocess.run([str(binary), "1500", "5"], check=True, timeout=30, capture_output=True, text=True)

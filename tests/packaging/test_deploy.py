@@ -234,7 +234,8 @@ def test_readmes_docker_run_grants_what_compose_does(compose: dict[str, Any]) ->
 
 def _needs_host_pids(config: AgentConfig) -> bool:
     """Whether the config names processes by node PID: a `pid:`, or a target reached through /proc/<pid>/root."""
-    return (any(f.pid is not None or f.target.startswith("/proc/") for f in config.funclatency)
+    named = [i.values for t in config.tools for i in t.instances]
+    return (any(v.get("pid") is not None or str(v.get("function", "")).startswith("/proc/") for v in named)
             or ((http := config.tool("httptrace")) is not None and http.values["pid"] is not None))
 
 
@@ -304,7 +305,7 @@ def test_shipped_config_passes_our_parser(configmap_text: str) -> None:
     assert config.packets is not None and config.tool("flows") is not None
     assert config.opens is not None and config.tool("execsnoop") is not None
     assert config.tool("guard") is None  # it drops packets: nobody gets that from a default
-    assert config.funclatency == () and config.tool("httptrace") is None and config.custom == ()
+    assert config.tool("funclatency") is None and config.tool("httptrace") is None and config.custom == ()
 
 
 def test_shipped_config_passes_the_agents_check() -> None:

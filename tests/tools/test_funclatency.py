@@ -446,7 +446,7 @@ def test_no_such_pid(worker):
     assert_one_line_error(funclatency(f"{worker}:work", "--pid", "999999999"), "no process with pid 999999999")
     result = funclatency(f"{worker}:work", "--pid", "-1")
     assert result.returncode == 2
-    assert_one_line_error(result, "is not a process id")
+    assert_one_line_error(result, "'-1' must be greater than 0")  # the one pid parser of every tool
 
 
 def test_go_binary_refused_by_the_command(fake_go_binary):

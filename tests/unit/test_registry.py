@@ -14,7 +14,7 @@ import pytest
 from tool_runs import agent_section
 
 import bpfscope.tools
-from bpfscope.agent.config import ToolConfig, parse_config
+from bpfscope.agent.config import parse_config
 from bpfscope.cli import doctor
 from bpfscope.tools import _base, _registry
 from bpfscope.tools._base import Kind, Option, OptionValueError, Tool
@@ -111,8 +111,8 @@ def test_each_tool_has_a_section_in_the_agents_config(name: str) -> None:
     assert tool.AGENT_KEY
     config = parse_config({"tools": {tool.AGENT_KEY: agent_section(tool, "lo")}})
     (tool_config,) = config.tools
-    assert tool_config == ToolConfig(name, tool.AGENT_KEY, tool_config.options, ("lo",) if tool.per_interface()
-                                     else ())
+    assert (tool_config.name, tool_config.key, len(tool_config.instances)) == (name, tool.AGENT_KEY, 1)
+    assert tool_config.on == (("lo",) if tool.declares("iface") else ())
     assert set(tool_config.values) == {o.name for o in tool.OPTIONS}
     from bpfscope.agent.agent import build_sources
     from bpfscope.agent.sources import ToolSource
@@ -128,6 +128,25 @@ def test_agent_options_are_read_through_the_declarations() -> None:
                            ({"count": False}, "tools.opens"), ({"failed": "yes"}, "tools.opens.failed")):
         with pytest.raises(OSError, match=field):
             parse_config({"tools": {"opens": section}})
+
+
+def test_a_tool_that_runs_several_times_has_a_list_of_instances() -> None:
+    from bpfscope.agent.agent import build_sources
+
+    functions = [{"function": "libc:free"}, {"function": "libc:malloc", "pid": 1}]
+    config = parse_config({"tools": {"funclatency": functions}})
+    (tool_config,) = config.tools
+    assert [(i.name, i.values["pid"]) for i in tool_config.instances] == [("libc:free", None), ("libc:malloc", 1)]
+    # one pin directory each, named by what tells them apart (bpffs takes no ":" or ".")
+    assert [Path(s.pin_dir).name for s in build_sources(config, None)] == ["funclatency-libc_free",
+                                                                            "funclatency-libc_malloc"]
+    for section, field in (([{"function": "libc:free"}, {"function": "libc:free", "pid": 1}],
+                            r"tools.funclatency\[1\]: the same function as funclatency\[0\]"),
+                           ([{"pid": 1}], r"tools.funclatency\[0\].function: is required"),
+                           ({"function": "libc"}, r"tools.funclatency\[0\].function: 'libc' is not TARGET:SYMBOL")):
+        with pytest.raises(OSError, match=field):
+            parse_config({"tools": {"funclatency": section}})
+    assert parse_config({"tools": {"funclatency": [], "opens": {}}}).tool("funclatency") is None
 
 
 def test_option_from_config_checks_as_the_cli_does() -> None:

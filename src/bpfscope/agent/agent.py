@@ -28,18 +28,19 @@ from ..tools import _registry as registry
 from .config import AgentConfig
 from .containers import ContainerResolver
 from .source import Source
-from .sources import FuncLatencySource, ToolSource, pin_subdir
+from .sources import ToolSource, pin_subdir
 
 __all__ = ["Agent", "ReloadError", "build_sources", "check_custom"]
 
 log = logging.getLogger("bpfscope.agent")
 
-# The directories build_sources makes under the pin directory (pin_subdir names): `<key>-<interface>` for a
-# tool that takes one, else `<key>`; and TEMPORARY, those of the sources not yet on the Tool base.
+# The directories build_sources makes under the pin directory (pin_subdir names): `<key>-<instance>` for a
+# tool that runs once per interface or per item of a list, else `<key>`; and TEMPORARY, those of the
+# sources not yet on the Tool base.
 _OWN_PIN_DIR = re.compile("^(?:{})".format("|".join(
-    [f"{tool.AGENT_KEY}-" if tool.per_interface() else f"{tool.AGENT_KEY}$"
+    [f"{tool.AGENT_KEY}-" if tool.per_interface() or tool.AGENT_INSTANCES else f"{tool.AGENT_KEY}$"
      for tool in registry.all_tools() if tool.AGENT_KEY]
-    + ["funclatency-", "custom-"])))
+    + ["custom-"])))
 _PUMP_MS = 200  # the reader thread's longest wait, so stop() is heard within it
 
 
@@ -49,16 +50,12 @@ def build_sources(config: AgentConfig, resolver: Optional[ContainerResolver]) ->
     sources: list[Source] = []
     for tool in config.tools:
         tool_class = registry.tool_class(tool.name)
-        values = tool.values
-        if tool_class.declares("ring_bytes"):
-            values["ring_bytes"] = config.ring_bytes  # the agent's one size for every ring it reads
-        if tool.interfaces:
-            sources += [ToolSource(tool_class, tool.key, {**values, "iface": iface},
-                                   pin_subdir(pins, tool.key, iface), resolver) for iface in tool.interfaces]
-        else:
-            sources.append(ToolSource(tool_class, tool.key, values, pin_subdir(pins, tool.key), resolver))
-    for f in config.funclatency:
-        sources.append(FuncLatencySource(f, pin_subdir(pins, "funclatency", f.target, f.symbol, str(f.pid or ""))))
+        for instance in tool.instances:
+            values = instance.values
+            if tool_class.declares("ring_bytes"):
+                values["ring_bytes"] = config.ring_bytes  # the agent's one size for every ring it reads
+            pins_of = pin_subdir(pins, tool.key, *([instance.name] if instance.name else []))
+            sources.append(ToolSource(tool_class, tool.key, values, pins_of, resolver))
     if config.custom:
         from .custom import CustomProgram  # its build and decoders only when configured
 

@@ -4,7 +4,8 @@ that names the field (`tools.flows.top: 'many' is not a whole number`).
 A tool on the Tool base (bpfscope.tools) has its section `tools.<Tool.AGENT_KEY>`, read from the same
 option declarations as its CLI flags (Tool.OPTIONS); a tool that takes --iface takes `interfaces:` there,
 and runs once on each (Tool.per_interface), unless its config names one interface as a value of its
-own. Without a file the agent counts packets on the default route's interface, file opens and execs."""
+own; a tool that runs several times (Tool.AGENT_INSTANCES) has a list there, one mapping per instance.
+Without a file the agent counts packets on the default route's interface, file opens and execs."""
 
 from __future__ import annotations
 
@@ -24,9 +25,8 @@ from ..tools import _registry as registry
 from ..tools._base import OptionValueError, Tool
 
 __all__ = [
-    "DEFAULT_LISTEN", "ConfigError", "Fields", "AgentConfig", "ToolConfig",
-    "FuncLatencyConfig", "CustomConfig", "OtlpConfig", "load_config", "parse_config",
-    "default_interface",
+    "DEFAULT_LISTEN", "ConfigError", "Fields", "AgentConfig", "Instance", "ToolConfig",
+    "CustomConfig", "OtlpConfig", "load_config", "parse_config", "default_interface",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:9435"
@@ -161,31 +161,37 @@ def default_interface() -> str:
 
 
 @dataclass(frozen=True)
-class ToolConfig:
-    """A tool on the Tool base, as its section `tools.<key>` asks: the values of its declared options
-    (defaults filled in), and for a tool that takes --iface, the interfaces it runs on, one each."""
+class Instance:
+    """One run of a tool in the agent: the values of its declared options (defaults filled in), and
+    what tells it from the tool's other runs (its interface, its function; "" for a tool that runs
+    once), which names its pin directory."""
 
-    name: str  # the tool's (registry) name
-    key: str  # its section under `tools:` (Tool.AGENT_KEY)
     options: tuple[tuple[str, Any], ...]
-    interfaces: tuple[str, ...] = ()
+    name: str = ""
 
     @property
     def values(self) -> dict[str, Any]:
         return dict(self.options)
 
+
+@dataclass(frozen=True)
+class ToolConfig:
+    """A tool on the Tool base, as its section `tools.<key>` asks: one instance, or one per interface
+    (a tool that takes --iface), or one per item of the section's list (Tool.AGENT_INSTANCES)."""
+
+    name: str  # the tool's (registry) name
+    key: str  # its section under `tools:` (Tool.AGENT_KEY)
+    instances: tuple[Instance, ...]
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The first instance's values: those of a tool that runs once."""
+        return self.instances[0].values
+
     @property
     def on(self) -> tuple[str, ...]:
         """The interfaces it runs on: one instance each, or the one its section names (guard's)."""
-        iface = self.values.get("iface")
-        return self.interfaces or ((iface,) if isinstance(iface, str) else ())
-
-
-@dataclass(frozen=True)
-class FuncLatencyConfig:
-    target: str
-    symbol: str
-    pid: Optional[int] = None
+        return tuple(iface for i in self.instances if isinstance(iface := i.values.get("iface"), str))
 
 
 @dataclass(frozen=True)
@@ -213,7 +219,6 @@ class AgentConfig:
     max_containers: int = 500  # distinct containers labelled before the rest are container="other"
     ring_bytes: int = 1 << 22
     tools: tuple[ToolConfig, ...] = ()  # the tools on the Tool base, in the file's order
-    funclatency: tuple[FuncLatencyConfig, ...] = ()
     custom: tuple[CustomConfig, ...] = ()
     otlp: Optional[OtlpConfig] = None
     source: str = ""  # the file it came from, "" for the default
@@ -286,10 +291,7 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
         tools.has(key)  # named among the known fields when one is not
     # `opens: true` is `opens: {}`; `opens: false` leaves it out.
     enabled = [key for key in tools.keys() if key in by_key and tools.raw(key) is not False]
-    generic = tuple(_tool_config(by_key[key], Fields({}, f"tools.{key}", source) if tools.raw(key) is True
-                                 else tools.child(key)) for key in enabled)
-    funclatency = tuple(tools.items("funclatency", _funclatency))
-    _no_repeats(tools, "funclatency", [(f.target, f.symbol) for f in funclatency], "target and symbol")
+    generic = tuple(config for config in (_section(by_key[key], tools) for key in enabled) if config.instances)
     tools.done()
 
     custom = tuple(top.items("custom", lambda f: _custom(f, base)))
@@ -297,12 +299,12 @@ def parse_config(document: Any, *, source: str = "", base: Optional[Path] = None
     otlp = _otlp(top.child("otlp")) if top.has("otlp") else None
     top.done()
     _one_xdp_program_each(tools, generic)
-    if not any((generic, funclatency, custom)):
+    if not any((generic, custom)):
         raise ConfigError(top.where("tools"), "no tool is enabled: nothing to export")
     return AgentConfig(
         listen=listen, pin_dir=pin_dir, tc_leases=tc_leases, containers=containers, max_containers=max_containers,
         ring_bytes=ring_bytes,
-        tools=generic, funclatency=funclatency,
+        tools=generic,
         custom=custom, otlp=otlp, source=source,
     )
 
@@ -325,8 +327,38 @@ def _check_listen(listen: str, top: Fields) -> None:
         raise top.error("listen", f"must be ADDRESS:PORT (as {DEFAULT_LISTEN}), not {listen!r}")
 
 
+def _section(tool: type[Tool], tools: Fields) -> ToolConfig:
+    """The section `tools.<key>` of a tool on the Tool base: a list of instances, or one mapping
+    (`opens: true` is `opens: {}`)."""
+    key = tool.AGENT_KEY or tool.NAME
+    if not tool.AGENT_INSTANCES:
+        return _tool_config(tool, Fields({}, f"tools.{key}", tools.source) if tools.raw(key) is True
+                            else tools.child(key))
+    instances = tools.items(key, lambda f: _instance(tool, f))
+    _no_repeats(tools, key, [i.name for i in instances], " and ".join(tool.AGENT_INSTANCES))
+    return ToolConfig(tool.NAME, key, tuple(instances))
+
+
 def _tool_config(tool: type[Tool], section: Fields) -> ToolConfig:
-    """The section of a tool on the Tool base, read through its option declarations."""
+    """The mapping of a tool that runs once, or once per interface."""
+    values = _options(tool, section)
+    if tool.per_interface():
+        instances = tuple(Instance(tuple({**values, "iface": iface}.items()), iface) for iface in _interfaces(section))
+    else:
+        instances = (Instance(tuple(values.items())),)
+    section.done()
+    return ToolConfig(tool.NAME, tool.AGENT_KEY or tool.NAME, instances)
+
+
+def _instance(tool: type[Tool], section: Fields) -> Instance:
+    """One item of the list of a tool that runs several times, named by its AGENT_INSTANCES values."""
+    values = _options(tool, section)
+    section.done()
+    return Instance(tuple(values.items()), " ".join(str(values[name]) for name in tool.AGENT_INSTANCES))
+
+
+def _options(tool: type[Tool], section: Fields) -> dict[str, Any]:
+    """A mapping read through the tool's option declarations."""
     values: dict[str, Any] = {}
     for option in tool.OPTIONS:
         if not option.agent or not section.has(option.key):
@@ -338,9 +370,7 @@ def _tool_config(tool: type[Tool], section: Fields) -> ToolConfig:
             values[option.name] = option.from_config(section.raw(option.key))
         except OptionValueError as exc:
             raise section.error(option.key, str(exc)) from None
-    interfaces = _interfaces(section) if tool.per_interface() else ()
-    section.done()
-    return ToolConfig(tool.NAME, tool.AGENT_KEY or tool.NAME, tuple(values.items()), interfaces)
+    return values
 
 
 def _one_xdp_program_each(tools: Fields, configs: tuple[ToolConfig, ...]) -> None:
@@ -364,15 +394,6 @@ def _interfaces(section: Fields) -> tuple[str, ...]:
     if len(set(ifaces)) != len(ifaces):
         raise section.error("interfaces", "names an interface twice")
     return ifaces
-
-
-
-
-def _funclatency(f: Fields) -> FuncLatencyConfig:
-    config = FuncLatencyConfig(f.required_string("target"), f.required_string("symbol"),
-                               f.integer("pid", None, 1, 1 << 22))
-    f.done()
-    return config
 
 
 def _custom(f: Fields, base: Path) -> CustomConfig:

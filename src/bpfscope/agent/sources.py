@@ -1,8 +1,7 @@
 """The built-in tools as agent sources. Each reads its kernel counters once per scrape (batch map
 lookups, summed over CPUs) and yields Prometheus metric families; a streaming tool's ring is drained
 between scrapes (httptrace's requests are parsed from it as `bpfscope httptrace` does). A tool on the
-Tool base is a ToolSource (its families are its own, Tool.metrics); the other sources here are
-TEMPORARY until their tools are converted (issue 16 step 2).
+Tool base is a ToolSource (its families are its own, Tool.metrics).
 
 Names follow Prometheus conventions: `bpfscope_<what>_total` for counters, base units (bytes,
 seconds). Labels with unbounded values are bounded: flows to the top N by bytes, HTTP routes to
@@ -16,22 +15,17 @@ import re
 import threading
 from typing import Any, Iterator, Mapping, Optional
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from ..tools._base import Kind, Tool
-from ..tools.funclatency import FunctionLatency, Unit
-from .config import FuncLatencyConfig
 from .containers import ContainerResolver
 from .source import Source
 
 __all__ = [
-    "ToolSource", "FuncLatencySource",
+    "ToolSource",
     "lost_events", "received_events", "unseen_families",
 ]
 
-# funclatency slots are log2 of nanoseconds (slot i: [2^i, 2^(i+1)) ns); exported from 256 ns to
-# about 69 s, a fixed set so every scrape has the same buckets.
-_LATENCY_SLOTS = range(7, 36)
 
 
 def received_events(tool: str, source: str, received: int, ring: str = "events") -> CounterMetricFamily:
@@ -117,38 +111,6 @@ def unseen_families(key: str, source: str, tool: Tool) -> Iterator[Metric]:
         yield received_events(key, source, count, ring)
 
 
-
-
-class FuncLatencySource(Source):
-    name = "funclatency"
-
-    def __init__(self, config: FuncLatencyConfig, pin_dir: str) -> None:
-        super().__init__(pin_dir)
-        self.config = config
-        self._timer: Optional[FunctionLatency] = None
-
-    def open(self) -> None:
-        c = self.config
-        self._timer = FunctionLatency(c.target, c.symbol, pid=c.pid, unit=Unit.NSECS, pin_dir=self.pin_dir).open()
-
-    def collect(self) -> Iterator[Metric]:
-        assert self._timer is not None
-        snap = self._timer.snapshot()
-        buckets: list[tuple[str, float]] = []
-        cumulative = sum(snap.slots[: _LATENCY_SLOTS.start])
-        for slot in _LATENCY_SLOTS:
-            cumulative += snap.slots[slot] if slot < len(snap.slots) else 0
-            buckets.append((repr((1 << (slot + 1)) / 1e9), cumulative))
-        buckets.append(("+Inf", sum(snap.slots)))
-        family = HistogramMetricFamily("bpfscope_function_latency_seconds", "Time from a function's entry to its "
-                                       "return (uprobes)", labels=["target", "symbol"])
-        family.add_metric([self.config.target, self.config.symbol], buckets, snap.sum_ns / 1e9)
-        yield family
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
 
 
 def pin_subdir(pin_dir: str, *parts: str) -> str:

@@ -573,9 +573,7 @@ def run(
                 "guard": {"interface": guarded.host, "rate": 1000, "burst": 200},
                 "opens": {},
                 "execs": {},
-                # "libc", not its path: the agent names the pin directory after the target, and
-                # bpffs refuses names with a dot (EPERM)
-                "funclatency": [{"target": "libc", "symbol": "close", "pid": loop.pid}],
+                "funclatency": [{"function": "libc:close", "pid": loop.pid}],
                 "http": {"port": web_port, "tls": False},
             },
         }

@@ -146,8 +146,8 @@ def _reload(agent: Agent, otlp: _Otlp, args: argparse.Namespace) -> None:
 
 def _describe(config: AgentConfig) -> str:
     parts: list[Optional[str]] = [
-        *(f"{t.key}({', '.join(t.on)})" if t.on else t.key for t in config.tools),
-        *(f"funclatency({f.target}:{f.symbol})" for f in config.funclatency),
+        *(f"{t.key}({', '.join(t.on or (i.name for i in t.instances))})" if t.on or t.instances[0].name else t.key
+          for t in config.tools),
         *(f"custom({c.object.name})" for c in config.custom),
     ]
     return ", ".join(p for p in parts if p)

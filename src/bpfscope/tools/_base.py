@@ -301,6 +301,9 @@ class Tool:
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
     AGENT_KEY: ClassVar[Optional[str]] = None  # its section under the agent config's `tools:`; None: no agent use
     AGENT_VALUES: ClassVar[Mapping[str, Any]] = {}  # option values the agent fixes (counting in the kernel)
+    # A tool the agent runs several times: its section is a list, and these options tell the instances apart
+    # (each has its own series and pin directory). A tool that takes `iface` runs once per interface instead.
+    AGENT_INSTANCES: ClassVar[tuple[str, ...]] = ()
     VARIANT: ClassVar[Optional[Variant]] = None  # programs shipped in two forms (variants.choose)
     ACTIONS: ClassVar[tuple[Action, ...]] = ()  # subcommands that change a running instance (Tool.act)
 

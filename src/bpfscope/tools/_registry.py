@@ -34,11 +34,7 @@ class ToolInfo(NamedTuple):
 # TEMPORARY (issue 16, step 2): the tools not yet on the Tool base, whose CLI is cli/<name>.py's
 # add_arguments/run: help, needs, and "net" or "trace" capabilities. Each conversion deletes its entry;
 # the table goes with the last one.
-_LEGACY = {
-    "execsnoop": ("trace new programs: pid, ppid, uid, arguments, result (tracepoints)",
-                  (("tracepoints",), ("tracefs",), ("ringbuf",)), "trace"),
-    "funclatency": ("time a function in a binary or library as a log2 histogram (uprobes)", (("uprobes",),), "trace"),
-}
+_LEGACY: dict[str, tuple[str, tuple[tuple[str, ...], ...], str]] = {}
 
 
 def _converted() -> tuple[str, ...]:

@@ -2,26 +2,31 @@
 binary or library, and reads the per-CPU log2 histogram in one batch.
 
 Go binaries are refused: a uretprobe replaces the return address on the stack, and the Go runtime
-moves goroutine stacks and walks them, so the traced program crashes or misbehaves."""
+moves goroutine stacks and walks them, so the traced program crashes or misbehaves.
+
+In the agent each function is an instance of its own (`tools.funclatency` is a list), exported as a
+Prometheus histogram in seconds."""
 
 from __future__ import annotations
 
 import enum
 import errno
-import os
 import struct
 import time
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, BinaryIO, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Mapping, NamedTuple, Optional
 
 from ..errors import BpfscopeError
-from ..link import Link
-from ..object import Object, ObjectSpec, tool_object
+from ..object import ObjectSpec, tool_object
 from ..output.histogram import Log2Histogram
 from ..program import resolve_binary
+from ._base import DURATION, INTERVAL, JSON, PID, TRACE, Kind, Option, OptionValueError, Tool, check_pid
 
-__all__ = ["Unit", "LatencySnapshot", "FunctionLatency", "parse_target", "is_go_binary", "elf_section_names"]
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+__all__ = ["TOOL", "Function", "FunctionLatency", "LatencySnapshot", "Unit", "elf_section_names", "is_go_binary",
+           "parse_target"]
 
 GO_REFUSAL = "uretprobes corrupt Go stacks (they move goroutine stacks); funclatency refuses Go binaries"
 _GO_SECTIONS = frozenset({".go.buildinfo", ".note.go.buildid", ".gopclntab"})
@@ -43,12 +48,27 @@ class Unit(enum.Enum):
         return {Unit.NSECS: "nsecs", Unit.USECS: "usecs", Unit.MSECS: "msecs"}[self]
 
 
-def parse_target(text: str) -> tuple[str, str]:
+# Its histogram's slots are log2 of the unit (the agent's: ns, so slot i is [2^i, 2^(i+1)) ns); the agent
+# exports the slots from 256 ns to about 69 s, a fixed set so every scrape has the same buckets.
+_EXPORTED_SLOTS = range(7, 36)
+
+
+class Function(NamedTuple):
+    """A function in a binary or library: `libc:malloc`."""
+
+    target: str  # a path, or a library's name
+    symbol: str
+
+    def __str__(self) -> str:
+        return f"{self.target}:{self.symbol}"
+
+
+def parse_target(text: str) -> Function:
     """"libc:malloc" → ("libc", "malloc"); "/usr/bin/app:main" → ("/usr/bin/app", "main")."""
     target, sep, symbol = text.rpartition(":")
     if not sep or not target or not symbol or any(c.isspace() for c in symbol):
-        raise ValueError(f"{text!r} is not TARGET:SYMBOL (e.g. libc:malloc or /usr/bin/app:main)")
-    return target, symbol
+        raise OptionValueError(f"{text!r} is not TARGET:SYMBOL (e.g. libc:malloc or /usr/bin/app:main)")
+    return Function(target, symbol)
 
 
 def elf_section_names(path: str) -> list[str]:
@@ -114,73 +134,74 @@ class LatencySnapshot:
         )
 
 
-class FunctionLatency:
+class FunctionLatency(Tool):
     """`with FunctionLatency("libc", "malloc") as f: f.snapshot().histogram`; detaches on exit.
 
     `target` is a path or a library name ("libc"); `pid` limits timing to one process (at attach
-    and in the kernel); `unit` is the histogram's unit."""
+    and in the kernel); `unit` is the histogram's unit. `lost` counts the calls it could not time
+    because its table of threads in a call was full."""
+
+    NAME = "funclatency"
+    HELP = "time a function in a binary or library as a log2 histogram (uprobes)"
+    NEEDS = (("uprobes",),)
+    CAPABILITIES = TRACE
+    KIND = Kind.POLLING
+    OPTIONS = (
+        Option("function", "a binary path or a library name, and a function: libc:malloc, /usr/bin/app:main",
+               parse_target, metavar="TARGET:SYMBOL", positional=True, required=True, example="libc:getpid"),
+        PID.but(help="only calls made by this process"),
+        Option("unit", "histogram unit (default: us)", str, default=Unit.USECS.value,
+               choices=tuple(u.value for u in Unit), agent=False),
+        INTERVAL.but(default=None, help="also print each interval's histogram, every S seconds"),
+        DURATION,
+        JSON.but(help="one JSON object per interval, and a final one"),
+    )
+    AGENT_KEY = "funclatency"
+    AGENT_VALUES = {"unit": Unit.NSECS.value}  # the histogram in the finest unit: its buckets are in seconds
+    AGENT_INSTANCES = ("function",)  # one instance per function, its pins in funclatency-<target>_<symbol>
 
     def __init__(self, target: str, symbol: str, *, pid: Optional[int] = None, unit: Unit = Unit.USECS,
                  pin_dir: Optional[str] = None) -> None:
+        super().__init__(pin_dir=pin_dir)  # a histogram pinned there carries on from an earlier run
         self.path = resolve_binary(target)
         self.target = target
         self.symbol = symbol
         self.pid = pid
         self.unit = unit
-        self.pin_dir = pin_dir  # a histogram pinned here carries on from an earlier run
-        self._obj: Optional[Object] = None
-        self._links: list[Link] = []
 
-    def open(self) -> FunctionLatency:
+    @classmethod
+    def _from_options(cls, values: Mapping[str, Any], pin_dir: Optional[str]) -> FunctionLatency:
+        function: Function = values["function"]
+        return cls(function.target, function.symbol, pid=values["pid"], unit=Unit(values["unit"]), pin_dir=pin_dir)
+
+    def _open(self) -> None:
         if is_go_binary(self.path):
             raise BpfscopeError(errno.EOPNOTSUPP, f"{self.path} is a Go binary: {GO_REFUSAL}")
-        if self.pid is not None and not os.path.isdir(f"/proc/{self.pid}"):
-            raise BpfscopeError(errno.ESRCH, f"no process with pid {self.pid}")
+        if self.pid is not None:
+            check_pid(self.pid)
         spec = ObjectSpec.open(tool_object("funclatency"))
         spec.rodata["cfg_tgid"] = self.pid or 0
         spec.rodata["cfg_unit_ns"] = self.unit.ns
         spec.pin_maps(self.pin_dir, ["latencies"])
-        obj = spec.load()
-        try:
-            # Return probe first: a call entered between the two attaches then has no entry to
-            # leave open; its return is counted as unmatched instead.
-            for program, retprobe in (("time_return", True), ("time_entry", False)):
-                self._links.append(obj.programs[program].attach_uprobe(
-                    self.path, self.symbol, pid=self.pid, retprobe=retprobe))
-        except BaseException:
-            self._close_links()
-            obj.close()
-            raise
-        self._obj = obj
-        return self
+        self._obj = obj = spec.load()
+        # Return probe first: a call entered between the two attaches then has no entry to leave open;
+        # its return is counted as unmatched instead.
+        for program, retprobe in (("time_return", True), ("time_entry", False)):
+            self.attach(obj.programs[program].attach_uprobe(self.path, self.symbol, pid=self.pid, retprobe=retprobe))
 
     def snapshot(self) -> LatencySnapshot:
-        assert self._obj is not None, "open() first"
         now = time.monotonic()
-        _, values = self._obj.maps["latencies"].lookup_batch_sum()  # type: ignore[attr-defined]
+        _, values = self.obj.maps["latencies"].lookup_batch_sum()  # type: ignore[attr-defined]
         row = values[0]
         return LatencySnapshot(
             now, self.unit, tuple(int(n) for n in row["slots"]), int(row["count"]), int(row["sum_ns"]),
-            int(row["too_deep"]), int(row["unmatched"]), int(row["untracked"]), self._obj.missed_runs(),
+            int(row["too_deep"]), int(row["unmatched"]), int(row["untracked"]), self.obj.missed_runs(),
         )
 
-    def _close_links(self) -> None:
-        while self._links:
-            self._links.pop().close()  # entry probe first
-
-    def close(self) -> None:
-        self._close_links()
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
-
-    def __enter__(self) -> FunctionLatency:
-        return self.open()
-
-    def __exit__(
-        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()
+    @property
+    def lost(self) -> int:
+        """Calls not timed because the table of threads in a call was full."""
+        return self.snapshot().untracked
 
     def as_dict(self, snap: LatencySnapshot) -> dict[str, Any]:
         """A JSON-ready view of a snapshot (or of an interval's delta)."""
@@ -196,3 +217,22 @@ class FunctionLatency:
             "untracked": snap.untracked,
             "missed": snap.missed,
         }
+
+    def metrics(self) -> Iterator[Metric]:
+        """bpfscope_function_latency_seconds: the histogram, in seconds, labelled by target and symbol."""
+        from prometheus_client.core import HistogramMetricFamily
+
+        snap = self.snapshot()
+        buckets: list[tuple[str, float]] = []
+        cumulative = sum(snap.slots[: _EXPORTED_SLOTS.start])
+        for slot in _EXPORTED_SLOTS:
+            cumulative += snap.slots[slot] if slot < len(snap.slots) else 0
+            buckets.append((repr((1 << (slot + 1)) * self.unit.ns / 1e9), cumulative))
+        buckets.append(("+Inf", sum(snap.slots)))
+        family = HistogramMetricFamily("bpfscope_function_latency_seconds", "Time from a function's entry to its "
+                                       "return (uprobes)", labels=["target", "symbol"])
+        family.add_metric([self.target, self.symbol], buckets, snap.sum_ns / 1e9)
+        yield family
+
+
+TOOL = FunctionLatency
