@@ -26,9 +26,11 @@ class BpfObjectsHook(BuildHookInterface):  # type: ignore[type-arg]
         # One copy of the headers lives in bpf/include; bpfscope.build finds this one in an installed wheel.
         build_data["force_include"][str(root / "bpf" / "include")] = "bpfscope/include"
         # libbpf's BPF-side headers (LGPL-2.1 OR BSD-2-Clause) too, so a user's program compiles with clang
-        # alone: bpfscope.bpf.h includes <bpf/bpf_helpers.h> and friends.
+        # alone: bpfscope.bpf.h includes <bpf/bpf_helpers.h> and friends. In a directory of their own, with their
+        # version, so that bpfscope.build uses them only where they suit the libbpf it loads.
         for header in LIBBPF_HEADERS:
-            build_data["force_include"][f"/usr/include/bpf/{header}"] = f"bpfscope/include/bpf/{header}"
+            build_data["force_include"][f"/usr/include/bpf/{header}"] = f"bpfscope/include/libbpf/bpf/{header}"
 
 
-LIBBPF_HEADERS = ("bpf_helpers.h", "bpf_helper_defs.h", "bpf_tracing.h", "bpf_core_read.h", "bpf_endian.h")
+LIBBPF_HEADERS = ("bpf_helpers.h", "bpf_helper_defs.h", "bpf_tracing.h", "bpf_core_read.h", "bpf_endian.h",
+                  "usdt.bpf.h", "libbpf_version.h")

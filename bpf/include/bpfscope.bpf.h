@@ -8,6 +8,15 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 
+/* libbpf 1.1's bpf_tracing.h has no uprobe spelling; a uprobe's context is a kprobe's pt_regs, so
+ * libbpf 1.2 and later spell the same thing. */
+#ifndef BPF_UPROBE
+#define BPF_UPROBE(name, args...) BPF_KPROBE(name, ##args)
+#endif
+#ifndef BPF_URETPROBE
+#define BPF_URETPROBE(name, args...) BPF_KRETPROBE(name, ##args)
+#endif
+
 char LICENSE[] SEC("license") = "GPL";
 
 /* Puts `type` into the object's BTF under a name Python can find (`__btf_export_<name>`). Types

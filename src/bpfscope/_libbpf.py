@@ -613,6 +613,16 @@ def version() -> tuple[int, int]:
     return (libbpf_major_version(), libbpf_minor_version())
 
 
+def path() -> str:
+    """The file the dynamic loader mapped as libbpf: the library every call here goes to."""
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        for line in maps:
+            mapped = line.split(maxsplit=5)[-1].strip()
+            if "/libbpf.so" in mapped:
+                return mapped
+    return str(lib._name)
+
+
 if version() < MIN_VERSION:
     raise NotSupportedError("libbpf", f"libbpf {version()} is older than {MIN_VERSION}")
 

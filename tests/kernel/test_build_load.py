@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from completeness import assert_counted
 
 from bpfscope.build import compile_object, find_clang
 from bpfscope.errors import BpfscopeError
@@ -106,3 +108,48 @@ def test_knob_is_enforced_in_the_kernel(flows_object: Path) -> None:
     with spec.load() as obj:
         obj.programs["count_flows"].test_run(FRAME)
         assert len(obj.maps["flows"]) == 0
+
+
+# Spelled as libbpf 1.2's headers spell it; bpfscope.bpf.h gives 1.1 the same.
+UPROBES = r"""
+#include "bpfscope.bpf.h"
+
+const volatile __u32 cfg_tgid = 0;
+__u64 calls = 0, returns = 0;
+
+SEC("uprobe")
+int BPF_UPROBE(enter_getppid)
+{
+	if (bpf_get_current_pid_tgid() >> 32 == cfg_tgid)
+		__sync_fetch_and_add(&calls, 1);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(leave_getppid, long ret)
+{
+	if (bpf_get_current_pid_tgid() >> 32 == cfg_tgid && ret == getppid_result)
+		__sync_fetch_and_add(&returns, 1);
+	return 0;
+}
+"""
+
+
+def test_uprobe_spellings_of_current_libbpf_load_and_count(tmp_path: Path) -> None:
+    try:
+        find_clang()
+    except BpfscopeError as exc:
+        pytest.skip(str(exc))
+    source = tmp_path / "uprobes.bpf.c"
+    source.write_text(UPROBES.replace("getppid_result", str(os.getppid())))
+    spec = ObjectSpec.open(compile_object(source))
+    spec.rodata["cfg_tgid"] = os.getpid()
+    with spec.load() as obj:
+        with obj.programs["enter_getppid"].attach_uprobe("libc", "getppid"), \
+             obj.programs["leave_getppid"].attach_uprobe("libc", "getppid", retprobe=True):
+            for _ in range(50):
+                os.getppid()
+        counts = obj.bss
+        # each call, but for runs the kernel skipped (another BPF program was running on that CPU)
+        assert_counted(counts["calls"], 50, missed=obj.programs["enter_getppid"].missed_runs)
+        assert_counted(counts["returns"], 50, missed=obj.programs["leave_getppid"].missed_runs)

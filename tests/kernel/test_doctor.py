@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bpfscope import _libbpf
 from bpfscope._privileges import parse_lockdown, parse_lsms
 from bpfscope.features import Feature, probe
 
@@ -44,6 +45,10 @@ def test_json_report() -> None:
     assert report["system"]["btf"]["ok"] is True
     assert report["system"]["bpf_syscall"]["ok"] is True
     assert report["capabilities"]["CAP_BPF"] is True
+    # the libbpf in use, by version and by the file the loader mapped
+    assert report["libbpf"] == "{}.{}".format(*_libbpf.version())
+    assert os.path.realpath(report["libbpf_path"]) == os.path.realpath(_libbpf.path())
+    assert "/libbpf.so" in report["libbpf_path"]
     assert report["tools"]["packets"] == {
         "ok": True,
         "detail": report["tools"]["packets"]["detail"],

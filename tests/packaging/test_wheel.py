@@ -19,7 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ARCHES = ("x86_64", "aarch64")
 HEADERS = ("bpfscope.bpf.h", "packet.bpf.h", "x86_64/vmlinux.h", "aarch64/vmlinux.h")
-LIBBPF_HEADERS = ("bpf_helpers.h", "bpf_helper_defs.h", "bpf_tracing.h", "bpf_core_read.h", "bpf_endian.h")
+LIBBPF_HEADERS = ("bpf_helpers.h", "bpf_helper_defs.h", "bpf_tracing.h", "bpf_core_read.h", "bpf_endian.h",
+                  "usdt.bpf.h", "libbpf_version.h")
 QUIET_PIP = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
 
 pytestmark = pytest.mark.slow
@@ -79,7 +80,7 @@ def test_wheel_carries_objects_for_both_arches_and_the_headers(wheel: Path) -> N
     for header in HEADERS:
         assert f"bpfscope/include/{header}" in names
     for header in LIBBPF_HEADERS:  # so `bpfscope build` needs clang but not libbpf-dev
-        assert f"bpfscope/include/bpf/{header}" in names
+        assert f"bpfscope/include/libbpf/bpf/{header}" in names
     assert not [n for n in names if n.endswith(".d")]  # make's dependency files stay home
 
 

@@ -20,8 +20,10 @@ from bpfscope.build import (
     compile_object,
     find_clang,
     include_dir,
+    libbpf_headers,
+    loaded_libbpf,
 )
-from bpfscope.errors import BpfscopeError
+from bpfscope.errors import BpfscopeError, NotSupportedError
 from bpfscope.object import ObjectSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +105,53 @@ int BPF_USDT(count_request, long bytes)
 		return 0;
 	__sync_fetch_and_add(&request_bytes, bytes);
 	return 0;
+}
+"""
+
+# Written as against current libbpf headers: the uprobe and syscall spellings, CO-RE reads, an asm/ header.
+CURRENT_LIBBPF = r"""
+#include "bpfscope.bpf.h"
+#include <asm/errno.h>
+
+__u64 calls = 0, returns = 0, last_fd = 0, last_pid = 0;
+
+SEC("uprobe")
+int BPF_UPROBE(enter_getppid)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+
+	last_pid = BPF_CORE_READ(task, tgid);
+	__sync_fetch_and_add(&calls, 1);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(leave_getppid, long ret)
+{
+	if (ret != -EINVAL)
+		__sync_fetch_and_add(&returns, 1);
+	return 0;
+}
+
+SEC("ksyscall/close")
+int BPF_KPROBE_SYSCALL(enter_close, int fd)
+{
+	last_fd = fd;
+	return 0;
+}
+"""
+
+# Open-coded loops came with libbpf 1.2's headers.
+OPEN_CODED_LOOP = r"""
+#include "bpfscope.bpf.h"
+
+SEC("xdp")
+int count_to_three(struct xdp_md *ctx)
+{
+	int i, sum = 0;
+
+	bpf_for(i, 0, 3) sum += i;
+	return sum == 3 ? XDP_PASS : XDP_DROP;
 }
 """
 
@@ -201,6 +250,55 @@ def test_asm_headers_are_the_target_architectures(tmp_path: Path, arch: str) -> 
         assert spec.programs["count_request"].section == "usdt"
     finally:
         spec.close()
+
+
+def test_libbpf_headers_match_the_loaded_libbpf() -> None:
+    library = loaded_libbpf()
+    assert library is not None
+    headers = libbpf_headers()
+    assert headers.version == library, headers  # this machine's libbpf-dev and libbpf1 are one version
+    assert (headers.directory / "bpf" / "bpf_helpers.h").is_file()
+
+
+def test_headers_newer_than_the_library_are_refused_in_one_line() -> None:
+    headers = libbpf_headers()
+    older = (headers.version[0], headers.version[1] - 1)
+    with pytest.raises(NotSupportedError) as caught:
+        libbpf_headers(older)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"newer than the libbpf bpfscope loads ({older[0]}.{older[1]})" in message
+    assert f"libbpf {headers.version[0]}.{headers.version[1]}'s headers in " in message
+
+
+@needs_clang
+@pytest.mark.parametrize("arch", sorted(ARCHES))
+def test_programs_written_against_current_libbpf_headers_compile(tmp_path: Path, arch: str) -> None:
+    if asm_include_dir(arch) is None:
+        pytest.skip(f"no {arch} asm/ headers on this machine")
+    source = tmp_path / "current.bpf.c"
+    source.write_text(CURRENT_LIBBPF)
+    spec = ObjectSpec.open(compile_object(source, tmp_path / arch / "current.bpf.o", arch=arch))
+    try:
+        sections = {name: program.section for name, program in spec.programs.items()}
+        assert sections == {"enter_getppid": "uprobe", "leave_getppid": "uretprobe", "enter_close": "ksyscall/close"}
+    finally:
+        spec.close()
+
+
+@needs_clang
+def test_a_name_from_newer_libbpf_headers_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "loop.bpf.c").write_text(OPEN_CODED_LOOP)
+    version = libbpf_headers().version
+    if version >= (1, 2):
+        compile_object(tmp_path / "loop.bpf.c")
+        return
+    result = cli("loop.bpf.c", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"bpfscope build: clang could not compile loop.bpf.c (exit 1); bpf_for needs libbpf 1.2's headers, "
+        f"these are {version[0]}.{version[1]}'s"
+    )
 
 
 @needs_clang

@@ -221,7 +221,8 @@ def test_missing_capability_comes_first() -> None:
 
 
 def test_render_aligns_and_falls_back_to_ascii() -> None:
-    report = Report("6.18", "x86_64", "1.1", {}, system=[Row("btf", "kernel BTF", True, "here")])
+    report = Report("6.18", "x86_64", "1.1", "/usr/lib/x86_64-linux-gnu/libbpf.so.1.1.2", {},
+                    system=[Row("btf", "kernel BTF", True, "here")])
     report.features = [Row("kprobes", "kprobes", False, "absent", "rebuild")]
     report.tools = [Row("packets", "packets", True, "XDP links")]
     text = render(report, io.TextIOWrapper(io.BytesIO(), encoding="ascii"))

@@ -325,6 +325,7 @@ class Report:
     kernel: str
     arch: str
     libbpf: str
+    libbpf_path: str
     capabilities: dict[str, bool]
     system: list[Row] = field(default_factory=list)
     features: list[Row] = field(default_factory=list)
@@ -341,6 +342,7 @@ class Report:
             "kernel": self.kernel,
             "arch": self.arch,
             "libbpf": self.libbpf,
+            "libbpf_path": self.libbpf_path,
             "capabilities": self.capabilities,
             **{
                 section: {row.key: row.as_json() for row in rows}
@@ -364,6 +366,7 @@ def collect() -> Report:
         kernel=platform.release(),
         arch=platform.machine(),
         libbpf=f"{major}.{minor}",
+        libbpf_path=_libbpf.path(),
         capabilities={cap.label: cap in have for cap in Capability},
     )
     # before the probes, so that a refusal they meet names lockdown and the LSMs
@@ -403,7 +406,7 @@ def render(report: Report, stream: TextIO) -> str:
     sections = (("System", report.system), ("Features", report.features), ("Tools", report.tools))
     width = max(len(row.name) for _, rows in sections for row in rows)
     mark_width = max(len(good), len(bad))
-    lines = [f"bpfscope doctor: Linux {report.kernel} {report.arch}, libbpf {report.libbpf}"]
+    lines = [f"bpfscope doctor: Linux {report.kernel} {report.arch}, libbpf {report.libbpf} ({report.libbpf_path})"]
     for title, rows in sections:
         lines += ["", title]
         for row in rows:
