@@ -21,6 +21,7 @@ import yaml
 from bpfscope.__about__ import __version__
 from bpfscope.agent import caps
 from bpfscope.agent.config import AgentConfig, parse_config
+from bpfscope.agent.server import HEALTH_PATH
 from bpfscope.link import DEFAULT_TC_LEASES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -331,10 +332,10 @@ def test_one_port_everywhere(config: AgentConfig, k8s: dict[str, dict[str, Any]]
     assert metrics["containerPort"] == metrics["hostPort"] == port  # host networking: the two must agree
     for probe in ("readinessProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
-        assert get["path"] == "/metrics"
+        assert get["path"] == HEALTH_PATH  # not /metrics, which reads every map
         assert get["port"] in (port, metrics["name"])
     assert dockerfile.all(1, "EXPOSE") == [str(port)]
-    assert f"127.0.0.1:{port}/metrics" in dockerfile.one(1, "HEALTHCHECK")
+    assert f"127.0.0.1:{port}{HEALTH_PATH}" in dockerfile.one(1, "HEALTHCHECK")
 
 
 def test_images_are_this_version(compose: dict[str, Any], container: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""The agent: opens every configured source, serves their metrics on /metrics, drains the
-streaming ones on a reader thread, and reloads or stops on request.
+"""The agent: opens every configured source, serves their metrics on /metrics and their health on
+/healthz, drains the streaming ones on a reader thread, and reloads or stops on request.
 
 State lives in maps pinned under the config's `pin_dir`, one directory per source: a restart (or a
 reload) takes those maps over, so counters carry on. `stop()` removes the pins unless the agent was
@@ -16,8 +16,9 @@ import re
 import shutil
 import threading
 from typing import Callable, ContextManager, Iterable, Iterator, Optional
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ..__about__ import __version__
@@ -27,6 +28,7 @@ from ..pin import PIN_ROOT, ensure_pin_dir
 from ..tools import _registry as registry
 from .config import AgentConfig
 from .containers import ContainerResolver
+from .server import serve_http
 from .source import Source
 from .sources import ToolSource, pin_subdir
 
@@ -89,26 +91,65 @@ def check_custom(config: AgentConfig) -> None:
             spec.close()
 
 
+def source_label(source: Source) -> str:
+    """The `source` label of a source's series: its pin directory's name, one per instance (flows-eth0)."""
+    return os.path.basename(source.pin_dir)
+
+
+class _Health:
+    """What failed at each source's last read (a scrape, or the reader draining its ring), until a read
+    of the same kind works again. /healthz and bpfscope_source_up read this, never a map."""
+
+    def __init__(self) -> None:
+        self._failures: dict[tuple[Source, str], str] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, source: Source, read: str, exc: BaseException) -> None:
+        with self._lock:
+            self._failures[source, read] = f"{read}: {exc}"
+
+    def worked(self, source: Source, read: str) -> None:
+        with self._lock:
+            self._failures.pop((source, read), None)
+
+    def of(self, source: Source) -> list[str]:
+        with self._lock:
+            return [failure for (failed, _), failure in self._failures.items() if failed is source]
+
+    def forget(self) -> None:
+        """The sources were replaced (a reload): the new ones start healthy."""
+        with self._lock:
+            self._failures.clear()
+
+
 class _Collector:
     """The registry's view of the agent: every source's families, merged by name so two sources
     of one kind (packets on two interfaces) give one family with both series, as the exposition
-    format requires. A source that fails to read is logged and left out of that scrape."""
+    format requires. A source that fails to read is logged and left out of that scrape, and its
+    bpfscope_source_up is 0."""
 
-    def __init__(self, sources: Callable[[], list[Source]], lock: threading.RLock) -> None:
+    def __init__(self, sources: Callable[[], list[Source]], lock: threading.RLock, health: _Health) -> None:
         self._sources = sources
         self._lock = lock  # held by reload and stop while they swap sources
+        self._health = health
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("bpfscope_agent_info", "The bpfscope agent running", labels=["version"])
         info.add_metric([__version__], 1)
-        merged: dict[str, Metric] = {info.name: info}
+        up = GaugeMetricFamily("bpfscope_source_up", "1 if the source's last reads worked (its maps at the last "
+                               "scrape, its ring buffer), 0 if one failed", labels=["tool", "source"])
+        merged: dict[str, Metric] = {info.name: info, up.name: up}
         with self._lock:
             for source in self._sources():
                 try:
                     families = list(source.collect())
                 except Exception as exc:  # one source's failure must not cost the others their scrape
                     log.warning("%s: cannot read its maps: %s", source.name, exc)
-                    continue
+                    self._health.failed(source, "cannot read its maps", exc)
+                    families = []
+                else:
+                    self._health.worked(source, "cannot read its maps")
+                up.add_metric([source.name, source_label(source)], 0 if self._health.of(source) else 1)
                 for family in families:
                     known = merged.get(family.name)
                     if known is None:
@@ -132,12 +173,14 @@ class Agent:
         self.keep_pins = keep_pins
         self.registry = CollectorRegistry(auto_describe=False)
         self._sources_lock = threading.RLock()
-        self.registry.register(_Collector(lambda: self._sources, self._sources_lock))
+        self._health = _Health()
+        self.registry.register(_Collector(lambda: self._sources, self._sources_lock, self._health))
+        ProcessCollector(registry=self.registry)  # process_*: the agent's own CPU, memory and fds
         self._sources: list[Source] = []
         self._resolver: Optional[ContainerResolver] = None
         self._lock_fd = -1
         self._owns_pins = False  # false while pins an earlier run kept are not yet ours to remove
-        self._server: Optional[object] = None
+        self._server: Optional[WSGIServer] = None
         self._reader: Optional[threading.Thread] = None
         self._reading = threading.Event()
 
@@ -156,7 +199,7 @@ class Agent:
             raise
 
     def serve(self) -> None:
-        """Starts draining the streaming sources and serving /metrics."""
+        """Starts draining the streaming sources and serving /metrics and /healthz."""
         try:
             self._start_reader()
             self._serve()
@@ -203,7 +246,17 @@ class Agent:
             _close_all(opened)
             raise
         self._remove_stale_pins(sources)
+        self._health.forget()
         self._sources = sources
+
+    def unhealthy(self) -> list[str]:
+        """What is wrong, one entry per failed source (`flows-eth0: cannot read its maps: ...`); [] when
+        every source is open and its last reads worked. Reads no map: cheap enough for every probe."""
+        sources = self._sources  # not under the lock: a probe must not wait for a reload
+        if not sources:
+            return ["no source is open"]
+        failures = [(source_label(source), self._health.of(source)) for source in sources]
+        return [f"{label}: {', '.join(failed)}" for label, failed in failures if failed]
 
     def _remove_stale_pins(self, sources: Iterable[Source]) -> None:
         """Pins of sources the config no longer has: their counts are not wanted any more."""
@@ -235,6 +288,9 @@ class Agent:
                         source.pump(wait)
                     except OSError as exc:
                         log.warning("%s: cannot read its ring buffer: %s", source.name, exc)
+                        self._health.failed(source, "cannot read its ring buffer", exc)
+                    else:
+                        self._health.worked(source, "cannot read its ring buffer")
 
         self._reader = threading.Thread(target=read, name="bpfscope-agent-reader", daemon=True)
         self._reader.start()
@@ -248,7 +304,7 @@ class Agent:
     def _serve(self) -> None:
         host, _, port = self.config.listen.rpartition(":")
         try:
-            self._server, _ = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+            self._server = serve_http(host.strip("[]"), int(port), self.registry, self.unhealthy)
         except OSError as exc:
             raise BpfscopeError(exc.errno or errno.EADDRINUSE,
                                 f"cannot listen on {self.config.listen}: {exc.strerror}") from None
@@ -288,13 +344,13 @@ class Agent:
         # tracepoint detach waits for an RCU grace period; together they fit a SIGTERM's second.
         closing = [threading.Thread(target=_close_all, args=([source],)) for source in sources]
         if server is not None:
-            closing.append(threading.Thread(target=server.shutdown))  # type: ignore[attr-defined]
+            closing.append(threading.Thread(target=server.shutdown))
         for thread in closing:
             thread.start()
         for thread in closing:
             thread.join()
         if server is not None:
-            server.server_close()  # type: ignore[attr-defined]
+            server.server_close()
         if self._lock_fd >= 0:
             if self._owns_pins and not self.keep_pins:
                 self._remove_own_pins()
