@@ -25,6 +25,7 @@ from bpfscope.agent.containers import ContainerResolver
 from bpfscope.agent.custom import Buckets, CustomProgram, LabelSpec, MetricSpec
 from bpfscope.agent.custom.families import Exported
 from bpfscope.agent.custom.labels import Kallsyms, Label, converter
+from bpfscope.errors import BpfscopeError
 from bpfscope.testing import packets as pk
 from bpfscope.testing.netns import VethPair
 
@@ -214,11 +215,14 @@ def test_signals_by_name_and_receiving_cgroup(bpffs_dir: Path, cache: Path, test
 
 # --- ksym: timer callbacks by name ---
 
+KSYM_METRICS = {"counters": [{"name": "test_hrtimer_expiries_total", "help": "hrtimer expiries by callback",
+                               "map": "expiries", "labels": [{"name": "function", "decoder": "ksym"}]}]}
+NO_CAP_SYSLOG = ["setpriv", "--inh-caps=-syslog", "--bounding-set=-syslog"]
+
+
 def test_ksym_names_hrtimer_callbacks(bpffs_dir: Path, cache: Path, tmp_path: Path,
                                       test_object: Callable[[str], Path]) -> None:
-    document = {"counters": [{"name": "test_hrtimer_expiries_total", "help": "hrtimer expiries by callback",
-                              "map": "expiries", "labels": [{"name": "function", "decoder": "ksym"}]}]}
-    config = with_metrics(tmp_path, test_object("hrtimer_functions"), document)
+    config = with_metrics(tmp_path, test_object("hrtimer_functions"), KSYM_METRICS)
     with opened(config, bpffs_dir, cache) as program:
         for _ in range(20):
             time.sleep(0.005)  # clock_nanosleep: an hrtimer whose callback is hrtimer_wakeup
@@ -227,6 +231,45 @@ def test_ksym_names_hrtimer_callbacks(bpffs_dir: Path, cache: Path, tmp_path: Pa
         symbols = {line.split()[2] for line in f}
     assert counts[("hrtimer_wakeup",)] >= 20
     assert all(name in symbols or name.startswith("0x") for (name,) in counts)
+
+
+def test_ksym_without_cap_syslog_is_one_line_naming_it(bpffs_dir: Path, tmp_path: Path,
+                                                       test_object: Callable[[str], Path]) -> None:
+    """/proc/kallsyms shows a process without CAP_SYSLOG every address as 0: the agent's check and its start
+    both stop on it, rather than export each address as a series of its own."""
+    metrics = tmp_path / "hrtimer_functions.yaml"
+    metrics.write_text(yaml.safe_dump(KSYM_METRICS))
+    config = tmp_path / "agent.yaml"
+    config.write_text(yaml.safe_dump({"listen": "127.0.0.1:0", "pin_dir": str(bpffs_dir / "agent"),
+                                      "custom": [{"object": str(test_object("hrtimer_functions")),
+                                                  "metrics": str(metrics)}]}))
+    said = ("bpfscope agent: ksym labels: /proc/kallsyms shows every kernel address as 0 to this process: "
+            "it needs CAP_SYSLOG (and kernel.kptr_restrict below 2)")
+    for how in (["--check"], ["--duration", "1"]):
+        result = subprocess.run([*NO_CAP_SYSLOG, sys.executable, "-m", "bpfscope.cli.main", "agent", "--config",
+                                 str(config), *how], capture_output=True, text=True, timeout=60)
+        assert (result.returncode, result.stderr.strip().splitlines()) == (1, [said]), result.stderr
+        assert not list(bpffs_dir.glob("agent/*")), "nothing pinned"
+    # With CAP_SYSLOG the same config passes its check.
+    result = subprocess.run([sys.executable, "-m", "bpfscope.cli.main", "agent", "--config", str(config),
+                             "--check"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_kallsyms_hidden_after_a_read_that_saw_them_keeps_that_read(tmp_path: Path) -> None:
+    """The agent gives up CAP_SYSLOG once it has started: a reload reads zeros, and decodes with the symbols
+    its start read."""
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text("0000000000000000 T _stext\n0000000000000000 t hrtimer_wakeup\n")
+    with pytest.raises(BpfscopeError, match=f"^ksym labels: {kallsyms} shows every kernel address as 0 .*CAP_SYSLOG"):
+        Kallsyms.read(str(kallsyms))
+    kallsyms.write_text("ffffffff81000000 T _stext\nffffffff81100000 t hrtimer_wakeup\n")
+    seen = Kallsyms.read(str(kallsyms))
+    kallsyms.write_text("0000000000000000 T _stext\n0000000000000000 t hrtimer_wakeup\n")
+    assert Kallsyms.read(str(kallsyms)) is seen
+    with pytest.raises(BpfscopeError, match="CAP_SYSLOG"):
+        Kallsyms(str(kallsyms))  # read afresh, not through read()
+    assert decode("ksym", np.array([0xFFFFFFFF81100010], dtype=np.uint64), kallsyms=seen) == ["hrtimer_wakeup"]
 
 
 # --- every section the agent attaches ---

@@ -75,20 +75,24 @@ class ReloadError(BpfscopeError):
 
 
 def check_custom(config: AgentConfig) -> None:
-    """Each custom program's metrics YAML against its object's BTF (built if it is a .bpf.c); nothing
-    reaches the kernel."""
+    """Each custom program's metrics YAML against its object's BTF (built if it is a .bpf.c), and where a
+    label decodes kernel symbols, that /proc/kallsyms shows this process their addresses; nothing reaches
+    the kernel."""
     if not config.custom:
         return
     from ..object import ObjectSpec
     from .custom import build_cached, load_metrics
+    from .custom.labels import Kallsyms
 
     for custom in config.custom:
         path = build_cached(custom.object) if custom.object.name.endswith(".c") else custom.object
         spec = ObjectSpec.open(path)
         try:
-            load_metrics(custom.metrics, spec)
+            metrics = load_metrics(custom.metrics, spec)
         finally:
             spec.close()
+        if any(label.decoder == "ksym" for metric in metrics.metrics for label in metric.labels):
+            Kallsyms.read()
 
 
 def source_label(source: Source) -> str:

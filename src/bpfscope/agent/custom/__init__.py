@@ -47,7 +47,8 @@ int); the others are asked for by name:
 - cgroup: a __u64 cgroup id (bpf_get_current_cgroup_id()) as its cgroup v2 path, "" when the cgroup is
   gone or not yet seen.
 - ksym: a kernel address as the name of the nearest symbol at or below it in /proc/kallsyms (read once,
-  at open); 0x... when below every symbol.
+  at open); 0x... when below every symbol. It needs CAP_SYSLOG, without which the kernel shows every
+  address as 0: the open (and the agent's --check) then fails in one line saying so.
 - enum: an enum field as its enumerator's name from BTF; a value the enum does not name as a number.
 
 Buckets, by the index the program writes into `bucket_field` (values are integers, as in BPF; `le` is

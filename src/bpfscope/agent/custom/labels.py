@@ -3,24 +3,31 @@ distinct raw value once, then remembered (the package docstring lists the decode
 
 from __future__ import annotations
 
+import errno
 import ipaddress
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 
+from ...errors import BpfscopeError
 from ..containers import ContainerResolver
 from .spec import LabelSpec
 
-__all__ = ["Converter", "Kallsyms", "Label", "converter"]
+__all__ = ["Converter", "KALLSYMS", "Kallsyms", "Label", "converter"]
 
+KALLSYMS = "/proc/kallsyms"
 _CACHE_LIMIT = 100_000  # decoded label values remembered per label; past it the cache starts afresh
 
 
 class Kallsyms:
-    """Kernel symbols by address. Read once, at open: /proc/kallsyms shows addresses only to a
-    process with CAP_SYSLOG, which the agent may give up after starting."""
+    """Kernel symbols by address, from /proc/kallsyms. The kernel shows the addresses only to a process with
+    CAP_SYSLOG (and kernel.kptr_restrict below 2), zeros to any other: then this raises one line naming
+    CAP_SYSLOG, rather than leave every address as a label of its own."""
 
-    def __init__(self, path: str = "/proc/kallsyms") -> None:
+    # The last read that saw addresses, per path: the agent gives up CAP_SYSLOG once it has started.
+    _readable: ClassVar[dict[str, Kallsyms]] = {}
+
+    def __init__(self, path: str = KALLSYMS) -> None:
         addresses: list[int] = []
         names: list[str] = []
         with open(path) as f:
@@ -29,10 +36,26 @@ class Kallsyms:
                 if len(parts) >= 3 and int(parts[0], 16):  # all zeros: addresses hidden (kptr_restrict)
                     addresses.append(int(parts[0], 16))
                     names.append(parts[2])
+        if not addresses:
+            raise BpfscopeError(errno.EPERM, f"ksym labels: {path} shows every kernel address as 0 to this "
+                                "process: it needs CAP_SYSLOG (and kernel.kptr_restrict below 2)")
         order = np.argsort(np.array(addresses, dtype=np.uint64), kind="stable")
         ordered = np.array(addresses, dtype=np.uint64)[order]
         self._addresses, first = np.unique(ordered, return_index=True)  # an alias: the name listed first
         self._names = [names[i] for i in order[first].tolist()]
+
+    @classmethod
+    def read(cls, path: str = KALLSYMS) -> Kallsyms:
+        """The symbols now; where the addresses are hidden (a reload, once the agent has given up
+        CAP_SYSLOG), those of the last read in this process that saw them, if any."""
+        try:
+            symbols = cls(path)
+        except BpfscopeError:
+            if path not in cls._readable:
+                raise
+            return cls._readable[path]
+        cls._readable[path] = symbols
+        return symbols
 
     def names(self, raw: np.ndarray[Any, Any]) -> list[str]:
         addresses = np.ascontiguousarray(raw).view(np.uint64)

@@ -82,7 +82,7 @@ class CustomProgram(Source):
 
     def _exporters(self, metrics: MetricsSpec) -> list[Exported]:
         decoders = {label.decoder for metric in metrics.metrics for label in metric.labels}
-        kallsyms = Kallsyms() if "ksym" in decoders else None
+        kallsyms = Kallsyms.read() if "ksym" in decoders else None
         resolver = self.resolver or (ContainerResolver() if "cgroup" in decoders else None)
         return [
             Exported(metric, [Label(label, converter(label, kallsyms, resolver),
