@@ -1,8 +1,7 @@
 """Every registered tool, run for real: a row of `bpfscope doctor --json`, a short run of `bpfscope <tool>
 --json` whose final record has `lost` and `missed`, and a source of the agent that exports its
 `bpfscope_tool_lost_events_total` and `bpfscope_tool_missed_runs_total`. A tool that takes an interface
-runs on a veth of the test's own. Tools not yet on the Tool base are xfail (strict): converting one
-flips its test (tests/unit/test_registry.py checks the rest without root)."""
+runs on a veth of the test's own (tests/unit/test_registry.py checks the rest without root)."""
 
 from __future__ import annotations
 
@@ -22,8 +21,6 @@ from bpfscope.tools import _registry
 
 BPFSCOPE = [sys.executable, "-m", "bpfscope"]
 NAMES = _registry.tool_names()
-STEP_2 = pytest.mark.xfail(strict=True, reason="converted in step 2")
-CONVERTED = [name if _registry.legacy_tool(name) is None else pytest.param(name, marks=STEP_2) for name in NAMES]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +37,7 @@ def test_each_tool_is_in_doctors_report(name: str, doctor_tools: dict[str, Any])
     assert set(doctor_tools) == set(NAMES)
 
 
-@pytest.mark.parametrize("name", CONVERTED)
+@pytest.mark.parametrize("name", NAMES)
 def test_each_tool_runs_from_the_cli_and_says_what_it_could_not_see(name: str, veth_pair: VethPair) -> None:
     tool = _registry.tool_class(name)
     result = subprocess.run([*BPFSCOPE, name, *cli_args(tool, veth_pair.host), "--json", "--duration", "0.5"],
@@ -52,7 +49,7 @@ def test_each_tool_runs_from_the_cli_and_says_what_it_could_not_see(name: str, v
     assert " lost" in result.stderr.splitlines()[-1]  # the summary line
 
 
-@pytest.mark.parametrize("name", CONVERTED)
+@pytest.mark.parametrize("name", NAMES)
 def test_each_tool_runs_in_the_agent_with_lost_and_missed(name: str, veth_pair: VethPair, bpffs_dir: Path) -> None:
     tool = _registry.tool_class(name)
     assert tool.AGENT_KEY, f"{name} has no section in the agent's config"

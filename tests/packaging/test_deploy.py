@@ -303,8 +303,8 @@ def test_shipped_config_passes_our_parser(configmap_text: str) -> None:
     config = parse_config(yaml.safe_load(configmap_text))
     assert config.listen == "0.0.0.0:9435"  # reachable by Prometheus; 127.0.0.1 is the bare-host default
     assert config.pin_dir.startswith("/sys/fs/bpf/")
-    assert config.packets is not None and config.tool("flows") is not None
-    assert config.opens is not None and config.tool("execsnoop") is not None
+    assert config.tool("packets") is not None and config.tool("flows") is not None
+    assert config.tool("opensnoop") is not None and config.tool("execsnoop") is not None
     assert config.tool("guard") is None  # it drops packets: nobody gets that from a default
     assert config.tool("funclatency") is None and config.tool("httptrace") is None and config.custom == ()
 

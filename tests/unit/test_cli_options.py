@@ -1,4 +1,5 @@
-"""The argument types and signal helpers the subcommands share, and the streaming tools' teardown."""
+"""The argument types and signal helpers the subcommands share (the tools' teardown is tested in
+tests/unit/test_tool_base.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import signal
 import pytest
 
 from bpfscope.cli.options import catch_hangup, stop_flag
-from bpfscope.tools._attached import Attached
 from bpfscope.tools._base import pid_number, ring_bytes
 
 
@@ -49,36 +49,3 @@ def test_catch_hangup_records_sighup_apart():
         assert flag.hangup and not flag.requested
     assert signal.getsignal(signal.SIGHUP) == before
 
-
-class _Part:
-    def __init__(self, name: str, closed: list[str], error: bool = False) -> None:
-        self.name, self.closed, self.error = name, closed, error
-
-    def close(self) -> None:
-        self.closed.append(self.name)
-        if self.error:
-            raise OSError(19, "no such device")
-
-
-class _Tool(Attached):
-    def __init__(self, closed: list[str]) -> None:
-        super().__init__()
-        self.closed = closed
-
-    def open(self) -> _Tool:
-        # Stand-ins that only record their close: the order is what is tested, not the kernel.
-        self._links = [_Part("link 1", self.closed, error=True), _Part("link 2", self.closed)]
-        self._ring = _Part("ring", self.closed)
-        self._obj = _Part("object", self.closed)
-        return self
-
-
-def test_attached_closes_links_then_ring_then_object_once():
-    closed: list[str] = []
-    with _Tool(closed) as tool:
-        assert len(tool.links) == 2
-    assert closed == ["link 1", "link 2", "ring", "object"]  # a link that fails does not stop the rest
-    tool.close()
-    assert closed == ["link 1", "link 2", "ring", "object"] and tool.links == ()
-    with pytest.raises(AssertionError, match="open"):
-        _ = tool.obj

@@ -1,6 +1,5 @@
 """The registry of tools and everything that reads it, without root: every registered tool is a
-subcommand whose --help parses, is a row of `doctor`, and (on the Tool base) has a section in the
-agent's config. Tools not yet on the Tool base are xfail (strict), so converting one flips its test;
+subcommand whose --help parses, is a row of `doctor`, and has a section in the agent's config;
 tests/kernel/test_cli_registry.py runs them in `doctor` and the agent for real."""
 
 from __future__ import annotations
@@ -8,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tool_runs import agent_section
@@ -21,17 +19,9 @@ from bpfscope.tools._base import Kind, Option, OptionValueError, Tool
 
 BPFSCOPE = [sys.executable, "-m", "bpfscope"]
 NAMES = _registry.tool_names()
-STEP_2 = pytest.mark.xfail(strict=True, reason="converted in step 2")
 # One name for one filter across the tools: the shared declaration's flag, short flag and parser.
 SHARED = {o.name: o for o in (_base.PID, _base.COMM, _base.IFACE, _base.INTERVAL, _base.DURATION, _base.JSON,
                               _base.RING_BYTES)}
-
-
-def on_the_base(name: str) -> Any:
-    return name if _registry.legacy_tool(name) is None else pytest.param(name, marks=STEP_2)
-
-
-CONVERTED = [on_the_base(name) for name in NAMES]
 
 
 def test_the_registry_finds_the_tools_by_their_modules() -> None:
@@ -54,7 +44,7 @@ def test_an_unknown_tool_is_one_error() -> None:
         _registry.tool_class("nosuch")
 
 
-@pytest.mark.parametrize("name", CONVERTED)
+@pytest.mark.parametrize("name", NAMES)
 def test_each_tool_is_on_the_tool_base(name: str) -> None:
     tool = _registry.tool_class(name)
     assert issubclass(tool, Tool) and tool.NAME == name
@@ -92,10 +82,9 @@ def test_each_tools_help_parses(name: str) -> None:
     assert result.stdout.startswith(f"usage: bpfscope {name} ")
     info = _registry.tool_info(name)
     assert " ".join(info.help.split()) in " ".join(result.stdout.split())
-    if _registry.legacy_tool(name) is None:
-        for option in _registry.tool_class(name).OPTIONS:
-            assert (option.shown in result.stdout) is (option.cli and not option.hidden), option.shown
-            assert not any(alias in result.stdout for alias in option.aliases), option.aliases
+    for option in _registry.tool_class(name).OPTIONS:
+        assert (option.shown in result.stdout) is (option.cli and not option.hidden), option.shown
+        assert not any(alias in result.stdout for alias in option.aliases), option.aliases
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -105,7 +94,7 @@ def test_each_tool_is_a_doctor_row(name: str) -> None:
     assert row.needs == _base.CORE_NEEDS + info.needs and row.capabilities == info.capabilities
 
 
-@pytest.mark.parametrize("name", CONVERTED)
+@pytest.mark.parametrize("name", NAMES)
 def test_each_tool_has_a_section_in_the_agents_config(name: str) -> None:
     tool = _registry.tool_class(name)
     assert tool.AGENT_KEY

@@ -37,8 +37,8 @@ __all__ = ["Agent", "ReloadError", "build_sources", "check_custom"]
 log = logging.getLogger("bpfscope.agent")
 
 # The directories build_sources makes under the pin directory (pin_subdir names): `<key>-<instance>` for a
-# tool that runs once per interface or per item of a list, else `<key>`; and TEMPORARY, those of the
-# sources not yet on the Tool base.
+# tool that runs once per interface or per item of a list, else `<key>`; and `custom-<name>` for a program
+# of the user's.
 _OWN_PIN_DIR = re.compile("^(?:{})".format("|".join(
     [f"{tool.AGENT_KEY}-" if tool.per_interface() or tool.AGENT_INSTANCES else f"{tool.AGENT_KEY}$"
      for tool in registry.all_tools() if tool.AGENT_KEY]

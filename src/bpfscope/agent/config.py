@@ -233,15 +233,6 @@ class AgentConfig:
         """The config of tool `name`, if it runs."""
         return next((t for t in self.tools if t.name == name), None)
 
-    # TEMPORARY: the fields these two had before the Tool base, which tests/packaging/test_deploy.py still
-    # reads; it is to read tool("packets") and tool("opensnoop"), then these go.
-    @property
-    def packets(self) -> Optional[ToolConfig]:
-        return self.tool("packets")
-
-    @property
-    def opens(self) -> Optional[ToolConfig]:
-        return self.tool("opensnoop")
 
 
 def load_config(path: Union[str, os.PathLike[str], None]) -> AgentConfig:

@@ -46,12 +46,9 @@ def _parser(tools: list[str], selected: Optional[str], *, helping: bool) -> argp
         help_text = registry.tool_info(name).help if name == selected or helping and selected is None else None
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:
-            if registry.legacy_tool(name) is not None:
-                importlib.import_module(f".{name}", __package__).add_arguments(sub_parser)
-            else:
-                from ._runner import add_arguments
+            from ._runner import add_arguments
 
-                add_arguments(sub_parser, registry.tool_class(name))
+            add_arguments(sub_parser, registry.tool_class(name))
     for name, help_text in LIBRARY.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:
@@ -60,7 +57,7 @@ def _parser(tools: list[str], selected: Optional[str], *, helping: bool) -> argp
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command in LIBRARY or registry.legacy_tool(args.command) is not None:
+    if args.command in LIBRARY:
         return int(importlib.import_module(f".{args.command}", __package__).run(args))
     from ._runner import run
 

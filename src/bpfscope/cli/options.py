@@ -1,26 +1,11 @@
-"""Helpers the subcommands share: signals, intervals, summary wording. The option value
+"""Helpers the subcommands share: signals and summary wording. The option value
 types are the tools' (tools/_base.py), read by the CLI and the agent alike."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
-import time
-from typing import Any, Iterator, Optional
-
-
-@contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM ends the run the way Ctrl-C does: through KeyboardInterrupt, so every `with` detaches."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+from typing import Any, Iterator
 
 
 class StopFlag:
@@ -62,19 +47,6 @@ def catch_hangup(flag: StopFlag) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGHUP, previous)
-
-
-def ticks(interval: float, duration: Optional[float]) -> Iterator[None]:
-    """Sleeps until each interval ends; the last tick falls at the end of the duration."""
-    start = time.monotonic()
-    end = start + duration if duration else float("inf")
-    next_tick = start
-    while True:
-        next_tick = min(next_tick + interval, end)
-        time.sleep(max(0.0, next_tick - time.monotonic()))
-        yield
-        if next_tick >= end:
-            return
 
 
 def unseen(summary: dict[str, Any]) -> str:
