@@ -134,6 +134,8 @@ def parse_fixed(
         if consumer == producer:
             break
         (length,) = _LENGTH.unpack_from(region.data, ready * stride)
+        if length in (size, discarded):
+            continue  # busy when the headers were read, committed since: read on from it
         if length & _BUSY:
             return Parsed(_joined(parts, size), consumer, True)
         if not length & _DISCARD:

@@ -109,6 +109,25 @@ def test_a_busy_record_stops_the_batch_though_later_ones_are_committed() -> None
     assert seqs(parsed) == [1, 2] and parsed.consumer == ring.producer and not parsed.blocked
 
 
+def test_a_record_committed_while_the_headers_are_read_is_read_on_not_taken_as_foreign() -> None:
+    # The producer commits the busy record between the reader's look at all headers and its look
+    # at the first one it could not take: that record is of our size now, not of another.
+    ring = SyntheticRing(4096)
+    ring.put(record(0))
+    held = ring.put(record(1), busy=True)
+    ring.put(record(2))
+    data = ring.data()
+    half = len(data) // 2
+
+    def commit_meanwhile() -> None:
+        data[held + 3] &= 0x7F  # the BUSY bit, in both mappings
+        data[half + held + 3] &= 0x7F
+
+    parsed = parse_fixed(data, ring.consumer, ring.producer, size=16, fence=commit_meanwhile)
+    assert seqs(parsed) == [0, 1, 2] and parsed.foreign is None and not parsed.blocked
+    assert parsed.consumer == ring.producer
+
+
 def test_discarded_records_are_skipped_and_not_an_error() -> None:
     ring = SyntheticRing(4096)
     for seq in range(30):
