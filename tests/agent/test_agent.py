@@ -233,8 +233,8 @@ def test_without_root_it_says_what_it_needs(tmp_path):
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "bpfscope agent: cannot make the agent's pins at /sys/fs/bpf/bpfscope/agent: it needs root, or "
-        "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN"]
+        "bpfscope agent: the agent needs root, or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN; "
+        "this process lacks CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN"]
 
 
 def test_the_default_config_needs_no_file():

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ..__about__ import __version__
+from .._privileges import Capability, missing_capabilities
 from ..errors import BpfscopeError
 from ..link import TC_LEASES_ENV
 from ..pin import PIN_ROOT, ensure_pin_dir
@@ -65,6 +66,12 @@ def build_sources(config: AgentConfig, resolver: Optional[ContainerResolver]) ->
         sources.append(CustomProgram(custom, pin_subdir(pins, "custom", custom.object.name.split(".")[0]),
                                      resolver=resolver))
     return sources
+
+
+def _listed(capabilities: list[Capability]) -> str:
+    """"CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN"."""
+    labels = [cap.label for cap in capabilities]
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
 
 
 class ReloadError(BpfscopeError):
@@ -196,6 +203,7 @@ class Agent:
         """Locks the pin directory and opens every source; fails with nothing attached if any
         source fails to open."""
         try:
+            self._check_capabilities()
             self._lock_pins()
             self._open(self.config)
         except BaseException:
@@ -211,6 +219,17 @@ class Agent:
         except BaseException:
             self.stop()
             raise
+
+    def _check_capabilities(self) -> None:
+        """One line naming what the process lacks, before anything is made: what its tools declare, and
+        CAP_SYS_ADMIN for bpffs and the pins (how bpffs happens to be mounted must not decide the message)."""
+        needed = [Capability.BPF, Capability.PERFMON, Capability.NET_ADMIN, Capability.SYS_ADMIN]
+        for tool in self.config.tools:
+            needed += [cap for cap in registry.tool_class(tool.name).CAPABILITIES if cap not in needed]
+        missing = missing_capabilities(needed)
+        if missing:
+            raise BpfscopeError(errno.EPERM, f"the agent needs root, or {_listed(needed)}; this process lacks "
+                                f"{_listed(missing)}")
 
     def _lock_pins(self) -> None:
         pins = self.config.pin_dir
