@@ -236,9 +236,8 @@ class Agent:
         try:
             ensure_pin_dir(os.path.join(pins, "x"))
             os.makedirs(pins, exist_ok=True)
-        except PermissionError:
-            raise BpfscopeError(errno.EPERM, f"cannot make the agent's pins at {pins}: it needs root, or "
-                                "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN") from None
+        except PermissionError as exc:  # the capabilities were checked: bpffs refused (a name with a dot, its mode)
+            raise BpfscopeError(errno.EPERM, f"cannot make the agent's pins at {pins}: {exc.strerror}") from None
         self._lock_fd = os.open(pins, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
