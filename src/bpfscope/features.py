@@ -268,18 +268,32 @@ def _fentry() -> None:
     for option in options:
         if _config(option) == "n":
             raise NotSupportedError(feature.value, f"{option} is not set")
-    btf_id = _libbpf.libbpf_find_vmlinux_btf_id(_FENTRY_TARGET.encode(), AttachType.TRACE_FENTRY)
+    _load_and_attach_tracing(feature, AttachType.TRACE_FENTRY, _FENTRY_TARGET, f"fentry/{_FENTRY_TARGET}")
+
+
+# A tracepoint every kernel has; the probe's program returns at once, attached for a moment.
+_TP_BTF_TARGET = "sched_switch"
+
+
+def _tp_btf() -> None:
+    _load_and_attach_tracing(Feature.TP_BTF, AttachType.TRACE_RAW_TP, _TP_BTF_TARGET, f"tp_btf/{_TP_BTF_TARGET}")
+
+
+def _load_and_attach_tracing(feature: Feature, attach_type: AttachType, target: str, section: str) -> None:
+    """A BPF_PROG_TYPE_TRACING program on `target` (a function, or a tracepoint's btf_trace_ typedef)
+    loaded and attached: the prog type alone is not enough, kernels can refuse it at load or attach."""
+    btf_id = _libbpf.libbpf_find_vmlinux_btf_id(target.encode(), attach_type)
     if btf_id < 0:
-        raise NotSupportedError(feature.value, f"{_FENTRY_TARGET} is not in the kernel's BTF")
-    # The prog type alone is not enough (kernels can refuse fentry at load or attach): load and attach.
+        raise NotSupportedError(feature.value, f"{target} is not in the kernel's BTF")
     opts = _libbpf.BpfProgLoadOpts(
-        sz=ctypes.sizeof(_libbpf.BpfProgLoadOpts), expected_attach_type=AttachType.TRACE_FENTRY, attach_btf_id=btf_id
+        sz=ctypes.sizeof(_libbpf.BpfProgLoadOpts), expected_attach_type=attach_type, attach_btf_id=btf_id
     )
-    fd = _prog_load(ProgramType.TRACING, 0, feature, f"loading fentry/{_FENTRY_TARGET}", _TRACE, opts)
+    fd = _prog_load(ProgramType.TRACING, 0, feature, f"loading {section}", _TRACE, opts)
     try:
-        link = _libbpf.bpf_link_create(fd, 0, AttachType.TRACE_FENTRY, None)
+        # libbpf falls back to BPF_RAW_TRACEPOINT_OPEN where LINK_CREATE takes no tracing programs.
+        link = _libbpf.bpf_link_create(fd, 0, attach_type, None)
         if link < 0:
-            raise _answer(feature, -link, f"attaching fentry/{_FENTRY_TARGET}", _TRACE)
+            raise _answer(feature, -link, f"attaching {section}", _TRACE)
         os.close(link)
     finally:
         os.close(fd)
@@ -464,6 +478,7 @@ class Feature(enum.Enum):
     BATCH_MAP_OPS = "batch map operations"
     KPROBES = "kprobes"
     FENTRY = "fentry"
+    TP_BTF = "BTF tracepoints (tp_btf)"
     BTF = "kernel BTF"
     PERF_EVENTS = "perf events"
     UPROBES = "uprobes"
@@ -486,6 +501,7 @@ _PROBES: dict[Feature, Callable[[], None]] = {
     Feature.BATCH_MAP_OPS: _batch_map_ops,
     Feature.KPROBES: _kprobes,
     Feature.FENTRY: _fentry,
+    Feature.TP_BTF: _tp_btf,
     Feature.BTF: _btf,
     Feature.PERF_EVENTS: _perf_events,
     Feature.UPROBES: _uprobes,

@@ -84,6 +84,7 @@ _FIXES = {
     "batch_map_ops": "needs Linux >= 5.6",
     "kprobes": "build the kernel with CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y",
     "fentry": "needs a kernel that allows BPF trampolines on kernel functions",
+    "tp_btf": "needs Linux >= 5.5 and a kernel that allows tracing programs; runqlat and biolatency use tracepoints",
     "perf_events": "build the kernel with CONFIG_PERF_EVENTS=y",
     "uprobes": "build the kernel with CONFIG_UPROBE_EVENTS=y",
     "tracepoints": "build the kernel with CONFIG_TRACING=y and CONFIG_BPF_EVENTS=y",
