@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bpfscope.output.histogram import Log2Histogram, bucket_bounds, bucket_of
+from bpfscope.output.histogram import Durations, Log2Histogram, Unit, bucket_bounds, bucket_of
 
 
 def test_bucket_bounds_and_the_slot_of_a_value_agree():
@@ -79,3 +79,20 @@ def test_difference_of_two_readings_is_the_interval():
     earlier = Log2Histogram([1, 2, 0], "usecs", total=5)
     delta = later - earlier
     assert delta.slots == [0, 3, 2] and delta.total == 15 and delta.count == 5
+
+
+def test_durations_add_subtract_and_show_their_exact_total():
+    early = Durations(Unit.USECS, (1, 2), 3, 5_000)
+    late = Durations(Unit.USECS, (1, 4, 1), 6, 14_000)
+    assert late - early == Durations(Unit.USECS, (0, 2, 1), 3, 9_000)
+    assert early + late == Durations(Unit.USECS, (2, 6, 1), 9, 19_000)
+    shown = (late - early).as_dict()
+    assert shown["count"] == 3 and shown["sum_ns"] == 9_000 and shown["average"] == 3.0
+    assert shown["buckets"][-1] == {"low": 4, "high": 7, "count": 1}
+
+
+def test_durations_as_prometheus_buckets_in_seconds():
+    waits = Durations(Unit.NSECS, (5, 0, 1, 2, 0, 7), 15, 100)
+    # slots 0 and 1 fall into the first exported bucket (le 8 ns), slot 5 past the last into +Inf
+    assert waits.prometheus_buckets(range(2, 5)) == [(repr(8e-9), 6), (repr(16e-9), 8), (repr(32e-9), 8),
+                                                     ("+Inf", 15)]

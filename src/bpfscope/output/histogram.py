@@ -2,14 +2,18 @@
 also counts 0), printed as `low -> high : count |****|` lines, with count, average and percentiles.
 
 Percentiles are estimates: the histogram only knows which bucket a value fell in, so a percentile is
-interpolated linearly inside its bucket, and its bucket (`low`, `high`) bounds the true value."""
+interpolated linearly inside its bucket, and its bucket (`low`, `high`) bounds the true value.
+
+`Durations` is what the tools' kernel histograms of time hold (`struct { u64 slots[64]; u64 count;
+u64 sum_ns; }`): the slots in a `Unit`, and the exact number and total of the durations."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-__all__ = ["Log2Histogram", "Percentile", "bucket_bounds", "bucket_of"]
+__all__ = ["Durations", "Log2Histogram", "Percentile", "Unit", "bucket_bounds", "bucket_of"]
 
 _STARS = 40
 
@@ -120,3 +124,69 @@ class Log2Histogram:
     def __sub__(self, earlier: Log2Histogram) -> Log2Histogram:
         total = None if self.total is None or earlier.total is None else self.total - earlier.total
         return Log2Histogram([a - b for a, b in zip(self.slots, earlier.slots)], self.unit, total=total)
+
+
+class Unit(enum.Enum):
+    """The unit of a histogram of durations; the kernel divides each duration by it before taking the log2."""
+
+    NSECS = "ns"
+    USECS = "us"
+    MSECS = "ms"
+
+    @property
+    def ns(self) -> int:
+        return {Unit.NSECS: 1, Unit.USECS: 1000, Unit.MSECS: 1_000_000}[self]
+
+    @property
+    def label(self) -> str:
+        return {Unit.NSECS: "nsecs", Unit.USECS: "usecs", Unit.MSECS: "msecs"}[self]
+
+
+@dataclass(frozen=True)
+class Durations:
+    """Durations counted in the kernel: per log2 slot of the duration in `unit` (slot i: [2^i, 2^(i+1))
+    units), how many, and their exact total in ns. Readings subtract (an interval) and add (CPUs, or
+    the keys folded into "other")."""
+
+    unit: Unit
+    slots: tuple[int, ...] = ()
+    count: int = 0
+    sum_ns: int = 0
+
+    @classmethod
+    def from_row(cls, unit: Unit, row: Any) -> Durations:
+        """From a kernel value with fields slots, count and sum_ns (a numpy record)."""
+        return cls(unit, tuple(int(n) for n in row["slots"]), int(row["count"]), int(row["sum_ns"]))
+
+    @property
+    def histogram(self) -> Log2Histogram:
+        return Log2Histogram(self.slots, self.unit.label, total=self.sum_ns / self.unit.ns)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The histogram's JSON view, and the exact total."""
+        return {**self.histogram.as_dict(), "sum_ns": self.sum_ns}
+
+    def _combine(self, other: Durations, sign: int) -> Durations:
+        assert self.unit is other.unit, (self.unit, other.unit)
+        width = max(len(self.slots), len(other.slots))
+        mine, theirs = (tuple(s) + (0,) * (width - len(s)) for s in (self.slots, other.slots))
+        return Durations(self.unit, tuple(a + sign * b for a, b in zip(mine, theirs)),
+                         self.count + sign * other.count, self.sum_ns + sign * other.sum_ns)
+
+    def __add__(self, other: Durations) -> Durations:
+        return self._combine(other, 1)
+
+    def __sub__(self, earlier: Durations) -> Durations:
+        return self._combine(earlier, -1)
+
+    def prometheus_buckets(self, exported: range) -> list[tuple[str, float]]:
+        """Cumulative (upper bound in seconds, count) pairs for a Prometheus histogram: one bucket per
+        slot in `exported` (the slots below it fall into the first), then +Inf. A fixed set of slots, so
+        that every scrape has the same buckets."""
+        cumulative = sum(self.slots[: exported.start])
+        buckets: list[tuple[str, float]] = []
+        for slot in exported:
+            cumulative += self.slots[slot] if slot < len(self.slots) else 0
+            buckets.append((repr((1 << (slot + 1)) * self.unit.ns / 1e9), cumulative))
+        buckets.append(("+Inf", sum(self.slots)))
+        return buckets
