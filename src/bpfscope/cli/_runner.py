@@ -36,6 +36,7 @@ __all__ = ["PollingView", "StreamingView", "View", "add_arguments", "run", "stam
 _T = TypeVar("_T", bound=Tool)
 _STEP = 0.1  # seconds: the longest a loop waits before it looks at the stop flag again
 _SHOWN = 20  # rows of a streaming tool's live table: the newest records
+_LIVE_INTERVAL = 1.0  # seconds between redraws of a live table where --interval gives none
 
 
 def stamped(record: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +256,8 @@ def run(tool_class: type[Tool], args: argparse.Namespace) -> int:
         duration = getattr(args, "duration", None)
         end = view.started + duration if duration else float("inf")
         interval: Optional[float] = getattr(args, "interval", None)
+        if live and interval is None:  # a tool that prints only at the end without --interval (a histogram)
+            interval = _LIVE_INTERVAL
         try:
             with catch_hangup(stop) if view.catches_hangup else contextlib.nullcontext():
                 if isinstance(view, PollingView):
