@@ -1,6 +1,6 @@
-"""The bpfscope pytest plugin (netns, veth_pair, bpffs_dir, fd-leak check) comes from the installed
-package's pytest11 entry point. Tests under kernel/ and tools/ load real programs: they need root
-and say so when they cannot run."""
+"""The bpfscope pytest plugin (netns, veth_pair, bpffs_dir, fd-leak check) is opted into here, as a user's
+own conftest.py does: installing bpfscope adds nothing to other projects' pytest runs. Tests under
+kernel/ and tools/ load real programs: they need root and say so when they cannot run."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from hypothesis import settings
 # test_btf that takes a millisecond took 267 ms once, past the default deadline of 200 ms, and failed).
 settings.register_profile("bpfscope", deadline=None)
 settings.load_profile("bpfscope")
+
+pytest_plugins = ["bpfscope.testing.plugin"]
 
 TEST_OBJECTS = Path(__file__).resolve().parent / "bpf" / "build" / platform.machine()
 _KERNEL_DIRS = ("kernel", "tools", "packaging", "agent")

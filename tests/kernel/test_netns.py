@@ -237,7 +237,7 @@ def run_inner_pytest(tmp_path: Path, test_code: str) -> subprocess.CompletedProc
     (tmp_path / "test_inner.py").write_text(textwrap.dedent(test_code))
     package_root = Path(bpfscope.__path__[0]).parent
     env = {**os.environ, "PYTHONPATH": f"{package_root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    # Only the -p below: with the pytest11 entry point installed too, pytest would refuse the plugin twice.
+    # Only the -p below: no plugin of the environment (the inner test has no conftest of ours).
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "bpfscope.testing.plugin", "-p", "no:cacheprovider"],

@@ -1,4 +1,6 @@
 """pytest plugin: a veth pair in a fresh netns per test, a bpffs directory, and checks that nothing leaks.
+Opt in from a conftest.py with `pytest_plugins = ["bpfscope.testing.plugin"]`; importing it loads no
+libbpf (what needs it is imported when a fixture or probe runs).
 
 Every test fails if it leaves a BPF file descriptor open (map, program, link, BTF, perf event), and the
 session fails if a namespace, veth or bpffs directory that this run made is still there at the end.
@@ -11,12 +13,14 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from ..features import Feature, probe
-from ..mounts import BPFFS, ensure_bpffs
 from .netns import VethPair, foreign_namespaces, own_leftovers
+
+if TYPE_CHECKING:
+    from ..features import Feature
 
 __all__ = ["bpf_fds", "bpffs_dir", "fd_leak_check", "skip_unless_kernel_has", "skip_unless_root", "veth_pair"]
 
@@ -51,6 +55,8 @@ def bpf_fds() -> dict[int, str]:
 
 def skip_unless_kernel_has(*features: Feature) -> None:
     """Skip the calling test, saying why in one line, unless this kernel has every feature (probed)."""
+    from ..features import probe
+
     skip_unless_root()
     for feature in features:
         missing = probe(feature)
@@ -83,6 +89,8 @@ def veth_pair() -> Iterator[VethPair]:
 @pytest.fixture
 def bpffs_dir() -> Iterator[Path]:
     """A fresh directory on bpffs (mounted at /sys/fs/bpf first if needed), removed with its pins after."""
+    from ..mounts import ensure_bpffs
+
     skip_unless_root()
     path = Path(ensure_bpffs()) / f"{BPFFS_TEST_PREFIX}{secrets.token_hex(4)}"
     path.mkdir()
@@ -106,6 +114,8 @@ def fd_leak_check() -> Iterator[None]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from ..mounts import BPFFS
+
     own = own_leftovers() + [f"bpffs directory {path}" for path in sorted(_created_dirs) if path.exists()]
     # Another test run on this machine may be using its own; those are reported, not failed on.
     others = [f"netns {ns}" for ns in foreign_namespaces()]
