@@ -25,13 +25,24 @@ define apt_install
 	fi
 endef
 
-.PHONY: run test test-kernels test-image bpf deps wheel lint bench clean
+.PHONY: run test test-floors test-kernels test-image bpf deps wheel lint bench clean
 
 run: bpf
 	$(BIN)/bpfscope packets --iface $(IFACE) $(if $(DURATION),--duration $(DURATION))
 
 test: bpf lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Every runtime dependency and the otlp extra's at the lowest version pyproject.toml allows, in a venv of their
+# own (made afresh), with the unit and agent tests run there: the floors are versions the code works with.
+FLOORS_VENV := .venv-floors
+test-floors: bpf
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/pip install -q --upgrade pip
+	$(PYTHON) .ci/floors.py otlp > $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/pip install -q --constraint $(FLOORS_VENV)/floors.txt -e '.[otlp]' pytest hypothesis
+	$(FLOORS_VENV)/bin/pytest tests/unit tests/agent $(PYTEST_ARGS)
 
 # The kernel-marked tests on each kernel in vmtest/kernels.toml, in qemu guests; a table at the end.
 test-kernels: bpf .stamp-vm
@@ -78,4 +89,4 @@ lint: deps
 
 clean:
 	$(MAKE) -C bpf clean
-	rm -rf dist build .stamp-apt .stamp-vm .stamp-image
+	rm -rf dist build .stamp-apt .stamp-vm .stamp-image $(FLOORS_VENV)

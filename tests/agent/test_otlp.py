@@ -18,15 +18,16 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 
-from bpfscope.agent.otlp import OtlpExporter
+from bpfscope.agent.otlp import EXPORT_TIMEOUT, OtlpExporter
 from bpfscope.errors import BpfscopeError
 
 
 class Receiver:
-    """An OTLP/HTTP metrics endpoint that keeps what it was sent."""
+    """An OTLP/HTTP metrics endpoint that keeps what it was sent, and answers `status` to it."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], ExportMetricsServiceRequest]] = []
+        self.status = 200
         self.changed = threading.Condition()
         receiver = self
 
@@ -38,7 +39,7 @@ class Receiver:
                 with receiver.changed:
                     receiver.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, request))
                     receiver.changed.notify_all()
-                self.send_response(200 if self.path == "/v1/metrics" else 404)
+                self.send_response(receiver.status if self.path == "/v1/metrics" else 404)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -194,6 +195,19 @@ def test_unreachable_endpoint_warns_once_and_stop_returns(registry: CollectorReg
     began = time.monotonic()
     exporter.stop()
     assert time.monotonic() - began < 3
+
+
+def test_a_collector_answering_503_costs_an_export_timeout_not_a_minute(receiver: Receiver,
+                                                                        registry: CollectorRegistry) -> None:
+    """The SDK retries a 503 with growing backoffs; from opentelemetry 1.35 (the floor) its timeout covers them,
+    so an export, and the flush at stop(), each end within EXPORT_TIMEOUT (1.34 retried for over a minute)."""
+    receiver.status = 503
+    exporter = OtlpExporter(registry, receiver.url)
+    began = time.monotonic()
+    assert exporter.export_once() is False
+    exporter.stop()
+    assert time.monotonic() - began < 2 * EXPORT_TIMEOUT + 1
+    assert len(receiver.requests) >= 2  # retried within the timeout
 
 
 def test_broken_collector_is_a_failed_export_not_an_exception(receiver: Receiver,
