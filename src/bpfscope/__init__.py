@@ -1,7 +1,6 @@
 """bpfscope: eBPF for Python. The core API only; tools live in bpfscope.tools and never load here.
 
-Names are imported on first use (PEP 562), so `bpfscope --version` and `bpfscope doctor` start
-without numpy."""
+Names are imported on first use (PEP 562), so `bpfscope --version` starts without numpy."""
 
 from __future__ import annotations
 

@@ -255,6 +255,8 @@ class SoftwareEvent(enum.IntEnum):
     PAGE_FAULTS_MAJ = 6
     ALIGNMENT_FAULTS = 7
     EMULATION_FAULTS = 8
+    DUMMY = 9
+    BPF_OUTPUT = 10  # what bpf_perf_event_output writes to (perf event arrays)
 
 
 PERF_TYPE_HARDWARE = 0  # enum perf_type_id
@@ -262,7 +264,6 @@ PERF_TYPE_SOFTWARE = 1
 PERF_ATTR_SIZE_VER0 = 64  # the first struct perf_event_attr: the kernel takes any later size too
 PERF_ATTR_FREQ = 1 << 10  # struct perf_event_attr's `freq` bit: sample_freq, not sample_period
 PERF_FLAG_FD_CLOEXEC = 1 << 3
-PERF_COUNT_SW_BPF_OUTPUT = 10  # enum perf_sw_ids: the event bpf_perf_event_output writes to
 PERF_SAMPLE_RAW = 1 << 10  # enum perf_event_sample_format
 PERF_ATTR_WATERMARK = 1 << 14  # struct perf_event_attr's `watermark` bit: wake up by bytes, not by events
 PERF_RECORD_LOST = 2  # enum perf_event_type

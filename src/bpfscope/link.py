@@ -16,7 +16,7 @@ import fcntl
 import os
 import socket
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, TypeVar, Union
 
 from . import _libbpf, netdev
 from ._uapi import BPF_TC_EGRESS, BPF_TC_INGRESS, SO_DETACH_BPF
@@ -68,6 +68,9 @@ class TcMode(enum.Enum):
     CLSACT = "clsact"
 
 
+_Link = TypeVar("_Link", bound="Link")  # `with attach_xdp(...) as link:` keeps XdpLink
+
+
 class Link:
     """Base of all links: `close()` detaches; `with` closes at the end of the block."""
 
@@ -93,7 +96,7 @@ class Link:
     def unpin(path: str) -> None:
         os.unlink(path)
 
-    def __enter__(self) -> Link:
+    def __enter__(self: _Link) -> _Link:
         return self
 
     def __exit__(

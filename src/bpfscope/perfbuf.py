@@ -47,7 +47,6 @@ from ._uapi import (
     NR_PERF_EVENT_OPEN,
     PERF_ATTR_SIZE_VER0,
     PERF_ATTR_WATERMARK,
-    PERF_COUNT_SW_BPF_OUTPUT,
     PERF_EVENT_IOC_ENABLE,
     PERF_FLAG_FD_CLOEXEC,
     PERF_MMAP_DATA_HEAD,
@@ -58,6 +57,7 @@ from ._uapi import (
     PERF_RECORD_SAMPLE,
     PERF_SAMPLE_RAW,
     PERF_TYPE_SOFTWARE,
+    SoftwareEvent,
 )
 from .btf import TypeCodec
 from .errors import BpfscopeError, SyscallError, TypeMismatchError
@@ -215,7 +215,7 @@ def _open_output_event(cpu: int, wakeup_events: int, watermark: int) -> int:
     flags = PERF_ATTR_WATERMARK if watermark else 0
     # struct perf_event_attr up to config1: type, size, config, sample_period, sample_type, read_format,
     # the flag bits, wakeup_events (or wakeup_watermark), bp_type, config1.
-    attr = struct.pack("=IIQQQQQIIQ", PERF_TYPE_SOFTWARE, PERF_ATTR_SIZE_VER0, PERF_COUNT_SW_BPF_OUTPUT, 1,
+    attr = struct.pack("=IIQQQQQIIQ", PERF_TYPE_SOFTWARE, PERF_ATTR_SIZE_VER0, SoftwareEvent.BPF_OUTPUT, 1,
                        PERF_SAMPLE_RAW, 0, flags, watermark or wakeup_events, 0, 0)
     fd = int(_libbpf._syscall(NR_PERF_EVENT_OPEN, attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC))
     if fd < 0:

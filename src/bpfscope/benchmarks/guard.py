@@ -494,7 +494,7 @@ def _guard(iface: str, limit: Limit, mode: XdpMode, modes: list[XdpMode], *,
         for network in allow:
             control.add("allow", network)
         with limiter(obj).attach_xdp(iface, mode=mode) as link:
-            modes.append(getattr(link, "mode", mode))
+            modes.append(link.mode)
 
             def counts() -> _Counts:
                 total: Counts = control.snapshot().counts
