@@ -20,7 +20,7 @@ import yaml
 
 from bpfscope.__about__ import __version__
 from bpfscope.agent import caps
-from bpfscope.agent.config import AgentConfig, parse_config
+from bpfscope.agent.config import DEFAULT_LISTEN, AgentConfig, parse_config
 from bpfscope.agent.server import HEALTH_PATH
 from bpfscope.link import DEFAULT_TC_LEASES
 
@@ -301,7 +301,7 @@ def test_configmap_ships_deploy_agent_yaml(configmap_text: str) -> None:
 
 def test_shipped_config_passes_our_parser(configmap_text: str) -> None:
     config = parse_config(yaml.safe_load(configmap_text))
-    assert config.listen == "0.0.0.0:9435"  # reachable by Prometheus; 127.0.0.1 is the bare-host default
+    assert config.listen == "0.0.0.0:24435"  # reachable by Prometheus; 127.0.0.1 is the bare-host default
     assert config.pin_dir.startswith("/sys/fs/bpf/")
     assert config.tool("packets") is not None and config.tool("flows") is not None
     assert config.tool("opensnoop") is not None and config.tool("execsnoop") is not None
@@ -324,6 +324,10 @@ def config(configmap_text: str) -> AgentConfig:
 def test_one_port_everywhere(config: AgentConfig, k8s: dict[str, dict[str, Any]], container: dict[str, Any],
                              dockerfile: Dockerfile) -> None:
     port = _port(config.listen)
+    assert port == _port(DEFAULT_LISTEN)
+    # Outside the exporters' range of Prometheus' port allocations (full; 9435 there is ebpf_exporter's), the
+    # NodePort range and the ephemeral ports (deploy/README.md says why).
+    assert not 9100 <= port <= 9999 and port < 30000
     annotations = k8s["DaemonSet"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(port)

@@ -29,7 +29,7 @@ __all__ = [
     "CustomConfig", "OtlpConfig", "load_config", "parse_config", "default_interface",
 ]
 
-DEFAULT_LISTEN = "127.0.0.1:9435"
+DEFAULT_LISTEN = "127.0.0.1:24435"
 DEFAULT_PIN_DIR = os.path.join(PIN_ROOT, "agent")
 
 T = TypeVar("T")

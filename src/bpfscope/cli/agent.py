@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 
 from ..agent import caps
 from ..agent.agent import Agent, ReloadError, check_custom
-from ..agent.config import AgentConfig, ConfigError, OtlpConfig, load_config, parse_config
+from ..agent.config import DEFAULT_LISTEN, AgentConfig, ConfigError, OtlpConfig, load_config, parse_config
 from ..errors import BpfscopeError
 from ..tools._base import positive_float
 
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="agent.yaml (default: packets on the default route's "
                         "interface, file opens, execs)")
     parser.add_argument("--listen", metavar="ADDR:PORT", help="serve /metrics here (default: the config's "
-                        "listen, 127.0.0.1:9435)")
+                        f"listen, {DEFAULT_LISTEN})")
     parser.add_argument("--keep-pins", action="store_true",
                         help="leave the counters pinned at exit, so the next agent carries them on")
     parser.add_argument("--keep-caps", metavar="CAPS", default="none", type=_capabilities,
