@@ -600,6 +600,7 @@ btf__load_from_kernel_by_id = _fn("btf__load_from_kernel_by_id", c_void_p, c_uin
 btf__free = _fn("btf__free", None, c_void_p)
 btf__load_vmlinux_btf = _fn("btf__load_vmlinux_btf", c_void_p)
 btf__find_by_name_kind = _fn("btf__find_by_name_kind", c_int, c_void_p, c_char_p, c_uint32)
+btf__type_by_id = _fn("btf__type_by_id", c_void_p, c_void_p, c_uint32)
 btf__raw_data = _fn("btf__raw_data", c_void_p, c_void_p, POINTER(c_uint32))
 
 _syscall = libc.syscall

@@ -52,6 +52,7 @@ __all__ = [
     "parse_kernel_config",
     "probe",
     "require",
+    "tracepoint_arguments",
 ]
 
 
@@ -533,6 +534,37 @@ def require(feature: Feature) -> None:
     err = probe(feature)
     if err is not None:
         raise err.with_traceback(None)
+
+
+class _BtfType(ctypes.Structure):
+    """struct btf_type (linux/btf.h): its name, kind and vlen in `info`, and a size or a type id."""
+
+    _fields_ = [("name_off", c_uint32), ("info", c_uint32), ("type", c_uint32)]
+
+
+_BTF_KIND_TYPEDEF = 8
+
+
+@functools.cache
+def tracepoint_arguments(name: str) -> int | None:
+    """How many arguments the kernel passes to a BTF tracepoint's programs (tp_btf/NAME): the parameters
+    of its btf_trace_NAME typedef's prototype, less the leading `void *`; None where the kernel's BTF has
+    no such tracepoint. Prototypes change between kernels (block_rq_issue took the request's queue
+    first before Linux 5.11) while the tracepoint keeps its name; a program reads its arguments by
+    position, so this tells which layout it will get."""
+    btf = _libbpf.btf__load_vmlinux_btf()
+    if not btf:
+        return None
+    try:
+        type_id = _libbpf.btf__find_by_name_kind(btf, f"btf_trace_{name}".encode(), _BTF_KIND_TYPEDEF)
+        if type_id <= 0:
+            return None
+        for _ in range(2):  # the typedef names a pointer, which points at the prototype
+            type_id = _BtfType.from_address(_libbpf.btf__type_by_id(btf, type_id)).type
+        params = _BtfType.from_address(_libbpf.btf__type_by_id(btf, type_id)).info & 0xFFFF
+        return int(params) - 1
+    finally:
+        _libbpf.btf__free(btf)
 
 
 def check_bpf_syscall() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from bpfscope import mounts
 from bpfscope.errors import NotSupportedError
-from bpfscope.features import Feature, check_bpf_syscall, probe, require
+from bpfscope.features import Feature, check_bpf_syscall, probe, require, tracepoint_arguments
 from bpfscope.testing.plugin import bpf_fds
 
 # kernel-facts.md: the CI kernel has everything but kprobes, fentry and XDP live frames.
@@ -77,3 +77,11 @@ def test_ensure_tracefs_is_idempotent() -> None:
     assert mounts.ensure_tracefs() == path
     assert _mounted("tracefs", path) == count
     assert mounts.tracefs_path() == path
+
+
+def test_tracepoint_arguments_come_from_the_kernels_btf() -> None:
+    # block_rq_complete(rq, error, nr_bytes) everywhere; sched_switch gained prev_state in 5.18
+    assert tracepoint_arguments("block_rq_complete") == 3
+    assert tracepoint_arguments("sched_switch") in (3, 4)
+    assert tracepoint_arguments("sched_wakeup") == 1
+    assert tracepoint_arguments("no_such_tracepoint") is None
