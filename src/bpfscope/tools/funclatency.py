@@ -9,7 +9,6 @@ Prometheus histogram in seconds."""
 
 from __future__ import annotations
 
-import enum
 import errno
 import struct
 import time
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Mapping, NamedTuple, 
 
 from ..errors import BpfscopeError
 from ..object import ObjectSpec, tool_object
-from ..output.histogram import Log2Histogram
+from ..output.histogram import Durations, Log2Histogram, Unit
 from ..program import resolve_binary
 from ._base import DURATION, INTERVAL, JSON, PID, TRACE, Kind, Option, OptionValueError, Tool, check_pid
 
@@ -30,22 +29,6 @@ __all__ = ["TOOL", "Function", "FunctionLatency", "LatencySnapshot", "Unit", "el
 
 GO_REFUSAL = "uretprobes corrupt Go stacks (they move goroutine stacks); funclatency refuses Go binaries"
 _GO_SECTIONS = frozenset({".go.buildinfo", ".note.go.buildid", ".gopclntab"})
-
-
-class Unit(enum.Enum):
-    """Histogram unit; the kernel divides each duration by it before taking the log2."""
-
-    NSECS = "ns"
-    USECS = "us"
-    MSECS = "ms"
-
-    @property
-    def ns(self) -> int:
-        return {Unit.NSECS: 1, Unit.USECS: 1000, Unit.MSECS: 1_000_000}[self]
-
-    @property
-    def label(self) -> str:
-        return {Unit.NSECS: "nsecs", Unit.USECS: "usecs", Unit.MSECS: "msecs"}[self]
 
 
 # Its histogram's slots are log2 of the unit (the agent's: ns, so slot i is [2^i, 2^(i+1)) ns); the agent
@@ -223,12 +206,7 @@ class FunctionLatency(Tool):
         from prometheus_client.core import HistogramMetricFamily
 
         snap = self.snapshot()
-        buckets: list[tuple[str, float]] = []
-        cumulative = sum(snap.slots[: _EXPORTED_SLOTS.start])
-        for slot in _EXPORTED_SLOTS:
-            cumulative += snap.slots[slot] if slot < len(snap.slots) else 0
-            buckets.append((repr((1 << (slot + 1)) * self.unit.ns / 1e9), cumulative))
-        buckets.append(("+Inf", sum(snap.slots)))
+        buckets = Durations(self.unit, snap.slots, snap.count, snap.sum_ns).prometheus_buckets(_EXPORTED_SLOTS)
         family = HistogramMetricFamily("bpfscope_function_latency_seconds", "Time from a function's entry to its "
                                        "return (uprobes)", labels=["target", "symbol"])
         family.add_metric([self.target, self.symbol], buckets, snap.sum_ns / 1e9)
