@@ -79,8 +79,9 @@ $(BIN)/.installed: pyproject.toml .stamp-apt
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
+# One wheel per architecture, each with that architecture's objects and its platform tag (hatch_build.py).
 wheel: bpf
-	$(BIN)/pip wheel --no-deps -w dist .
+	for arch in x86_64 aarch64; do BPFSCOPE_WHEEL_ARCH=$$arch $(BIN)/pip wheel --no-deps -w dist . || exit 1; done
 
 lint: deps
 	$(BIN)/ruff check src tests vmtest

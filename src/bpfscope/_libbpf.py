@@ -7,7 +7,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import platform
 import threading
 from contextlib import contextmanager
 from ctypes import (
@@ -31,6 +30,7 @@ from ctypes import (
 from typing import Any, Callable, Iterator, TypeVar
 
 from . import _privileges
+from ._arch import machine
 from ._uapi import NR_BPF, AttachType, ProgramType
 from .errors import KernelRefusedError, NotSupportedError, PermissionDeniedError, SyscallError
 
@@ -718,7 +718,7 @@ _log_sink: list[str] | None = None
 
 # vsnprintf consumes its va_list; a copy of the va_list's bytes is va_copy by hand, so a message
 # longer than the first buffer (the verifier's log) can be formatted again into one that fits.
-_VA_LIST_SIZE = {"x86_64": 24, "aarch64": 32}[platform.machine()]
+_VA_LIST_SIZE = {"x86_64": 24, "aarch64": 32}[machine()]
 
 
 def _print(level: int, fmt: bytes, args: int) -> int:

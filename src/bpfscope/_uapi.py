@@ -6,7 +6,8 @@ and the feature probes read these without loading numpy."""
 from __future__ import annotations
 
 import enum
-import platform
+
+from ._arch import machine
 
 # --- bpf.h ---
 
@@ -206,8 +207,8 @@ BPF_LOG_LEVEL2 = 2
 BPF_TC_INGRESS = 1
 BPF_TC_EGRESS = 2
 # arch/*/include/asm/unistd.h (x86_64: syscall_64.tbl; aarch64: the generic asm-generic/unistd.h)
-NR_BPF = {"x86_64": 321, "aarch64": 280}[platform.machine()]
-NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}[platform.machine()]
+NR_BPF = {"x86_64": 321, "aarch64": 280}[machine()]
+NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}[machine()]
 
 # --- if_link.h ---
 

@@ -14,6 +14,7 @@ __all__ = [
     "KernelRefusedError",
     "VerifierError",
     "NotSupportedError",
+    "UnsupportedArchitectureError",
     "TypeMismatchError",
     "InterfaceNotFoundError",
 ]
@@ -77,6 +78,16 @@ class NotSupportedError(BpfscopeError):
         msg = f"this kernel does not support {feature}" + (f": {reason}" if reason else "")
         super().__init__(_errno.EOPNOTSUPP, msg)
         self.feature = feature
+
+
+class UnsupportedArchitectureError(NotSupportedError):
+    """bpfscope has no BPF objects (nor syscall numbers) for this machine's architecture."""
+
+    def __init__(self, machine: str, supported: Sequence[str]) -> None:
+        super().__init__(f"the {machine} architecture")
+        self.machine = machine
+        self.message = (f"the {machine} architecture is not supported: bpfscope has BPF objects for "
+                        f"{_and(supported)} only")
 
 
 class TypeMismatchError(BpfscopeError, TypeError):

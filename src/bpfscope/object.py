@@ -7,7 +7,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import re
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 import numpy as np
 
 from . import _libbpf
+from ._arch import machine
 from ._attach import auto, struct_ops, tracing
 from ._privileges import Capability, load_needs
 from .btf import Btf, Kind, TypeCodec
@@ -37,11 +37,12 @@ _LOAD_FAILED = re.compile(r"prog '([^']+)': (?:BPF program load failed|failed to
 
 def tool_object(name: str) -> Path:
     """The compiled object a tool ships in the package, for this machine's architecture."""
-    path = _PACKAGE_OBJECTS / platform.machine() / f"{name}.bpf.o"
+    arch = machine()
+    path = _PACKAGE_OBJECTS / arch / f"{name}.bpf.o"
     if not path.is_file():
         raise BpfscopeError(
             errno.ENOENT,
-            f"no BPF object {name!r} for {platform.machine()} in the package (looked for {path}); "
+            f"no BPF object {name!r} for {arch} in the package (looked for {path}); "
             "build it with `make bpf`",
         )
     return path

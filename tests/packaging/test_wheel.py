@@ -1,5 +1,5 @@
-"""The wheel as a pip user gets it: objects for both architectures and the headers inside, installed in a
-fresh venv, run with no clang anywhere on PATH."""
+"""The wheel as a pip user gets it: one per architecture, its platform tag naming it, its objects and the
+headers inside, installed in a fresh venv, run with no clang anywhere on PATH."""
 
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from bpfscope.__about__ import __version__
+
 ROOT = Path(__file__).resolve().parents[2]
 ARCHES = ("x86_64", "aarch64")
+MACHINE = platform.machine()
+OTHER = next(arch for arch in ARCHES if arch != MACHINE)
 HEADERS = ("bpfscope.bpf.h", "packet.bpf.h", "x86_64/vmlinux.h", "aarch64/vmlinux.h")
 LIBBPF_HEADERS = ("bpf_helpers.h", "bpf_helper_defs.h", "bpf_tracing.h", "bpf_core_read.h", "bpf_endian.h",
                   "usdt.bpf.h", "libbpf_version.h")
@@ -37,13 +41,17 @@ def needs_root() -> None:
         pytest.skip("needs root: loads BPF programs (CAP_BPF, CAP_NET_ADMIN)")
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
+def build_wheel(out: Path, **env: str) -> Path:
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
-        env={**os.environ, **QUIET_PIP}, timeout=120)
+        env={**os.environ, **QUIET_PIP, **env}, timeout=120)
     (built,) = out.glob("bpfscope-*.whl")
     return built
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel for this machine's architecture, as `pip wheel .` builds it here."""
+    return build_wheel(tmp_path_factory.mktemp("dist"))
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +77,50 @@ def no_clang_env(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return {**env, "PATH": path}
 
 
-def test_wheel_carries_objects_for_both_arches_and_the_headers(wheel: Path) -> None:
-    assert wheel.name.endswith("-py3-none-any.whl")  # one wheel serves both architectures
-    names = set(zipfile.ZipFile(wheel).namelist())
+def tags(arch: str) -> str:
+    return f"py3-none-manylinux_2_17_{arch}.manylinux2014_{arch}"
+
+
+def check_contents(wheel: Path, arch: str) -> None:
+    """Every object the package ships for `arch` and no other's, every header, and the WHEEL file's tags."""
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
     sources = sorted((ROOT / "src" / "bpfscope").glob("*/*.bpf.c"))
     assert any(s.name == "packets.bpf.c" for s in sources)
-    for arch in ARCHES:
-        for source in sources:
-            assert f"bpfscope/_bpf/{arch}/{source.name[:-2]}.o" in names, (arch, source.name)
-    for header in HEADERS:
+    for source in sources:
+        assert f"bpfscope/_bpf/{arch}/{source.name[:-2]}.o" in names, (arch, source.name)
+    assert not [n for n in names if n.startswith("bpfscope/_bpf/") and not n.startswith(f"bpfscope/_bpf/{arch}/")]
+    for header in HEADERS:  # every architecture's vmlinux.h: `bpfscope build --arch` compiles for either
         assert f"bpfscope/include/{header}" in names
     for header in LIBBPF_HEADERS:  # so `bpfscope build` needs clang but not libbpf-dev
         assert f"bpfscope/include/libbpf/bpf/{header}" in names
     assert not [n for n in names if n.endswith(".d")]  # make's dependency files stay home
+    metadata = archive.read(next(n for n in names if n.endswith(".dist-info/WHEEL"))).decode().splitlines()
+    assert sorted(line for line in metadata if line.startswith("Tag: ")) == [
+        f"Tag: py3-none-manylinux2014_{arch}", f"Tag: py3-none-manylinux_2_17_{arch}"]
+    assert "Root-Is-Purelib: false" in metadata
+
+
+def test_the_wheel_is_tagged_for_this_architecture_and_carries_its_objects(wheel: Path) -> None:
+    assert wheel.name == f"bpfscope-{__version__}-{tags(MACHINE)}.whl"
+    check_contents(wheel, MACHINE)
+
+
+def test_the_other_architectures_wheel_builds_here_and_pip_refuses_it(tmp_path: Path) -> None:
+    other = build_wheel(tmp_path, BPFSCOPE_WHEEL_ARCH=OTHER)
+    assert other.name.endswith(f"-{tags(OTHER)}.whl")
+    check_contents(other, OTHER)
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", str(other)],
+                            capture_output=True, text=True, env={**os.environ, **QUIET_PIP}, timeout=120)
+    assert result.returncode != 0 and "is not a supported wheel on this platform" in result.stderr
+
+
+def test_an_architecture_without_objects_has_no_wheel(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+                            capture_output=True, text=True, env={**os.environ, **QUIET_PIP,
+                                                                 "BPFSCOPE_WHEEL_ARCH": "riscv64"}, timeout=120)
+    assert result.returncode != 0
+    assert "no bpfscope wheel for riscv64: set BPFSCOPE_WHEEL_ARCH to one of x86_64, aarch64" in result.stderr
 
 
 def test_installed_wheel_loads_every_object_without_clang(venv: Path, no_clang_env: dict[str, str]) -> None:
@@ -105,9 +144,8 @@ for path in sorted(package.glob("_bpf/*/*.bpf.o")):
 """
     result = run([str(venv / "bin" / "python"), "-c", script], env=no_clang_env, cwd=venv, timeout=60)
     lines = result.stdout.splitlines()
-    machine = platform.machine()
-    assert f"loaded {machine} packets.bpf.o" in lines
-    assert len([line for line in lines if line.startswith("loaded ")]) == len(lines) // len(ARCHES)
+    assert f"loaded {MACHINE} packets.bpf.o" in lines
+    assert all(line.startswith(f"loaded {MACHINE} ") for line in lines)  # this architecture's only
 
 
 def test_build_without_clang_says_how_to_get_it(venv: Path, no_clang_env: dict[str, str], tmp_path: Path) -> None:

@@ -72,9 +72,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tools = registry.tool_names()
     selected = next((a for a in argv if a in LIBRARY or a in tools), None)
     helping = "-h" in argv or "--help" in argv
-    args = _parser(tools, selected, helping=helping).parse_args(argv)
     from ..errors import BpfscopeError, VerifierError
 
+    try:
+        # A command's parser imports its modules, which stop at import on an architecture bpfscope lacks.
+        args = _parser(tools, selected, helping=helping).parse_args(argv)
+    except BpfscopeError as exc:
+        print(f"bpfscope {selected}: {exc}" if selected else f"bpfscope: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         return _run(args)
     except KeyboardInterrupt:
