@@ -45,8 +45,10 @@ const volatile __u64 cfg_unit_ns = 1000;        /* histogram unit: 1 ns, 1000 us
 /* Tracepoint form: count a wait once its task is current (a filter, or per cgroup). */
 const volatile bool cfg_defer = false;
 
+/* LRU: a start that no switch-in ends (a wakeup that came while the task still ran, and the task then
+ * exited) is pushed out by newer ones; any other start is ended, or replaced by the task's next one. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 10240);     /* tasks waiting at once */
 	__type(key, __u32);             /* thread id */
 	__type(value, __u64);           /* bpf_ktime_get_ns() when it started to wait */
@@ -164,7 +166,7 @@ static __always_inline __u64 end_wait(__u32 tid, __u64 now)
 	return wait_ns ? wait_ns : 1;   /* 0 means "none": a wait shorter than a tick of the clock is 1 ns */
 }
 
-/* --- tp_btf: the task_structs themselves --- */
+/* --- tp_btf: the task_structs themselves, read in place --- */
 
 /* Before 5.14 the field was `state`. */
 struct task_struct___pre514 {
@@ -174,8 +176,8 @@ struct task_struct___pre514 {
 static __always_inline long task_state(struct task_struct *t)
 {
 	if (bpf_core_field_exists(t->__state))
-		return BPF_CORE_READ(t, __state);
-	return BPF_CORE_READ((struct task_struct___pre514 *)t, state);
+		return t->__state;
+	return ((struct task_struct___pre514 *)t)->state;
 }
 
 static __always_inline __u64 task_cgroup_id(struct task_struct *t)
@@ -185,7 +187,7 @@ static __always_inline __u64 task_cgroup_id(struct task_struct *t)
 
 static __always_inline bool task_wanted(struct task_struct *t)
 {
-	if (cfg_tgid && BPF_CORE_READ(t, tgid) != cfg_tgid)
+	if (cfg_tgid && t->tgid != cfg_tgid)
 		return false;
 	if (!task_comm_wanted(t))
 		return false;
@@ -195,7 +197,7 @@ static __always_inline bool task_wanted(struct task_struct *t)
 static __always_inline void woken(struct task_struct *t)
 {
 	if (task_wanted(t))
-		start_wait(BPF_CORE_READ(t, pid), bpf_ktime_get_ns());
+		start_wait(t->pid, bpf_ktime_get_ns());
 }
 
 SEC("tp_btf/sched_wakeup")
@@ -216,17 +218,11 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(switch_btf, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
 	__u64 now = bpf_ktime_get_ns(), wait_ns;
-	__u32 prev_tid = BPF_CORE_READ(prev, pid), next_tid = BPF_CORE_READ(next, pid);
+	__u32 prev_tid = prev->pid, next_tid = next->pid;
 
-	if (prev_tid) {         /* 0: this CPU's idle task */
-		if (task_state(prev) == TASK_RUNNING) {
-			if (task_wanted(prev))
-				start_wait(prev_tid, now);
-		} else {
-			/* Asleep: forget a start left by a wakeup that came while it still ran. */
-			bpf_map_delete_elem(&queued, &prev_tid);
-		}
-	}
+	/* 0: this CPU's idle task. A task that goes to sleep keeps what start it had: its wakeup replaces it. */
+	if (prev_tid && task_state(prev) == TASK_RUNNING && task_wanted(prev))
+		start_wait(prev_tid, now);
 	if (!next_tid)
 		return 0;
 	wait_ns = end_wait(next_tid, now);
@@ -288,14 +284,8 @@ int switch_tp(struct trace_event_raw_sched_switch *ctx)
 			record(waiting->wait_ns, cfg_per_cgroup ? bpf_get_current_cgroup_id() : 0);
 		waiting->set = 0;
 	}
-	if (prev_tid) {
-		if (!(ctx->prev_state & TASK_REPORT_STATES)) {
-			if (current_wanted())
-				start_wait(prev_tid, now);
-		} else {
-			bpf_map_delete_elem(&queued, &prev_tid);
-		}
-	}
+	if (prev_tid && !(ctx->prev_state & TASK_REPORT_STATES) && current_wanted())
+		start_wait(prev_tid, now);
 	if (!next_tid)
 		return 0;
 	wait_ns = end_wait(next_tid, now);
