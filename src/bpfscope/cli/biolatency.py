@@ -5,62 +5,36 @@ for every interval. On a terminal, a live table of each interval's requests."""
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Any, Optional
+from typing import Any
 
 from ..output.histogram import Durations
 from ..output.units import count_of
 from ..tools.biolatency import BlockLatency, IoSnapshot, IoTimes
-from ._runner import PollingView
+from ._histograms import HistogramView
 from .options import unseen
 
 
-class BiolatencyView(PollingView[BlockLatency]):
+class BiolatencyView(HistogramView[BlockLatency]):
     columns = ("disk", "op", "requests", "per s", "device avg", "device p99", "queued", "queue avg")
 
     def tracing(self) -> str:
         where = f" on {self.tool.disk.name}" if self.tool.disk is not None else ""
         return f"Tracing block device I/O{where} ({self.tool.form})... Hit Ctrl-C to end."
 
-    def banner(self) -> Optional[str]:
-        return self.tracing() if self.args.json else None  # in text, the output's first line (as BCC's)
-
-    def header(self) -> str:
-        return self.tracing()
-
     def title(self) -> str:
         return f"bpfscope biolatency ({self.tool.form}, {self.tool.unit.label}) — Ctrl-C to stop"
 
-    def begin(self) -> None:
-        self.first = self.previous = self.now = self.tool.snapshot()
-
-    def update(self) -> None:
-        self.previous, self.now = self.now, self.tool.snapshot()
-
-    def record(self) -> dict[str, Any]:
-        delta = self.now - self.previous
-        return {"seconds": round(delta.time, 3), **self.tool.as_dict(delta)}
-
-    def line(self) -> str:
-        return f"\n{time.strftime('%H:%M:%S')}\n{self._text(self.now - self.previous)}"
+    def as_dict(self, snapshot: Any) -> dict[str, Any]:
+        return self.tool.as_dict(snapshot)
 
     def rows(self) -> list[list[Any]]:
         delta = self.now - self.previous
         return [[disk, op, *_cells(times, delta.time)] for disk, op, times in self._parts(delta)]
 
-    def final(self) -> dict[str, Any]:
-        self.update()
-        self.whole = self.now - self.first
-        return self.tool.as_dict(self.whole)
-
     def summary(self, final: dict[str, Any]) -> str:
         disks = {row["disk"] for row in final["disks"]}
         return (f"biolatency ({final['form']}): {count_of(final['requests'], 'request')} completed on "
                 f"{count_of(len(disks), 'disk')}, {unseen(final)} in {final['seconds']:.1f} s")
-
-    def text_summary(self, final: dict[str, Any]) -> str:
-        whole = f"\nwhole run ({self.whole.time:.1f} s):\n" if self.args.interval else ""
-        return f"{whole}{self._text(self.whole)}\n{self.summary(final)}"
 
     def _parts(self, snap: IoSnapshot) -> list[tuple[str, str, IoTimes]]:
         """(disk, operation, times) of each disk and operation that completed requests, by name."""
@@ -68,7 +42,7 @@ class BiolatencyView(PollingView[BlockLatency]):
                        key=lambda key: self.tool.order(*key))
         return [(self.tool.disk_of(dev).name, op, snap.times[(dev, op)]) for dev, op in shown]
 
-    def _text(self, snap: IoSnapshot) -> str:
+    def text(self, snap: IoSnapshot) -> str:
         lines: list[str] = []
         for disk, op, times in self._parts(snap):
             lines.append(f"\ndisk = {disk}, op = {op}: {count_of(times.device.count, 'request')}, "

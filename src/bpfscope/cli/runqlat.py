@@ -5,63 +5,37 @@ per cgroup (`cgroup = PATH`) where asked. On a terminal, a live table of each in
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Any, Optional
+from typing import Any
 
 from ..output.histogram import Durations
 from ..output.units import count_of
 from ..tools.runqlat import RunqueueLatency, WaitSnapshot
-from ._runner import PollingView
+from ._histograms import HistogramView
 from .options import unseen
 
 TOP_CGROUPS = 20  # cgroups shown; the rest are summed up in one line
 
 
-class RunqlatView(PollingView[RunqueueLatency]):
+class RunqlatView(HistogramView[RunqueueLatency]):
     columns = ("waited", "waits/s", "average", "p50", "p99", "max")
 
     def tracing(self) -> str:
         return f"Tracing run queue latency ({self.tool.form})... Hit Ctrl-C to end."
 
-    def banner(self) -> Optional[str]:
-        return self.tracing() if self.args.json else None  # in text, the output's first line (as BCC's)
-
-    def header(self) -> str:
-        return self.tracing()
-
     def title(self) -> str:
         return f"bpfscope runqlat ({self.tool.form}, {self.tool.unit.label}) — Ctrl-C to stop"
 
-    def begin(self) -> None:
-        self.first = self.previous = self.now = self.tool.snapshot()
-
-    def update(self) -> None:
-        self.previous, self.now = self.now, self.tool.snapshot()
-
-    def record(self) -> dict[str, Any]:
-        delta = self.now - self.previous
-        return {"seconds": round(delta.time, 3), **self.tool.as_dict(delta)}
-
-    def line(self) -> str:
-        return f"\n{time.strftime('%H:%M:%S')}\n{self._text(self.now - self.previous)}"
+    def as_dict(self, snapshot: Any) -> dict[str, Any]:
+        return self.tool.as_dict(snapshot)
 
     def rows(self) -> list[list[Any]]:
         delta = self.now - self.previous
         return [[name, *_cells(waits, delta.time)] for name, waits in self._parts(delta)]
 
-    def final(self) -> dict[str, Any]:
-        self.update()
-        self.whole = self.now - self.first
-        return self.tool.as_dict(self.whole)
-
     def summary(self, final: dict[str, Any]) -> str:
         average = f", average {final['average']:,.1f} {final['unit']}" if final["average"] is not None else ""
         return (f"runqlat ({final['form']}): {count_of(final['count'], 'wait')} timed{average}, "
                 f"{unseen(final)} in {final['seconds']:.1f} s")
-
-    def text_summary(self, final: dict[str, Any]) -> str:
-        whole = f"\nwhole run ({self.whole.time:.1f} s):\n" if self.args.interval else ""
-        return f"{whole}{self._text(self.whole)}\n{self.summary(final)}"
 
     def _parts(self, snap: WaitSnapshot) -> list[tuple[str, Durations]]:
         """The histograms to show: per CPU, per cgroup (the TOP_CGROUPS that waited most), or the whole."""
@@ -78,7 +52,7 @@ class RunqlatView(PollingView[RunqueueLatency]):
                 parts.append((f"cgroup = (the {count_of(len(ranked) - TOP_CGROUPS, 'other')})", rest))
         return parts or [("all", snap.total)]
 
-    def _text(self, snap: WaitSnapshot) -> str:
+    def text(self, snap: WaitSnapshot) -> str:
         lines: list[str] = []
         parts = self._parts(snap)
         for name, waits in [part for part in parts if part[1].count] or parts[:1]:
