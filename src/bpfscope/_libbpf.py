@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from . import _privileges
 from ._arch import machine
-from ._uapi import NR_BPF, AttachType, ProgramType
+from ._uapi import ENOTSUPP, NR_BPF, AttachType, ProgramType
 from .errors import KernelRefusedError, NotSupportedError, PermissionDeniedError, SyscallError
 
 MIN_VERSION = (1, 0)
@@ -658,6 +658,8 @@ def error(err: int, op: str, capability: str = "CAP_BPF") -> SyscallError:
         text = ctypes.create_string_buffer(256)
         libbpf_strerror(err, text, len(text))
         return SyscallError(errno.EINVAL, op, text.value.decode())
+    if err == ENOTSUPP:  # the kernel's own "not supported", which strerror does not know
+        return SyscallError(errno.EOPNOTSUPP, op, "the kernel does not do this for this kind of object")
     return SyscallError(err, op)
 
 

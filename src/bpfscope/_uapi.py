@@ -33,8 +33,12 @@ class MapType(enum.IntEnum):
     SOCKHASH = 18
     QUEUE = 22
     STACK = 23
+    SK_STORAGE = 24
     STRUCT_OPS = 26
     RINGBUF = 27
+    INODE_STORAGE = 28
+    TASK_STORAGE = 29
+    CGRP_STORAGE = 32
 
 
 class ProgramType(enum.IntEnum):
