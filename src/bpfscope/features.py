@@ -247,6 +247,22 @@ def _xdp_live_frames() -> None:
         os.close(fd)
 
 
+def _task_storage() -> None:
+    _libbpf_probe(
+        _libbpf.libbpf_probe_bpf_map_type,
+        MapType.TASK_STORAGE,
+        Feature.TASK_STORAGE,
+        "creating a BPF_MAP_TYPE_TASK_STORAGE map",
+        (Capability.BPF,),
+    )
+
+
+def _task_from_pid() -> None:
+    # A kfunc is there when the kernel's BTF has a function of that name (Linux 6.2+).
+    if not _vmlinux_function("bpf_task_from_pid"):
+        raise NotSupportedError(Feature.TASK_FROM_PID.value, "no bpf_task_from_pid in the kernel's BTF")
+
+
 def _kprobes() -> None:
     # libbpf attaches kprobes through the kprobe PMU (perf_event_open), not tracefs's kprobe_events:
     # the PMU is the answer, whether or not tracefs is mounted yet (a 5.10 guest probed before it was).
@@ -480,6 +496,8 @@ class Feature(enum.Enum):
     KPROBES = "kprobes"
     FENTRY = "fentry"
     TP_BTF = "BTF tracepoints (tp_btf)"
+    TASK_STORAGE = "task local storage"
+    TASK_FROM_PID = "the bpf_task_from_pid kfunc"
     BTF = "kernel BTF"
     PERF_EVENTS = "perf events"
     UPROBES = "uprobes"
@@ -503,6 +521,8 @@ _PROBES: dict[Feature, Callable[[], None]] = {
     Feature.KPROBES: _kprobes,
     Feature.FENTRY: _fentry,
     Feature.TP_BTF: _tp_btf,
+    Feature.TASK_STORAGE: _task_storage,
+    Feature.TASK_FROM_PID: _task_from_pid,
     Feature.BTF: _btf,
     Feature.PERF_EVENTS: _perf_events,
     Feature.UPROBES: _uprobes,
@@ -543,9 +563,21 @@ class _BtfType(ctypes.Structure):
 
 
 _BTF_KIND_TYPEDEF = 8
+_BTF_KIND_FUNC = 12
 
 
 @functools.cache
+def _vmlinux_function(name: str) -> bool:
+    """Whether the kernel's BTF has a function `name` (a kfunc, a traceable function)."""
+    btf = _libbpf.btf__load_vmlinux_btf()
+    if not btf:
+        return False
+    try:
+        return bool(_libbpf.btf__find_by_name_kind(btf, name.encode(), _BTF_KIND_FUNC) > 0)
+    finally:
+        _libbpf.btf__free(btf)
+
+
 def tracepoint_arguments(name: str) -> int | None:
     """How many arguments the kernel passes to a BTF tracepoint's programs (tp_btf/NAME): the parameters
     of its btf_trace_NAME typedef's prototype, less the leading `void *`; None where the kernel's BTF has

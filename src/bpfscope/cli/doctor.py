@@ -93,6 +93,8 @@ _FIXES = {
     "xdp_link": "needs Linux >= 5.9",
     "bpf_loop": "needs Linux >= 5.17; execsnoop, tcmon and the ring buffer benchmark run without it",
     "xdp_live_frames": "needs Linux >= 5.18 and a kernel that allows it; bench guard floods through AF_PACKET instead",
+    "task_storage": "needs Linux >= 5.11 (syscount keeps each call's entry time there)",
+    "task_from_pid": "needs Linux >= 6.2 (oomkill reads the victim's task with it)",
     "tracefs": f"mount -t tracefs nodev {mounts.TRACEFS}",
     "bpffs": f"mount -t bpf bpf {mounts.BPFFS}",
     "securityfs": f"mount -t securityfs securityfs {mounts.SECURITYFS}",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 import numpy as np
 
+from ..features import Feature, require
 from ..mounts import CGROUP, cgroup2_path, ensure_tracefs
 from ..object import ObjectSpec, tool_object
 from ._base import CGROUP as CGROUP_OPTION
@@ -122,7 +123,7 @@ class OomKillTracer(Tool):
 
     NAME = "oomkill"
     HELP = "trace OOM kills: the victim, its memory, the cgroup that hit its limit and the trigger (oom tracepoint)"
-    NEEDS = (("tracepoints",), ("tracefs",), ("ringbuf",))
+    NEEDS = (("tracepoints",), ("tracefs",), ("ringbuf",), ("task_from_pid",))
     CAPABILITIES = TRACE
     KIND = Kind.STREAMING
     OPTIONS = (
@@ -160,6 +161,7 @@ class OomKillTracer(Tool):
 
         if self.pid is not None:
             check_pid(self.pid)  # an unknown pid stops here, before anything is loaded
+        require(Feature.TASK_FROM_PID)  # one line on a kernel without it (before 6.2)
         ensure_tracefs()  # where libbpf finds the tracepoint's id
         memory_root, v1 = memory_hierarchy()
         v2_root = cgroup2_path() or CGROUP

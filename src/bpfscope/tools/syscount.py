@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 import numpy as np
 
+from ..features import Feature, require
 from ..mounts import ensure_tracefs
 from ..object import ObjectSpec, tool_object
 from ._base import (
@@ -246,7 +247,7 @@ class SyscallCounter(Tool):
 
     NAME = "syscount"
     HELP = "count syscalls by name and by process: calls, errors by errno, latency (raw_syscalls tracepoints)"
-    NEEDS = (("tracepoints",), ("tracefs",))
+    NEEDS = (("tracepoints",), ("tracefs",), ("task_storage",))
     CAPABILITIES = TRACE
     KIND = Kind.POLLING
     OPTIONS = (
@@ -290,6 +291,7 @@ class SyscallCounter(Tool):
     def _open(self) -> None:
         if self.pid is not None:
             check_pid(self.pid)  # an unknown pid stops here, before anything is loaded
+        require(Feature.TASK_STORAGE)  # each call's entry time: one line on a kernel without it (before 5.11)
         ensure_tracefs()  # where libbpf finds the tracepoints' ids
         spec = ObjectSpec.open(tool_object("syscount"))
         rodata = spec.rodata
