@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from typing import Any, Callable
+
+BPFSCOPE = [sys.executable, "-m", "bpfscope.cli.main"]
 
 
 def records_until(proc: subprocess.Popen[str], done: Callable[[dict[str, Any]], bool], *,
@@ -37,3 +40,23 @@ def finish(proc: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], str]:
     proc.wait(timeout=10)
     assert proc.returncode == 0, err
     return [json.loads(line) for line in out.strip().splitlines()], err
+
+
+def start_json(tool: str, banner: str, *args: str) -> subprocess.Popen[str]:
+    """`bpfscope TOOL --json ARGS`, returned once its first line on stderr, which starts with `banner`,
+    says it runs."""
+    proc = subprocess.Popen([*BPFSCOPE, tool, "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stderr is not None
+    first = proc.stderr.readline()
+    if not first.startswith(banner):
+        proc.kill()
+        raise AssertionError(f"bpfscope {tool} did not start: {first}{proc.communicate(timeout=10)[1]}")
+    return proc
+
+
+def stop_json(proc: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    """SIGTERM; then the records before the final one, the final record and the rest of stderr."""
+    records, err = finish(proc)
+    assert records and records[-1]["final"] is True, err
+    return records[:-1], records[-1], err

@@ -10,7 +10,6 @@ a queue: no queue time) and mq-deadline (every request is inserted: a queue time
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import signal
@@ -24,6 +23,7 @@ from typing import Any, Callable
 
 import pytest
 from loaded import held_by, loaded, still_loaded
+from streams import start_json, stop_json
 
 from bpfscope.features import Feature
 from bpfscope.testing.plugin import skip_unless_kernel_has
@@ -209,25 +209,10 @@ def test_metrics_by_disk_and_operation(loops: Callable[..., Loop]) -> None:
 
 
 def start(*args: str) -> subprocess.Popen[str]:
-    """`bpfscope biolatency --json ARGS`, returned once it runs (its banner)."""
-    proc = subprocess.Popen([*BPFSCOPE, "biolatency", "--json", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    first = proc.stderr.readline()
-    if not first.startswith("Tracing block device I/O"):
-        proc.kill()
-        pytest.fail(f"bpfscope biolatency did not start: {first}{proc.communicate(timeout=10)[1]}")
-    return proc
+    return start_json("biolatency", "Tracing block device I/O", *args)
 
 
-def stop(proc: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
-    """SIGTERM; then the interval records, the final record and the rest of stderr."""
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    records = [json.loads(line) for line in out.splitlines()]
-    assert records and records[-1]["final"] is True
-    return records[:-1], records[-1], err
+stop = stop_json
 
 
 def test_cli_json_counts_equal_diskstats(loops: Callable[..., Loop]) -> None:

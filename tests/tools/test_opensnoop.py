@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from completeness import assert_complete, assert_counted
 from loaded import held_by, left_behind, still_loaded, unheld
+from streams import start_json, stop_json
 
 from bpfscope.errors import BpfscopeError, NotSupportedError
 from bpfscope.features import Feature
@@ -199,26 +200,13 @@ def test_flag_names() -> None:
 
 
 def start(*args: str) -> subprocess.Popen[str]:
-    """`bpfscope opensnoop --json ARGS`, returned once it traces."""
-    proc = subprocess.Popen([*BPFSCOPE, "opensnoop", "--json", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    first = proc.stderr.readline()
-    if not first.startswith("bpfscope opensnoop: "):
-        proc.kill()
-        pytest.fail(f"bpfscope opensnoop did not start: {first}{proc.communicate(timeout=10)[1]}")
-    return proc
+    return start_json("opensnoop", "bpfscope opensnoop: ", *args)
 
 
 def stop(proc: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
-    """SIGTERM; then the events, the final summary and the rest of stderr."""
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    records = [json.loads(line) for line in out.splitlines()]
-    assert records and records[-1]["final"] is True
-    assert all("final" not in r for r in records[:-1])
-    return records[:-1], records[-1], err
+    records, final, err = stop_json(proc)
+    assert all("final" not in r for r in records)
+    return records, final, err
 
 
 def test_cli_pid_filter_and_json(tmp_path: Path) -> None:

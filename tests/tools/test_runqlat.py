@@ -15,7 +15,6 @@ probe had said no), which counts a wait that a tgid or cgroup decides at the CPU
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,10 +23,11 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 from loaded import held_by, left_behind, loaded, still_loaded, unheld
+from streams import start_json, stop_json
 
 from bpfscope.features import Feature
 from bpfscope.mounts import cgroup2_path
@@ -253,25 +253,10 @@ def test_metrics_label_cpus_and_at_most_twenty_cgroups(spinners: Spinners) -> No
 
 
 def start(*args: str) -> subprocess.Popen[str]:
-    """`bpfscope runqlat --json ARGS`, returned once it runs (its banner)."""
-    proc = subprocess.Popen([*BPFSCOPE, "runqlat", "--json", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    first = proc.stderr.readline()
-    if not first.startswith("Tracing run queue latency"):
-        proc.kill()
-        pytest.fail(f"bpfscope runqlat did not start: {first}{proc.communicate(timeout=10)[1]}")
-    return proc
+    return start_json("runqlat", "Tracing run queue latency", *args)
 
 
-def stop(proc: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
-    """SIGTERM; then the interval records, the final record and the rest of stderr."""
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    records = [json.loads(line) for line in out.splitlines()]
-    assert records and records[-1]["final"] is True
-    return records[:-1], records[-1], err
+stop = stop_json
 
 
 def test_cli_json_total_wait_agrees_with_run_delay(spinners: Spinners) -> None:
